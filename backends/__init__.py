@@ -1,0 +1,72 @@
+"""Registry of framework renderings; a framework is imported only when its backend is asked for.
+
+Every backend module offers the same names (the contract the shared training driver, the CLI and
+the parity tests rely on):
+
+    NAME, LAYOUT                        canonical name; "NCHW" or "NHWC" (what its batches look like)
+    configure(threads, seed)            threads (None: every core) and the framework's global seeds
+    device() -> str                     where it computes, e.g. "cpu" or "cuda:0"
+    build_model(spec, init, seed)       the network rendered from the spec alone
+    layer_shapes(model, spec, size)     [(layer name, output shape)] from the framework's own forward pass
+    count_params(model) -> int
+    get_weights(model, spec) / set_weights(model, spec, weights)   canonical (OIHW) numpy dicts
+    forward(model, x, training=False)   logits as numpy
+    Trainer(model, lr, precision)       .train_step(x, y) / .eval_step(x, y) -> (loss sum, correct count);
+                                        .extra_state() / .load_extra_state(d): RNG etc. for checkpoints
+    save_native(model, path)            the framework's own weights format
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from types import ModuleType
+
+from nin_multi.errors import BackendUnavailableError
+
+#: canonical name -> (module, the framework's import name, the pip extra that installs it)
+_REGISTRY = {
+    "torch": ("backends.torch", "torch", "torch"),
+    "tensorflow": ("backends.tf", "tensorflow", "tensorflow"),
+    "mxnet": ("backends.mxnet", "mxnet", "mxnet"),
+}
+ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "gluon": "mxnet", "mx": "mxnet"}
+#: Import order when several load in one process: PyTorch before TensorFlow (the reverse has hung).
+ORDER = tuple(_REGISTRY)
+
+
+def canonical_name(name: str) -> str:
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in _REGISTRY:
+        raise BackendUnavailableError(
+            f"unknown backend {name!r}; choose one of: {', '.join(_REGISTRY)} "
+            f"(aliases: {', '.join(sorted(ALIASES))})")
+    return key
+
+
+def is_installed(name: str) -> bool:
+    return importlib.util.find_spec(_REGISTRY[canonical_name(name)][1]) is not None
+
+
+def installed() -> list[str]:
+    return [n for n in ORDER if is_installed(n)]
+
+
+def get_backend(name: str) -> ModuleType:
+    """Import and return the backend module, or say which pip command installs its framework."""
+    key = canonical_name(name)
+    module, framework, extra = _REGISTRY[key]
+    if module in sys.modules:
+        return sys.modules[module]
+    if importlib.util.find_spec(framework) is None:
+        raise BackendUnavailableError(
+            f"the {key} backend needs {framework}, which is not installed: "
+            f"pip install 'nin-multi[{extra}]'")
+    return importlib.import_module(module)
+
+
+def load_backends(names) -> list[ModuleType]:
+    """Several backends in one process, imported in the order known to be safe."""
+    keys = {canonical_name(n) for n in names}
+    return [get_backend(k) for k in ORDER if k in keys]

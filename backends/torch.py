@@ -1,0 +1,167 @@
+"""PyTorch rendering of the spec: ``nn.Sequential`` of named blocks, NCHW, the book's ``init_cnn``.
+
+Module names follow the spec's layer names, so ``state_dict()`` keys are the canonical weight names
+and only dense kernels need a transpose at the edge (PyTorch stores them (out, in)).
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch import nn
+
+from nin_multi.spec import Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec
+
+NAME = "torch"
+LAYOUT = "NCHW"
+
+
+def configure(threads=None, seed=0):
+    # Set explicitly: another framework in the process (MXNet) may have lowered the OpenMP thread count.
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.manual_seed(seed)
+
+
+def device() -> str:
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def _conv_relu(conv: Conv):
+    return [(conv.name.split(".")[-1], nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel,
+                                                 conv.stride, conv.padding)),
+            (conv.name.split(".")[-1].replace("conv", "relu"), nn.ReLU())]
+
+
+def _render(layer) -> nn.Module:
+    if isinstance(layer, NiNBlock):
+        return nn.Sequential(OrderedDict(m for conv in layer.convs for m in _conv_relu(conv)))
+    if isinstance(layer, MaxPool):
+        return nn.MaxPool2d(layer.kernel, layer.stride)
+    if isinstance(layer, Dropout):
+        return nn.Dropout(layer.rate)
+    if isinstance(layer, GlobalAvgPool):
+        return nn.AdaptiveAvgPool2d((1, 1))
+    if isinstance(layer, Flatten):
+        return nn.Flatten()
+    if isinstance(layer, Dense):
+        lin = nn.Linear(layer.in_features, layer.out_features)
+        return nn.Sequential(lin, nn.ReLU()) if layer.relu else lin
+    raise TypeError(f"no PyTorch rendering for {type(layer).__name__}")
+
+
+def _linear(module: nn.Module) -> nn.Linear:
+    return module[0] if isinstance(module, nn.Sequential) else module
+
+
+def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(OrderedDict((layer.name, _render(layer)) for layer in spec.layers))
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if init == "xavier":
+                nn.init.xavier_uniform_(m.weight)
+            else:
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    return model.to(device())
+
+
+def layer_shapes(model: nn.Module, spec: NiNSpec, image_size=224, batch: int = 1):
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    x = torch.zeros(batch, spec.in_channels, h, w, device=device())
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for name, layer in model.named_children():
+            x = layer(x)
+            out.append((name, tuple(x.shape)))
+    return out
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _param_modules(model: nn.Module, spec: NiNSpec):
+    for p in spec.param_layers():
+        if isinstance(p, Dense):
+            yield p, _linear(model.get_submodule(p.name))
+        else:
+            yield p, model.get_submodule(p.name)
+
+
+def get_weights(model: nn.Module, spec: NiNSpec) -> dict:
+    out = {}
+    for p, m in _param_modules(model, spec):
+        w = m.weight.detach().float().cpu().numpy()
+        out[f"{p.name}.weight"] = w.T.copy() if isinstance(p, Dense) else w
+        out[f"{p.name}.bias"] = m.bias.detach().float().cpu().numpy()
+    return out
+
+
+def set_weights(model: nn.Module, spec: NiNSpec, weights: dict) -> None:
+    with torch.no_grad():
+        for p, m in _param_modules(model, spec):
+            w = weights[f"{p.name}.weight"]
+            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T if isinstance(p, Dense) else w)))
+            m.bias.copy_(torch.from_numpy(np.asarray(weights[f"{p.name}.bias"])))
+
+
+def forward(model: nn.Module, x: np.ndarray, training: bool = False) -> np.ndarray:
+    model.train(training)
+    with torch.set_grad_enabled(training):
+        return model(torch.from_numpy(x).to(device())).detach().float().cpu().numpy()
+
+
+def save_native(model: nn.Module, path) -> None:
+    torch.save(model.state_dict(), path)
+
+
+class Trainer:
+    """SGD on cross-entropy. Channels-last memory layout by default: the same numbers (fp32 rounding
+    aside), measured 1.5x faster on CPU convolutions; bf16/fp16 via autocast, loss kept in fp32."""
+
+    def __init__(self, model: nn.Module, lr: float, precision: str = "fp32", channels_last: bool = True):
+        self.model = model
+        self.dev = torch.device(device())
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        self.opt = torch.optim.SGD(model.parameters(), lr=lr)
+        self.loss = nn.CrossEntropyLoss()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.autocast = (lambda: torch.autocast(self.dev.type, dtype=dtype)) if dtype else nullcontext
+        self.scaler = torch.amp.GradScaler(self.dev.type, enabled=precision == "fp16")
+
+    def _inputs(self, x, y):
+        x = torch.from_numpy(x).to(self.dev).contiguous(memory_format=self.memory_format)
+        return x, torch.from_numpy(y).to(self.dev)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        x, y = self._inputs(x, y)
+        self.model.train()
+        with self.autocast():
+            logits = self.model(x)
+        loss = self.loss(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return loss.item() * len(y), int((logits.argmax(1) == y).sum())
+
+    @torch.no_grad()
+    def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        x, y = self._inputs(x, y)
+        self.model.eval()
+        with self.autocast():
+            logits = self.model(x).float()
+        return self.loss(logits, y).item() * len(y), int((logits.argmax(1) == y).sum())
+
+    def extra_state(self) -> dict:
+        """What a checkpoint needs beyond the weights: plain SGD keeps no state, the dropout RNG does."""
+        return {"torch_rng": torch.get_rng_state().numpy()}
+
+    def load_extra_state(self, state: dict) -> None:
+        torch.set_rng_state(torch.from_numpy(np.asarray(state["torch_rng"], dtype=np.uint8)))

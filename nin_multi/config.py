@@ -1,0 +1,70 @@
+"""The training configuration: one dataclass, the chapter's recipe as its defaults."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+INITS = ("xavier", "kaiming")
+
+
+@dataclass
+class TrainConfig:
+    backend: str = "torch"
+    epochs: int = 10          # the chapter: 10 epochs
+    batch_size: int = 128     # the chapter: batch 128
+    lr: float = 0.1           # the chapter: SGD, learning rate 0.1
+    resize: int = 224         # the chapter: Fashion-MNIST resized to 224x224
+    init: str = "xavier"      # the chapter: Xavier-uniform; "kaiming" leaves the 2.30 plateau sooner
+    seed: int = 0
+    data_dir: Optional[str] = None
+    out: Optional[str] = None
+    subset: Optional[int] = None       # train on the first N training examples only
+    test_subset: Optional[int] = None  # evaluate on the first N test examples only
+    precision: str = "fp32"
+    threads: Optional[int] = None      # None: every core
+    in_channels: int = 1
+    num_classes: int = 10
+    variant: str = "chapter"
+    dropout: Optional[float] = None    # None: the variant's own (0.5 in the chapter)
+    progress: bool = True
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "resize"):
+            _positive_int(name, getattr(self, name))
+        for name in ("subset", "test_subset", "threads"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not math.isfinite(self.lr) \
+                or self.lr <= 0:
+            raise ConfigError(f"--lr must be a positive number, got {self.lr!r} (the chapter uses 0.1)")
+        if self.lr > 10:
+            raise ConfigError(f"--lr {self.lr} is far too large for SGD on this network (the chapter uses 0.1)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.init not in INITS:
+            raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _positive_int(name: str, v) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")

@@ -1,0 +1,288 @@
+"""Fashion-MNIST: download with checksums, cache, strict IDX parsing, and batches for any backend.
+
+Frameworks differ in how they load images, so the pipeline is plain NumPy and the backends only see
+float32 batches in the layout they ask for (NCHW or NHWC). Resizing happens batch-wise with two
+small interpolation matrices, which is exact bilinear (half-pixel centres, as PyTorch's and
+TensorFlow's resize) and costs two matrix products per batch instead of a loop over images.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from .errors import DataError
+
+#: The four files of the release and the MD5s the dataset's README publishes.
+FILES = {
+    "train_images": ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+    "train_labels": ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+    "test_images": ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+    "test_labels": ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+}
+MIRRORS = (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
+)
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+DATA_DIR_ENV = "NIN_MULTI_DATA_DIR"
+CACHE_DIR_ENV = "NIN_MULTI_CACHE_DIR"
+MIRROR_ENV = "NIN_MULTI_MIRROR"
+_IDX_MAGIC = {2049: 1, 2051: 3}  # labels: 1 dimension, images: 3 dimensions
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nin_multi" / "fashion-mnist"
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -- IDX parsing ----------------------------------------------------------------------------------------
+def read_idx(path: Path, expect_magic: Optional[int] = None) -> np.ndarray:
+    """Parse one (optionally gzip-compressed) IDX file, refusing anything that is not exactly one.
+
+    The checks are the ones that catch real accidents: an HTML error page saved as ``.gz``, a
+    download cut short, images and labels swapped, a file from another dataset.
+    """
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        raise DataError(f"{path}: not a valid gzip file ({e}); delete it and download it again") from None
+    if len(raw) < 8:
+        raise DataError(f"{path}: only {len(raw)} bytes, too short for an IDX header")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic not in _IDX_MAGIC:
+        raise DataError(f"{path}: wrong magic number {magic} (expected 2049 for labels or 2051 for images)")
+    if expect_magic is not None and magic != expect_magic:
+        kind = {2049: "labels", 2051: "images"}
+        raise DataError(f"{path}: holds {kind[magic]} but {kind[expect_magic]} were expected")
+    ndim = _IDX_MAGIC[magic]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    if ndim == 3 and dims[1:] != [28, 28]:
+        raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, Fashion-MNIST's are 28x28")
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        raise DataError(
+            f"{path}: {len(raw)} bytes, but its header promises {dims} items = {expected} bytes "
+            f"({'truncated' if len(raw) < expected else 'trailing data'})"
+        )
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+@dataclass
+class FashionMNIST:
+    train_images: np.ndarray  # (N, 28, 28) uint8
+    train_labels: np.ndarray  # (N,) uint8
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str
+
+    def subset(self, n_train: Optional[int] = None, n_test: Optional[int] = None) -> "FashionMNIST":
+        """The first examples of each split: a fixed subset, the same in every backend."""
+        return FashionMNIST(self.train_images[:n_train], self.train_labels[:n_train],
+                            self.test_images[:n_test], self.test_labels[:n_test], self.source)
+
+
+def _load_pair(images_path: Path, labels_path: Path):
+    images = read_idx(images_path, 2051)
+    labels = read_idx(labels_path, 2049)
+    if len(images) != len(labels):
+        raise DataError(f"{images_path.name} has {len(images)} images but {labels_path.name} "
+                        f"has {len(labels)} labels")
+    if len(labels) and labels.max() > 9:
+        bad = int(np.argmax(labels > 9))
+        raise DataError(f"{labels_path}: label {labels[bad]} at index {bad} is outside 0-9")
+    return images, labels
+
+
+def load_fashion_mnist(data_dir=None, cache_dir=None, download: bool = True) -> FashionMNIST:
+    """Load the four files from ``data_dir`` (or $NIN_MULTI_DATA_DIR), else from the verified cache.
+
+    A user-supplied directory is validated but not checksummed (it may hold a slice, like the sample
+    in ``shared/data``); the cache only ever holds files that passed the release MD5s.
+    """
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    if data_dir:
+        d = Path(data_dir).expanduser()
+        if not d.is_dir():
+            raise DataError(f"data directory {d} does not exist (from --data-dir or ${DATA_DIR_ENV})")
+        missing = [name for name, _ in FILES.values() if not (d / name).is_file()]
+        if missing:
+            raise DataError(f"data directory {d} is missing {', '.join(missing)}; it needs the four "
+                            f"Fashion-MNIST files: {', '.join(n for n, _ in FILES.values())}")
+        paths = {k: d / name for k, (name, _) in FILES.items()}
+        source = str(d)
+    else:
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        paths = {k: ensure_file(cache, name, md5, download) for k, (name, md5) in FILES.items()}
+        source = str(cache)
+    tr = _load_pair(paths["train_images"], paths["train_labels"])
+    te = _load_pair(paths["test_images"], paths["test_labels"])
+    return FashionMNIST(tr[0], tr[1], te[0], te[1], source)
+
+
+# -- download -------------------------------------------------------------------------------------------
+def ensure_file(cache: Path, name: str, md5: str, download: bool = True, mirrors=None,
+                retries: int = 3, backoff: float = 1.0) -> Path:
+    """Return a cached file that matches ``md5``, downloading it if absent or corrupt."""
+    path = cache / name
+    if path.is_file():
+        if md5sum(path) == md5:
+            return path
+        path.unlink()  # corrupt or partial file from elsewhere: fetch it once more
+    if not download:
+        raise DataError(f"{path} is missing and downloading is disabled; {_manual_fix(cache)}")
+    env = os.environ.get(MIRROR_ENV)
+    mirrors = mirrors or ((env,) if env else MIRRORS)
+    errors = []
+    for attempt in range(retries):
+        for base in mirrors:
+            url = base.rstrip("/") + "/" + name
+            try:
+                _download(url, path, md5)
+                return path
+            except (OSError, urllib.error.URLError, _ChecksumMismatch) as e:
+                errors.append(f"{url}: {e}")
+        if attempt + 1 < retries:
+            time.sleep(backoff * 2 ** attempt)
+    raise DataError(f"could not download {name} ({errors[-1]}); {_manual_fix(cache)}")
+
+
+class _ChecksumMismatch(Exception):
+    pass
+
+
+def _download(url: str, dest: Path, md5: str) -> None:
+    """Write to a temporary file next to ``dest`` and rename only after the checksum matches."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            shutil.copyfileobj(resp, out)
+        got = md5sum(Path(tmp))
+        if got != md5:
+            raise _ChecksumMismatch(f"MD5 {got}, expected {md5}")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _manual_fix(cache: Path) -> str:
+    names = ", ".join(n for n, _ in FILES.values())
+    return (f"download {names} from the Fashion-MNIST release by hand and pass their directory with "
+            f"--data-dir (or ${DATA_DIR_ENV}), or put them in {cache}")
+
+
+# -- batches --------------------------------------------------------------------------------------------
+def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) bilinear interpolation weights, half-pixel centres, edges clamped."""
+    m = np.zeros((n_out, n_in), np.float32)
+    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0, n_in - 1)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = (src - lo).astype(np.float32)
+    m[np.arange(n_out), lo] += 1 - frac
+    m[np.arange(n_out), hi] += frac
+    return m
+
+
+def to_float_batch(images: np.ndarray, resize, layout: str = "NCHW") -> np.ndarray:
+    """uint8 (N, H, W) → float32 in [0, 1], bilinearly resized, with a channel axis where asked."""
+    x = images.astype(np.float32) * np.float32(1 / 255)
+    rh, rw = (resize, resize) if isinstance(resize, int) else resize
+    if (rh, rw) != x.shape[1:]:
+        x = resize_matrix(x.shape[1], rh) @ x @ resize_matrix(x.shape[2], rw).T
+    return np.ascontiguousarray(x[:, None] if layout == "NCHW" else x[..., None])
+
+
+def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, resize, layout: str,
+            shuffle: bool = False, seed: int = 0, epoch: int = 0, prefetch: int = 2,
+            order: Optional[np.ndarray] = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (x, y) batches; x float32 in ``layout``, y int64. The last batch may be smaller.
+
+    The example order depends only on (seed, epoch), so every backend — and a resumed run — sees the
+    same batches. ``order`` overrides it (``reproduce`` hands one order to all backends). A
+    background thread prepares the next batches while the current step runs; NumPy's matrix products
+    release the GIL, so this overlaps with the framework's own work.
+    """
+    n = len(images)
+    if order is None:
+        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    starts = range(0, n, batch_size)
+
+    def make(i):
+        idx = order[i:i + batch_size]
+        return to_float_batch(images[idx], resize, layout), labels[idx].astype(np.int64)
+
+    if prefetch <= 0:
+        for i in starts:
+            yield make(i)
+        return
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def worker():
+        try:
+            for i in starts:
+                if stop.is_set():
+                    return
+                q.put(make(i))
+            q.put(None)
+        except BaseException as e:  # surface the worker's error in the consumer
+            q.put(e)
+
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a worker waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.01)
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)

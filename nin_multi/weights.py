@@ -1,0 +1,89 @@
+"""Framework-neutral weights: one ``.npz`` keyed by the spec's layer names, with the spec inside.
+
+Layout, declared once: conv kernels OIHW, dense kernels (in, out), biases (out,), all float32. A
+backend whose framework stores kernels otherwise (TensorFlow: HWIO) transposes at its own edge.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import WeightsError
+from .spec import NiNSpec
+
+FORMAT = "nin_multi.weights/1"
+LAYOUT = "conv OIHW, dense (in, out), bias (out,), float32"
+
+
+def check_weights(spec: NiNSpec, weights: dict, source: str = "weights") -> None:
+    """Every name present, nothing extra, every shape right; the message names the first mismatch."""
+    expected = spec.weight_shapes()
+    for name, shape in expected.items():
+        if name not in weights:
+            raise WeightsError(f"{source}: no entry for {name} (expected shape {shape})")
+        got = tuple(np.shape(weights[name]))
+        if got != shape:
+            raise WeightsError(f"{source}: {name} has shape {got}, the spec expects {shape}")
+    extra = sorted(set(weights) - set(expected))
+    if extra:
+        raise WeightsError(f"{source}: entries {extra} are not in the spec")
+
+
+STATE_PREFIX = "state."  # checkpoints: a weights file plus a backend's training state under this prefix
+
+
+def save_weights(path, spec: NiNSpec, weights: dict, meta: Optional[dict] = None,
+                 state: Optional[dict] = None) -> Path:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves half a file."""
+    check_weights(spec, weights)
+    path = Path(path)
+    header = {"format": FORMAT, "layout": LAYOUT, "spec": spec.to_dict(), "meta": meta or {}}
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+    arrays.update({STATE_PREFIX + k: np.asarray(v) for k, v in (state or {}).items()})
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, __header__=np.array(json.dumps(header, sort_keys=True)), **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_weights(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict]:
+    """Read a weights file; if ``spec`` is given, refuse a file made for a different network."""
+    file_spec, weights, _, _ = read_weights_file(path, spec)
+    return file_spec, weights
+
+
+def read_weights_file(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict, dict, dict]:
+    """(spec, weights, meta, state): everything a weights or checkpoint file holds, validated."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            header = json.loads(str(f["__header__"]))
+            weights = {k: f[k] for k in f.files if k != "__header__" and not k.startswith(STATE_PREFIX)}
+            state = {k[len(STATE_PREFIX):]: f[k] for k in f.files if k.startswith(STATE_PREFIX)}
+    except FileNotFoundError:
+        raise WeightsError(f"weights file {path} not found") from None
+    except (KeyError, ValueError, OSError) as e:
+        raise WeightsError(f"{path} is not a nin_multi weights file ({e})") from None
+    if header.get("format") != FORMAT:
+        raise WeightsError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    if header.get("layout") != LAYOUT:
+        raise WeightsError(f"{path}: kernel layout {header.get('layout')!r}, expected {LAYOUT!r}")
+    file_spec = NiNSpec.from_dict(header["spec"])
+    if spec is not None and file_spec != spec:
+        raise WeightsError(f"{path} was made for another network: {_first_difference(file_spec, spec)}")
+    check_weights(file_spec, weights, str(path))
+    return file_spec, weights, header.get("meta", {}), state
+
+
+def _first_difference(a: NiNSpec, b: NiNSpec) -> str:
+    for field in ("in_channels", "num_classes"):
+        if getattr(a, field) != getattr(b, field):
+            return f"{field} is {getattr(a, field)} in the file but {getattr(b, field)} here"
+    for la, lb in zip(a.layers, b.layers):
+        if la != lb:
+            return f"layer {la.name} is {la} in the file but {lb} here"
+    return f"the file has {len(a.layers)} layers, this network {len(b.layers)}"
