@@ -1,0 +1,235 @@
+"""MXNet Gluon rendering of the spec: ``nn.HybridSequential`` of blocks named after the spec's layers, NCHW,
+the book's ``init.Xavier()``.
+
+Gluon stores conv kernels OIHW like the canonical weights, so only dense kernels need a transpose at the
+edge (Gluon stores them (out, in)). Top-level children follow ``spec.layers`` one to one, which is how
+parameters are found by the spec's names: no second layer list is kept here.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from contextlib import nullcontext
+
+import numpy as np
+
+from nin_multi.errors import ConfigError
+from nin_multi.spec import Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec
+
+# MXNet 1.9.1 still reads ``numpy.bool``, an alias NumPy 1.24 removed; restore it before the import
+# (looked up in vars(): getattr on NumPy 1.2x warns).
+if "bool" not in vars(np):
+    np.bool = np.bool_
+
+# MXNet sizes its OpenMP pool once, at import, from OMP_NUM_THREADS (unset: half the cores, as if every
+# core were a hyperthread) and lowers the process-wide OpenMP count PyTorch reads. Ask for every core,
+# as the other backends use, and give PyTorch its thread count back.
+_torch = sys.modules.get("torch")
+_torch_threads = _torch.get_num_threads() if _torch is not None else None
+_omp_env = os.environ.get("OMP_NUM_THREADS")
+if _omp_env is None:
+    os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
+import mxnet as mx  # noqa: E402
+from mxnet import autograd, gluon  # noqa: E402
+from mxnet import init as mx_init  # noqa: E402
+from mxnet.contrib import amp  # noqa: E402
+from mxnet.gluon import nn  # noqa: E402
+
+if _omp_env is None:
+    del os.environ["OMP_NUM_THREADS"]
+if _torch is not None:
+    _torch.set_num_threads(_torch_threads)
+_POOL_THREADS = int(_omp_env) if (_omp_env or "").isdigit() else os.cpu_count() or 1
+
+NAME = "mxnet"
+LAYOUT = "NCHW"
+
+_seed = 0  # configure()'s seed; a Trainer derives its per-step dropout seeds from it
+
+#: "xavier" is the book's ``init.Xavier()`` (uniform, fan average, magnitude 3 = Glorot uniform);
+#: "kaiming" is He normal for ReLU on fan-in, like PyTorch's ``kaiming_normal_`` (MSRAPrelu's defaults
+#: would average the fans and assume a PReLU slope of 0.25).
+_INITS = {
+    "xavier": lambda: mx_init.Xavier(rnd_type="uniform", factor_type="avg", magnitude=3),
+    "kaiming": lambda: mx_init.MSRAPrelu(factor_type="in", slope=0.0),
+}
+
+
+def configure(threads=None, seed=0):
+    """Seeds MXNet; its thread pool was fixed at import, so a different ``threads`` can only be reported."""
+    global _seed
+    _seed = seed
+    mx.random.seed(seed)  # Gluon's initializers draw from MXNet's generator, not NumPy's
+    if threads is not None and threads != _POOL_THREADS:
+        warnings.warn(f"MXNet sized its thread pool at import ({_POOL_THREADS} threads) and cannot change it: "
+                      f"set OMP_NUM_THREADS={threads} in the environment before starting Python", stacklevel=2)
+
+
+def device() -> str:
+    return "gpu(0)" if mx.context.num_gpus() > 0 else "cpu"
+
+
+def _ctx() -> mx.Context:
+    return mx.gpu(0) if mx.context.num_gpus() > 0 else mx.cpu()
+
+
+def _prefix(name: str) -> str:
+    return name.split(".")[-1] + "_"
+
+
+def _render(layer) -> nn.HybridBlock:
+    if isinstance(layer, NiNBlock):
+        block = nn.HybridSequential(prefix=_prefix(layer.name))
+        with block.name_scope():
+            for c in layer.convs:
+                block.add(nn.Conv2D(c.out_channels, c.kernel, c.stride, c.padding, in_channels=c.in_channels,
+                                    activation="relu", prefix=_prefix(c.name)))
+        return block
+    if isinstance(layer, MaxPool):
+        return nn.MaxPool2D(layer.kernel, layer.stride, ceil_mode=False, prefix=_prefix(layer.name))
+    if isinstance(layer, Dropout):
+        return nn.Dropout(layer.rate, prefix=_prefix(layer.name))
+    if isinstance(layer, GlobalAvgPool):
+        return nn.GlobalAvgPool2D(prefix=_prefix(layer.name))
+    if isinstance(layer, Flatten):
+        return nn.Flatten(prefix=_prefix(layer.name))
+    if isinstance(layer, Dense):
+        return nn.Dense(layer.out_features, "relu" if layer.relu else None, in_units=layer.in_features,
+                        prefix=_prefix(layer.name))
+    raise TypeError(f"no MXNet rendering for {type(layer).__name__}")
+
+
+def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0) -> nn.HybridSequential:
+    if init not in _INITS:
+        raise ConfigError(f"unknown init {init!r}; choose one of: {', '.join(_INITS)}")
+    mx.random.seed(seed)
+    model = nn.HybridSequential(prefix="")
+    with model.name_scope():
+        for layer in spec.layers:
+            model.add(_render(layer))
+    model.initialize(_INITS[init](), ctx=_ctx())  # biases keep their own initializer: zeros
+    model.hybridize(static_alloc=True, static_shape=True)
+    return model
+
+
+def layer_shapes(model: nn.HybridSequential, spec: NiNSpec, image_size=224, batch: int = 1):
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    x = mx.nd.zeros((batch, spec.in_channels, h, w), ctx=_ctx())
+    out = []
+    with autograd.predict_mode():
+        for layer, block in zip(spec.layers, model):
+            x = block(x)
+            out.append((layer.name, tuple(x.shape)))
+    return out
+
+
+def count_params(model: nn.HybridSequential) -> int:
+    return sum(p.data().size for p in model.collect_params().values())
+
+
+def _param_blocks(model: nn.HybridSequential, spec: NiNSpec):
+    for layer, block in zip(spec.layers, model):
+        if isinstance(layer, NiNBlock):
+            yield from zip(layer.convs, block)
+        elif isinstance(layer, Dense):
+            yield layer, block
+
+
+def get_weights(model: nn.HybridSequential, spec: NiNSpec) -> dict:
+    out = {}
+    for p, b in _param_blocks(model, spec):
+        w = b.weight.data().asnumpy()
+        out[f"{p.name}.weight"] = w.T.copy() if isinstance(p, Dense) else w
+        out[f"{p.name}.bias"] = b.bias.data().asnumpy()
+    return out
+
+
+def set_weights(model: nn.HybridSequential, spec: NiNSpec, weights: dict) -> None:
+    for p, b in _param_blocks(model, spec):
+        w = np.asarray(weights[f"{p.name}.weight"], dtype=np.float32)
+        b.weight.set_data(mx.nd.array(w.T if isinstance(p, Dense) else w, ctx=_ctx()))
+        b.bias.set_data(mx.nd.array(np.asarray(weights[f"{p.name}.bias"], dtype=np.float32), ctx=_ctx()))
+
+
+def forward(model: nn.HybridSequential, x: np.ndarray, training: bool = False) -> np.ndarray:
+    mode = autograd.train_mode() if training else autograd.predict_mode()
+    with mode:
+        return model(mx.nd.array(x, ctx=_ctx())).astype("float32").asnumpy()
+
+
+def save_native(model: nn.HybridSequential, path) -> None:
+    model.save_parameters(str(path))
+
+
+def _use_amp(model: nn.HybridSequential, precision: str) -> bool:
+    """Turn on AMP for ``precision``; True when the loss needs scaling (fp16).
+
+    AMP patches MXNet's operators process-wide, so every graph traced afterwards (in any model) computes
+    its convolutions and dense layers in the low precision; re-hybridizing drops a graph traced before.
+    """
+    if precision == "fp32":
+        return False
+    on_gpu = mx.context.num_gpus() > 0
+    if precision == "fp16" and not on_gpu:
+        raise ConfigError("--precision fp16 needs a GPU; MXNet's CPU kernels have no float16 path (use bf16)")
+    if precision == "bf16" and on_gpu:
+        raise ConfigError("--precision bf16 is CPU-only in MXNet 1.9.1 (oneDNN); use fp16 on a GPU")
+    if precision not in ("fp16", "bf16"):
+        raise ConfigError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
+    amp.init(target_dtype="float16" if precision == "fp16" else "bfloat16")
+    model.hybridize(static_alloc=True, static_shape=True)
+    return precision == "fp16"
+
+
+class Trainer:
+    """SGD on cross-entropy, the book's Gluon loop: ``trainer.step(batch)`` averages the summed gradient.
+
+    Dropout masks come from MXNet's global generator, whose state cannot be read back for a checkpoint.
+    Instead each step reseeds it from (seed, step number), so the masks are a function of the step count
+    alone and a run resumed from a checkpoint draws the same masks as one never interrupted.
+    """
+
+    def __init__(self, model: nn.HybridSequential, lr: float, precision: str = "fp32", seed: int | None = None):
+        self.model = model
+        self.ctx = _ctx()
+        self.seed = _seed if seed is None else seed
+        self.step = 0
+        self.scaled = _use_amp(model, precision)
+        self.trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": lr})
+        if self.scaled:
+            amp.init_trainer(self.trainer)
+        self.loss = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def _inputs(self, x, y):
+        return mx.nd.array(x, ctx=self.ctx), mx.nd.array(y, ctx=self.ctx, dtype="float32")
+
+    def _metrics(self, logits, loss, y: np.ndarray) -> tuple[float, int]:
+        return float(loss.sum().asscalar()), int((logits.asnumpy().argmax(1) == y).sum())
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        xs, ys = self._inputs(x, y)
+        state = np.random.SeedSequence((self.seed, self.step)).generate_state(1)[0]
+        mx.random.seed(int(state) & 0x7FFFFFFF, ctx=self.ctx)
+        self.step += 1
+        with autograd.record():
+            logits = self.model(xs).astype("float32")
+            loss = self.loss(logits, ys)
+            with amp.scale_loss(loss, self.trainer) if self.scaled else nullcontext(loss) as scaled:
+                scaled.backward()
+        self.trainer.step(len(y))
+        return self._metrics(logits, loss, y)
+
+    def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        xs, ys = self._inputs(x, y)
+        with autograd.predict_mode():
+            logits = self.model(xs).astype("float32")
+        return self._metrics(logits, self.loss(logits, ys), y)
+
+    def extra_state(self) -> dict:
+        """What a checkpoint needs beyond the weights: plain SGD keeps no state; the dropout seeds'
+        inputs (seed, steps taken) stand in for the generator state MXNet cannot export."""
+        return {"mx_seed": np.int64(self.seed), "mx_step": np.int64(self.step)}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.seed, self.step = int(state["mx_seed"]), int(state["mx_step"])

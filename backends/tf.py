@@ -1,0 +1,257 @@
+"""TensorFlow/Keras rendering of the spec: ``keras.Sequential`` of named blocks, NHWC.
+
+It computes the PyTorch rendering's function exactly, which TensorFlow's defaults would not: padding is
+explicit and symmetric (``padding="same"`` pads bottom/right first when the stride is above 1), pooling
+is "valid" (rounds down, as PyTorch), and Flatten goes through NCHW so that dense kernels read
+features in PyTorch's order and keep the canonical (in, out) layout. Conv kernels are HWIO in Keras,
+transposed to and from the canonical OIHW at this edge only.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import warnings
+from contextlib import contextmanager
+
+import numpy as np
+
+from nin_multi.errors import ConfigError
+from nin_multi.spec import Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec
+
+_ABSL_MESSAGE = re.compile(r"([IWEF])\d{4} ")  # absl's "I0000 ..." line; unprefixed lines continue one
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog()"
+
+
+def _import_tensorflow():
+    """TensorFlow 2.21 logs its oneDNN notice while it loads, before ``TF_CPP_MIN_LOG_LEVEL`` takes
+    effect. Hold back what it writes to stderr meanwhile and pass on each message at or above that
+    level (2 unless the user set one: warnings and notices hidden, errors shown)."""
+    level = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    level = int(level) if level.isdigit() else 0
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no stderr file descriptor to borrow
+        import tensorflow
+        return tensorflow
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            keep = True
+            for line in held.read().decode(errors="replace").splitlines(keepends=True):
+                if m := _ABSL_MESSAGE.match(line):
+                    keep = "IWEF".index(m[1]) >= level
+                if keep and not (level and line.startswith(_ABSL_PREAMBLE)):
+                    sys.stderr.write(line)
+    return tensorflow
+
+
+tf = _import_tensorflow()
+import keras  # noqa: E402  (after TensorFlow, its backend, has loaded quietly)
+
+NAME = "tensorflow"
+LAYOUT = "NHWC"
+
+_POLICIES = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+def configure(threads=None, seed=0):
+    """TensorFlow fixes its thread pools when its runtime starts (at the first op); later calls that
+    ask for a different count can only say so."""
+    n = threads or os.cpu_count() or 1
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError:
+        if threads and tf.config.threading.get_intra_op_parallelism_threads() != threads:
+            warnings.warn(f"TensorFlow is already running; its thread count stays "
+                          f"{tf.config.threading.get_intra_op_parallelism_threads() or 'automatic'}, "
+                          f"not {threads}", RuntimeWarning, stacklevel=2)
+    keras.utils.set_random_seed(seed)
+
+
+def device() -> str:
+    return "gpu:0" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+def _initializer(init: str):
+    # The torch backend's distributions: glorot_uniform is xavier_uniform_, but Keras's he_normal is
+    # truncated where kaiming_normal_ is not.
+    if init == "xavier":
+        return keras.initializers.GlorotUniform()
+    return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
+
+
+def _conv_relu(conv: Conv, init: str):
+    name = conv.name.split(".")[-1]
+    pad = [keras.layers.ZeroPadding2D(conv.padding, name=name.replace("conv", "pad"))] if conv.padding else []
+    return pad + [keras.layers.Conv2D(conv.out_channels, conv.kernel, conv.stride, padding="valid",
+                                      activation="relu", kernel_initializer=_initializer(init),
+                                      bias_initializer="zeros", name=name)]
+
+
+def _render(layer, init: str) -> keras.layers.Layer:
+    if isinstance(layer, NiNBlock):
+        return keras.Sequential([m for conv in layer.convs for m in _conv_relu(conv, init)], name=layer.name)
+    if isinstance(layer, MaxPool):
+        return keras.layers.MaxPool2D(layer.kernel, layer.stride, padding="valid", name=layer.name)
+    if isinstance(layer, Dropout):
+        return keras.layers.Dropout(layer.rate, name=layer.name)
+    if isinstance(layer, GlobalAvgPool):
+        return keras.layers.GlobalAveragePooling2D(keepdims=True, name=layer.name)
+    if isinstance(layer, Flatten):
+        return keras.Sequential([keras.layers.Permute((3, 1, 2)), keras.layers.Flatten()], name=layer.name)
+    if isinstance(layer, Dense):
+        dense = keras.layers.Dense(layer.out_features, activation="relu" if layer.relu else None,
+                                   kernel_initializer=_initializer(init), bias_initializer="zeros",
+                                   name=layer.name)
+        dense.build((None, layer.in_features))  # Flatten's width is unknown while the image size is open
+        return dense
+    raise TypeError(f"no Keras rendering for {type(layer).__name__}")
+
+
+def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)  # initializers and dropout draw their seeds from it
+    layers = [_render(layer, init) for layer in spec.layers]
+    return keras.Sequential([keras.Input((None, None, spec.in_channels)), *layers], name="nin")
+
+
+def layer_shapes(model: keras.Model, spec: NiNSpec, image_size=224, batch: int = 1):
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    x = tf.zeros((batch, h, w, spec.in_channels))
+    out = []
+    for layer in model.layers:
+        x = layer(x, training=False)
+        out.append((layer.name, tuple(x.shape)))
+    return out
+
+
+def count_params(model: keras.Model) -> int:
+    return model.count_params()
+
+
+def _param_layers(model: keras.Model, spec: NiNSpec):
+    for p in spec.param_layers():
+        if isinstance(p, Dense):
+            yield p, model.get_layer(p.name)
+        else:
+            block, conv = p.name.split(".")
+            yield p, model.get_layer(block).get_layer(conv)
+
+
+def get_weights(model: keras.Model, spec: NiNSpec) -> dict:
+    out = {}
+    for p, layer in _param_layers(model, spec):
+        w = np.asarray(layer.kernel.numpy(), dtype=np.float32)
+        out[f"{p.name}.weight"] = w if isinstance(p, Dense) else np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+        out[f"{p.name}.bias"] = np.asarray(layer.bias.numpy(), dtype=np.float32)
+    return out
+
+
+def set_weights(model: keras.Model, spec: NiNSpec, weights: dict) -> None:
+    for p, layer in _param_layers(model, spec):
+        w = np.asarray(weights[f"{p.name}.weight"])
+        layer.kernel.assign(w if isinstance(p, Dense) else w.transpose(2, 3, 1, 0))
+        layer.bias.assign(np.asarray(weights[f"{p.name}.bias"]))
+
+
+def forward(model: keras.Model, x: np.ndarray, training: bool = False) -> np.ndarray:
+    return tf.cast(model(x, training=training), tf.float32).numpy()
+
+
+def save_native(model: keras.Model, path) -> None:
+    model.save_weights(path)  # Keras insists on a name ending in ".weights.h5"
+
+
+def _all_layers(layer):
+    yield layer
+    for sub in getattr(layer, "layers", ()):
+        yield from _all_layers(sub)
+
+
+@contextmanager
+def _dtype_policy(model: keras.Model, policy):
+    """Mixed precision for what is traced inside, fp32 again after: the scope of ``torch.autocast``.
+    Keras fixes a layer's compute dtype by its policy, which a model built before the Trainer lacks."""
+    if policy is None:
+        yield
+        return
+    layers = list(_all_layers(model))
+    saved = [layer.dtype_policy for layer in layers]
+    for layer in layers:
+        layer.dtype_policy = policy
+    try:
+        yield
+    finally:
+        for layer, p in zip(layers, saved):
+            layer.dtype_policy = p
+
+
+class Trainer:
+    """SGD on cross-entropy with ``tf.GradientTape``. Each step is traced once, here, for any batch
+    and image size (the last batch is smaller), under the precision's dtype policy: bf16/fp16 compute,
+    fp32 weights, the loss in fp32; fp16 with dynamic loss scaling, on GPUs only."""
+
+    def __init__(self, model: keras.Model, lr: float, precision: str = "fp32"):
+        if precision == "fp16" and device() == "cpu":
+            raise ConfigError("--precision fp16 needs a GPU with TensorFlow; on a CPU use bf16 or fp32")
+        self.model = model
+        self.opt = keras.optimizers.SGD(learning_rate=lr)
+        if precision == "fp16":
+            self.opt = keras.optimizers.LossScaleOptimizer(self.opt)
+        self.opt.build(model.trainable_variables)
+        self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.seeds = {layer.name: layer.seed_generator for layer in model.layers
+                      if isinstance(layer, keras.layers.Dropout) and layer.rate > 0}
+        sig = (tf.TensorSpec((None, None, None, model.input_shape[-1]), tf.float32),
+               tf.TensorSpec((None,), tf.int64))
+        with _dtype_policy(model, _POLICIES[precision]):
+            self._train = tf.function(self._train_graph, input_signature=sig).get_concrete_function()
+            self._eval = tf.function(self._eval_graph, input_signature=sig).get_concrete_function()
+
+    def _metrics(self, logits, y):
+        return self.loss(y, logits), tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == y, tf.int32))
+
+    def _train_graph(self, x, y):
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.model(x, training=True), tf.float32)
+            loss, correct = self._metrics(logits, y)
+            scaled = self.opt.scale_loss(loss)
+        self.opt.apply(tape.gradient(scaled, variables), variables)
+        return loss, correct
+
+    def _eval_graph(self, x, y):
+        return self._metrics(tf.cast(self.model(x, training=False), tf.float32), y)
+
+    @staticmethod
+    def _result(step, x, y) -> tuple[float, int]:
+        loss, correct = step(tf.constant(x), tf.constant(y))
+        return float(loss) * len(y), int(correct)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        return self._result(self._train, x, y)
+
+    def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        return self._result(self._eval, x, y)
+
+    def extra_state(self) -> dict:
+        """Beyond the weights: each Dropout's seed counter (Keras draws stateless masks from it, so a
+        resumed run repeats the uninterrupted one's masks) and the optimizer's variables (step count,
+        learning rate; fp16's loss scale)."""
+        state = {f"optimizer.{i}": v.numpy() for i, v in enumerate(self.opt.variables)}
+        state.update({f"dropout.{name}": g.state.numpy() for name, g in self.seeds.items()})
+        return state
+
+    def load_extra_state(self, state: dict) -> None:
+        for i, v in enumerate(self.opt.variables):
+            v.assign(np.asarray(state[f"optimizer.{i}"]))
+        for name, g in self.seeds.items():
+            g.state.assign(np.asarray(state[f"dropout.{name}"]))
