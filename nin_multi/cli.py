@@ -6,7 +6,7 @@ and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import os
+import importlib
 import sys
 
 from .config import INITS, PRECISIONS, TrainConfig
@@ -59,9 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue a stopped run from its last checkpoint, with its saved settings")
 
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("summary", help="print the layer-by-layer shape walk of the framework's model")
     _add_model_args(p)
+    p.set_defaults(func=cmd_summary)
 
+    for name in COMMAND_MODULES:  # each registers its own subcommand(s) and sets ``func``
+        importlib.import_module(f"nin_multi.{name}").register(sub)
     return parser
 
 
@@ -102,13 +107,15 @@ def cmd_summary(a) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "summary": cmd_summary}
+#: Modules of ``nin_multi`` that add subcommands: each has ``register(subparsers)``. They import their
+#: frameworks lazily, so ``--help`` stays fast.
+COMMAND_MODULES: list[str] = []
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return args.func(args)
     except NinMultiError as e:
         print(f"nin-multi: error: {e}", file=sys.stderr)
         return e.exit_code

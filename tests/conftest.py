@@ -1,0 +1,46 @@
+"""Shared fixtures: the real data sample and one parametrized fixture per framework backend.
+
+Which backends run is chosen with NIN_MULTI_BACKENDS (comma-separated; default: all three). A
+backend whose framework is not installed is skipped with the reason, unless NIN_MULTI_BACKENDS names
+it explicitly: then the run fails, so CI cannot pass by silently skipping a framework it promised.
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+import backends
+from nin_multi.errors import BackendUnavailableError
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = Path(os.environ.get("NIN_MULTI_SAMPLE_DIR", ROOT.parent / "shared" / "data" / "fashion-mnist-sample"))
+ALL_BACKENDS = list(backends.ORDER)
+_ASKED = [backends.canonical_name(b) for b in os.environ.get("NIN_MULTI_BACKENDS", "").split(",") if b.strip()]
+SELECTED = _ASKED or ALL_BACKENDS
+
+
+def load(name: str):
+    """Import a backend, or skip (fail, if it was asked for by name) with the reason."""
+    if name not in SELECTED:
+        pytest.skip(f"{name} not selected by NIN_MULTI_BACKENDS={os.environ.get('NIN_MULTI_BACKENDS')}")
+    # PyTorch must be imported before TensorFlow in one process: load the earlier backends first.
+    earlier = [b for b in ALL_BACKENDS[: ALL_BACKENDS.index(name)] if b in SELECTED and backends.is_installed(b)]
+    backends.load_backends(earlier)
+    try:
+        return backends.get_backend(name)
+    except BackendUnavailableError as e:
+        if name in _ASKED:
+            pytest.fail(f"backend {name} was asked for (NIN_MULTI_BACKENDS) but cannot load: {e}")
+        pytest.skip(str(e))
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request):
+    return load(request.param)
+
+
+@pytest.fixture
+def sample_dir():
+    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR} (set NIN_MULTI_SAMPLE_DIR)")
+    return SAMPLE_DIR

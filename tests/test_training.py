@@ -1,0 +1,102 @@
+"""Training on the real Fashion-MNIST sample, through the shared driver, for every backend."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from nin_multi.cli import main
+from nin_multi.config import TrainConfig
+from nin_multi.errors import TrainingDivergedError
+from nin_multi.train import resume, train, train_epoch
+from nin_multi.weights import load_weights
+
+from test_spec import CHAPTER_NCHW
+
+
+def quiet(*_):
+    pass
+
+
+def mini_config(backend, sample_dir, out, **kw):
+    """The learning signal. The chapter's recipe (Xavier, lr 0.1) can sit at loss 2.30 for a dozen
+    epochs on this sample, and the chapter's net at 67-96 px did not reliably fit even a fixed batch in
+    60 steps (measured). A narrow NiN on unresized 28x28 images with He init and lr 0.05 learns from
+    the first epoch in every seed tried (train loss 1.0-1.5 and test accuracy 0.4-0.7 after 4 epochs),
+    and costs seconds per epoch."""
+    base = dict(backend=backend.NAME, variant="mini", resize=28, init="kaiming", lr=0.05, batch_size=32,
+                epochs=4, data_dir=str(sample_dir), out=str(out), progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.slow
+def test_learns_on_the_real_sample(backend, sample_dir, tmp_path):
+    _, history = train(mini_config(backend, sample_dir, tmp_path / "run"), log=quiet)
+    losses = [r["train_loss"] for r in history]
+    assert losses[0] < 2.4 and losses[-1] < 1.8, losses  # chance is ln 10 = 2.303
+    assert max(r["test_acc"] for r in history) > 0.35, history  # chance is 0.10
+
+
+@pytest.mark.slow
+def test_bf16_training_still_learns(backend, sample_dir, tmp_path):
+    if backend.NAME == "mxnet":
+        pytest.skip("MXNet's AMP rewrites operators process-wide; its bf16 path is checked by hand (README)")
+    _, history = train(mini_config(backend, sample_dir, tmp_path / "run", precision="bf16"), log=quiet)
+    assert history[-1]["train_loss"] < 1.9, [r["train_loss"] for r in history]
+
+
+def test_cli_train_end_to_end(backend, sample_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--backend", backend.NAME, "--data-dir", str(sample_dir), "--epochs", "1",
+                 "--resize", "67", "--subset", "64", "--test-subset", "32", "--batch-size", "32",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "examples/sec on" in printed and "test acc" in printed
+    for f in ("metrics.csv", "metrics.jsonl", "curves.png", "config.json", "weights.npz",
+              "checkpoints/epoch-0001.npz"):
+        assert (out / f).is_file(), f
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["epoch"] == 1 and math.isfinite(row["train_loss"]) and 0 <= row["test_acc"] <= 1
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    spec, weights = load_weights(out / "weights.npz")
+    assert spec.num_params == 1_992_166
+
+
+def test_cli_summary_prints_the_chapter_walk(backend, capsys):
+    assert main(["summary", "--backend", backend.NAME]) == 0
+    printed = capsys.readouterr().out
+    for shape in CHAPTER_NCHW:
+        expected = shape if backend.LAYOUT == "NCHW" or len(shape) == 2 else \
+            (shape[0], shape[2], shape[3], shape[1])
+        assert str(expected) in printed
+    assert "1,992,166" in printed
+
+
+def test_resume_equals_uninterrupted(backend, sample_dir, tmp_path):
+    kw = dict(subset=320, test_subset=100, epochs=3)
+    _, straight = train(mini_config(backend, sample_dir, tmp_path / "a", **kw), log=quiet)
+    train(mini_config(backend, sample_dir, tmp_path / "b", **{**kw, "epochs": 1}), log=quiet)
+    _, resumed = resume(tmp_path / "b", epochs=3, log=quiet)
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in straight]
+    assert [r["test_acc"] for r in resumed] == [r["test_acc"] for r in straight]
+    _, wa = load_weights(tmp_path / "a" / "weights.npz")
+    _, wb = load_weights(tmp_path / "b" / "weights.npz")
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+
+
+def test_non_finite_loss_stops_with_epoch_and_batch(sample_dir):
+    from nin_multi.data import load_fashion_mnist
+
+    class Exploding:
+        calls = 0
+
+        def train_step(self, x, y):
+            self.calls += 1
+            return (float("nan") if self.calls == 3 else 2.3 * len(y)), 0
+
+    ds = load_fashion_mnist(sample_dir).subset(200)
+    cfg = TrainConfig(epochs=5, batch_size=32, resize=28, progress=False)
+    with pytest.raises(TrainingDivergedError, match=r"epoch 2, batch 3.*--lr 0.05"):
+        train_epoch(Exploding(), ds, cfg, "NCHW", epoch=1)
