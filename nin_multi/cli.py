@@ -10,7 +10,7 @@ import importlib
 import sys
 
 from .config import INITS, PRECISIONS, TrainConfig
-from .errors import NinMultiError
+from .errors import ConfigError, NinMultiError
 from .spec import VARIANTS
 
 BACKEND_HELP = "torch, tensorflow or mxnet (aliases: pytorch, tf, keras, gluon)"
@@ -65,6 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_summary)
 
+    p = sub.add_parser("evaluate", help="test loss and accuracy of canonical weights (from any backend)")
+    p.add_argument("--backend", "-b", default="torch", help=BACKEND_HELP + " (default: torch)")
+    p.add_argument("--weights", required=True, help="a weights.npz written by train (any backend) or convert")
+    p.add_argument("--resize", type=int, default=224, help="input image size (default: 224)")
+    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("convert", help="write canonical weights in a framework's native format")
+    p.add_argument("--backend", "-b", required=True, help=BACKEND_HELP)
+    p.add_argument("--weights", required=True, help="canonical weights.npz")
+    p.add_argument("--out", required=True, help="destination: .pt (PyTorch state_dict), .weights.h5 (Keras), "
+                                                ".params (Gluon)")
+    p.set_defaults(func=cmd_convert)
+
     for name in COMMAND_MODULES:  # each registers its own subcommand(s) and sets ``func``
         importlib.import_module(f"nin_multi.{name}").register(sub)
     return parser
@@ -107,9 +122,52 @@ def cmd_summary(a) -> int:
     return 0
 
 
+def _load_weights_into(backend_name: str, path: str):
+    from backends import get_backend
+    from .weights import load_weights
+
+    backend = get_backend(backend_name)
+    spec, weights = load_weights(path)
+    backend.configure(None, 0)
+    model = backend.build_model(spec)
+    backend.set_weights(model, spec, weights)
+    return backend, spec, model
+
+
+def cmd_evaluate(a) -> int:
+    from .data import load_fashion_mnist
+    from .train import evaluate
+
+    cfg = TrainConfig(backend=a.backend, batch_size=a.batch_size, resize=a.resize, data_dir=a.data_dir,
+                      precision=a.precision, threads=a.threads, test_subset=a.test_subset, progress=a.progress)
+    backend, spec, model = _load_weights_into(a.backend, a.weights)
+    spec.walk(cfg.resize)
+    ds = load_fashion_mnist(cfg.data_dir).subset(None, cfg.test_subset)
+    trainer = backend.Trainer(model, cfg.lr, cfg.precision)
+    loss, acc = evaluate(trainer, ds.test_images, ds.test_labels, cfg, backend.LAYOUT, "evaluate")
+    print(f"test loss {loss:.4f}, test acc {acc:.4f} on {len(ds.test_images)} images "
+          f"({backend.NAME}, {backend.device()}, {cfg.resize}x{cfg.resize}, {cfg.precision})")
+    return 0
+
+
+NATIVE_SUFFIXES = {"torch": (".pt", ".pth"), "tensorflow": (".weights.h5",), "mxnet": (".params",)}
+
+
+def cmd_convert(a) -> int:
+    from backends import canonical_name
+
+    suffixes = NATIVE_SUFFIXES[canonical_name(a.backend)]
+    if not a.out.endswith(suffixes):
+        raise ConfigError(f"--out for {canonical_name(a.backend)} must end in {' or '.join(suffixes)}, got {a.out}")
+    backend, spec, model = _load_weights_into(a.backend, a.weights)
+    backend.save_native(model, a.out)
+    print(f"wrote {a.out} ({backend.NAME} native format, {spec.num_params:,} parameters)")
+    return 0
+
+
 #: Modules of ``nin_multi`` that add subcommands: each has ``register(subparsers)``. They import their
 #: frameworks lazily, so ``--help`` stays fast.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["reproduce"]
 
 
 def main(argv=None) -> int:

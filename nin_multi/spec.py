@@ -357,6 +357,18 @@ MINI_BLOCKS: tuple[BlockDef, ...] = (
     BlockDef("classes", 3, 1, 1),
 )
 
+#: A VGG-style table for a deeper NiN family: VGG's widths (64-128-256-512-512), 3x3 convs everywhere
+#: (no 11x11/4 stem), five max-pools as in VGG, then the classes block and global average pooling
+#: instead of VGG's three dense layers. Needs at least a 63x63 input.
+VGG_STYLE_BLOCKS: tuple[BlockDef, ...] = (
+    BlockDef(64, 3, 1, 1),
+    BlockDef(128, 3, 1, 1),
+    BlockDef(256, 3, 1, 1),
+    BlockDef(512, 3, 1, 1),
+    BlockDef(512, 3, 1, 1),
+    BlockDef("classes", 3, 1, 1),
+)
+
 #: Named variants for the chapter's exercises; each is only a set of ``build_spec`` arguments, so every
 #: backend renders every variant without code of its own.
 VARIANTS: dict[str, dict] = {
@@ -369,6 +381,12 @@ VARIANTS: dict[str, dict] = {
     # Not the chapter's: a narrow NiN for unresized 28x28 images, ~100x cheaper than the chapter's net at
     # 96x96; it trains in seconds on a CPU, which makes it the tests' quick signal of learning.
     "mini": {"blocks": MINI_BLOCKS},
+    # The VGG-style NiN family, named by their number of conv layers (all weight layers: the head is
+    # global pooling): six blocks of one 3x3 conv followed by 1, 2 or 3 "1x1" convs. (VGG-11/16/19's own
+    # depths need a different number of 1x1 convs per block, which build_spec's single n_1x1 cannot say.)
+    "nin-vgg-12": {"blocks": VGG_STYLE_BLOCKS, "n_1x1": 1},
+    "nin-vgg-18": {"blocks": VGG_STYLE_BLOCKS, "n_1x1": 2},
+    "nin-vgg-24": {"blocks": VGG_STYLE_BLOCKS, "n_1x1": 3},
 }
 
 

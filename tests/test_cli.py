@@ -1,0 +1,135 @@
+"""Bad input: one clear line on stderr, a non-zero exit, no traceback, nothing lost.
+
+Each row is an input a user may really type; the README's table of errors is this list.
+"""
+import gzip
+import os
+import shutil
+
+import pytest
+
+import backends
+from nin_multi.cli import main
+from nin_multi.spec import chapter_spec
+from nin_multi.weights import save_weights
+
+from reference import random_weights
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def train_args(sample_dir, out, *extra):
+    return ["train", "--backend", "torch", "--data-dir", str(sample_dir), "--epochs", "1", "--resize", "67",
+            "--subset", "32", "--test-subset", "16", "--batch-size", "16", "--out", str(out), "--no-progress",
+            *extra]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--backend", "caffe"], "unknown backend 'caffe'; choose one of: torch, tensorflow, mxnet"),
+    (["--epochs", "0"], "--epochs must be a positive integer, got 0"),
+    (["--batch-size", "-5"], "--batch-size must be a positive integer, got -5"),
+    (["--lr", "0"], "--lr must be a positive number, got 0.0"),
+    (["--lr", "nan"], "--lr must be a positive number, got nan"),
+    (["--lr", "50"], "far too large"),
+    (["--resize", "0"], "--resize must be a positive integer"),
+    (["--resize", "66"], "too small for this network: the output of layer 'pool3' would be 0x0"),
+    (["--subset", "0"], "--subset must be a positive integer"),
+    (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+    (["--threads", "0"], "--threads must be a positive integer"),
+])
+def test_bad_training_options(sample_dir, tmp_path, capsys, extra, message):
+    code, err = run_cli(train_args(sample_dir, tmp_path / "run", *extra), capsys)
+    assert code == 2
+    assert message in err and err.startswith("nin-multi: error:") and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("value", ["ten", "1.5"])
+def test_non_numeric_epochs(capsys, value):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--epochs", value])
+    assert e.value.code == 2
+    assert f"invalid int value: '{value}'" in capsys.readouterr().err
+
+
+def test_missing_framework_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(backends._REGISTRY, "mxnet", ("backends.mxnet_absent", "mxnet_absent_for_test", "mxnet"))
+    code, err = run_cli(["summary", "--backend", "gluon"], capsys)
+    assert code == 2 and "pip install 'nin-multi[mxnet]'" in err
+
+
+def test_data_directory_problems(sample_dir, tmp_path, capsys):
+    code, err = run_cli(train_args(tmp_path / "nowhere", tmp_path / "run"), capsys)
+    assert code == 2 and "does not exist" in err
+    partial = tmp_path / "partial"
+    shutil.copytree(sample_dir, partial)
+    (partial / "train-labels-idx1-ubyte.gz").unlink()
+    code, err = run_cli(train_args(partial, tmp_path / "run"), capsys)
+    assert code == 2 and "missing train-labels-idx1-ubyte.gz" in err
+    (partial / "train-labels-idx1-ubyte.gz").write_bytes(b"<html>rate limited</html>")
+    code, err = run_cli(train_args(partial, tmp_path / "run"), capsys)
+    assert code == 2 and "not a valid gzip file" in err
+    raw = gzip.decompress((sample_dir / "t10k-images-idx3-ubyte.gz").read_bytes())
+    (partial / "train-labels-idx1-ubyte.gz").write_bytes((sample_dir / "train-labels-idx1-ubyte.gz").read_bytes())
+    (partial / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:-784]))
+    code, err = run_cli(train_args(partial, tmp_path / "run"), capsys)
+    assert code == 2 and "truncated" in err
+
+
+def test_existing_run_directory_is_not_overwritten(sample_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("precious")
+    code, err = run_cli(train_args(sample_dir, out), capsys)
+    assert code == 2 and "--overwrite" in err and "--resume" in err
+    assert (out / "metrics.csv").read_text() == "precious"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere, so no unwritable directory exists")
+def test_unwritable_output_directory(sample_dir, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    code, err = run_cli(train_args(sample_dir, locked / "run"), capsys)
+    assert code == 2 and "cannot write" in err
+
+
+def test_output_path_that_is_a_file(sample_dir, tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    code, err = run_cli(train_args(sample_dir, f / "run"), capsys)
+    assert code == 2 and "cannot write to run directory" in err
+
+
+def test_resume_of_something_that_is_not_a_run(tmp_path, capsys):
+    code, err = run_cli(["train", "--resume", str(tmp_path)], capsys)
+    assert code == 2 and "not a run directory" in err
+
+
+def test_weights_for_another_network_are_refused(tmp_path, capsys):
+    spec3 = chapter_spec(in_channels=3)
+    save_weights(tmp_path / "rgb.npz", spec3, random_weights(spec3))
+    from nin_multi.weights import load_weights
+    from nin_multi.errors import WeightsError
+    with pytest.raises(WeightsError, match="in_channels is 3 in the file but 1 here"):
+        load_weights(tmp_path / "rgb.npz", chapter_spec())
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    code, err = run_cli(["convert", "--backend", "torch", "--weights", str(tmp_path / "junk.npz"),
+                         "--out", str(tmp_path / "x.pt")], capsys)
+    assert code == 2 and "not a nin_multi weights file" in err
+    code, err = run_cli(["convert", "--backend", "tensorflow", "--weights", str(tmp_path / "rgb.npz"),
+                         "--out", str(tmp_path / "x.h5")], capsys)
+    assert code == 2 and "must end in .weights.h5" in err
+
+
+def test_wrong_shape_in_weights_file_names_the_entry(tmp_path):
+    from nin_multi.errors import WeightsError
+    from nin_multi.weights import check_weights
+    spec = chapter_spec()
+    w = random_weights(spec)
+    w["nin2.conv0.weight"] = w["nin2.conv0.weight"].transpose(0, 1, 3, 2)[:, :, :4]
+    with pytest.raises(WeightsError, match=r"nin2.conv0.weight has shape \(256, 96, 4, 5\)"):
+        check_weights(spec, w)
