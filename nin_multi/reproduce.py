@@ -26,7 +26,7 @@ import numpy as np
 from .config import INITS, PRECISIONS, TrainConfig
 from .errors import ConfigError
 from .run import CONFIG, PLOT, WEIGHTS, Run, plot_curves, prepare_dir, write_json
-from .spec import VARIANTS, Conv, NiNSpec
+from .spec import VARIANTS, Conv, Dropout, NiNSpec
 from .train import evaluate, load_data, spec_for, train_epoch
 from .weights import save_weights
 
@@ -124,29 +124,36 @@ def weight_differences(finals: dict[str, dict]) -> dict[str, float]:
     return out
 
 
-def explanation(cfg: TrainConfig, drift: list[dict], weight_diff: float, n_test: int) -> list[str]:
-    """Why the curves differ as much as they do, in words, from the measured numbers."""
+def dropout_rate(spec: NiNSpec) -> float:
+    return max((layer.rate for layer in spec.layers if isinstance(layer, Dropout)), default=0.0)
+
+
+def explanation(cfg: TrainConfig, spec: NiNSpec, drift: list[dict], weight_diff: float, n_test: int) -> list[str]:
+    """Why the curves differ as much as they do, in words, around the measured numbers."""
     first, last = drift[1], drift[-1]
-    dropout_on = cfg.dropout is None or cfg.dropout > 0
-    lines = [f"The backends started from identical weights (the test set's loss agreed to "
-             f"{drift[0]['test_loss_diff']:.1e} before training) and saw identical batches. "
-             f"Train loss differed by {first['train_loss_diff']:.1e} after epoch 1 and "
-             f"{last['train_loss_diff']:.1e} after epoch {last['epoch']}; test accuracy by "
-             f"{last['test_examples_diff']} of {n_test} images at the end; final weights by "
-             f"{weight_diff:.1e} (relative L2)."]
-    if dropout_on:
-        lines.append("Dropout is on: each framework draws its own dropout masks, so these are different "
-                     "random samples of the same training and their curves agree only statistically. "
-                     "Run with --no-dropout to remove that source of difference.")
+    lines = [f"The backends started from identical weights (their test loss agreed to "
+             f"{drift[0]['test_loss_diff']:.1e} before training) and saw identical batches. Train loss "
+             f"differed by {first['train_loss_diff']:.1e} ({first['train_loss_rel_diff']:.1e} relative) after "
+             f"epoch 1 and {last['train_loss_diff']:.1e} ({last['train_loss_rel_diff']:.1e}) after epoch "
+             f"{last['epoch']}; test accuracy by {last['test_examples_diff']} of {n_test} images at the end; "
+             f"final weights by {weight_diff:.1e} (relative L2)."]
+    if dropout_rate(spec) > 0:
+        lines.append(f"Dropout is on (rate {dropout_rate(spec):g}): each framework draws its own masks, so "
+                     f"these are different random samples of the same training and agree only "
+                     f"statistically. --no-dropout removes that source of difference.")
     if cfg.precision != "fp32":
         lines.append(f"--precision {cfg.precision} rounds every product to a few significant digits, in a "
                      f"different order in each framework's kernels: expect differences far above fp32's.")
-    lines.append("What remains is floating-point rounding: the frameworks' kernels (PyTorch's own, oneDNN "
-                 "in TensorFlow and MXNet) sum the same products in different orders, so each step's "
-                 "gradients differ in the last bits (~1e-7 relative in fp32). SGD on a non-convex loss "
-                 "amplifies such differences chaotically, step after step, so the runs drift apart slowly "
-                 "and the drift grows with the number of steps (and with the learning rate); no framework "
-                 "is the correct one.")
+    lines.append("What remains is floating-point rounding. The frameworks' kernels (PyTorch's own, oneDNN in "
+                 "TensorFlow and MXNet) sum the same products in different orders, so activations and "
+                 "gradients differ in their last bits (~1e-7 relative in fp32). Where an activation lies "
+                 "that close to ReLU's kink, or two max-pool inputs that close to each other, frameworks "
+                 "can take different branches, and that step's gradient differs by far more than rounding. "
+                 "SGD on a non-convex loss amplifies every such difference step after step (chaotically: "
+                 "fastest on the plateau near loss ln 10 = 2.30, where tiny differences decide which "
+                 "features grow first), so the drift grows with the number of steps and the learning rate. "
+                 "No framework is the correct one: past the first steps, compare the curves as samples of "
+                 "one training, not digit for digit.")
     return lines
 
 
@@ -175,7 +182,7 @@ def reproduce(cfg: TrainConfig, backend_names=None, overwrite: bool = False, log
     start = initial_weights(spec, cfg.init, cfg.seed)
     save_weights(run_dir / INITIAL_WEIGHTS, spec, start,
                  meta={"init": cfg.init, "seed": cfg.seed, "drawn_by": "numpy"})
-    dropout = "off" if cfg.dropout == 0 else f"rate {cfg.dropout if cfg.dropout is not None else 'default'}"
+    dropout = f"{dropout_rate(spec):g}" if dropout_rate(spec) > 0 else "off"
     title = (f"NiN ({spec.variant}): lr {cfg.lr:g}, batch {cfg.batch_size}, {cfg.resize}x{cfg.resize}, "
              f"{cfg.precision}, dropout {dropout}, {n_train} train images, same start")
     write_json(run_dir / CONFIG, {**cfg.to_dict(), "backend": None, "backends": [m.NAME for m in mods]})
@@ -200,7 +207,6 @@ def reproduce(cfg: TrainConfig, backend_names=None, overwrite: bool = False, log
         bcfg = dataclasses.replace(cfg, backend=m.NAME, out=str(run_dir / m.NAME))
         run = Run(run_dir / m.NAME, f"{title}: {m.NAME}")
         run.write_config(bcfg.to_dict())
-        m.configure(cfg.threads, cfg.seed)
         loss0, acc0 = evaluate(trainer, ds.test_images, ds.test_labels, bcfg, m.LAYOUT, f"{m.NAME} start")
         initial[m.NAME] = {"test_loss": loss0, "test_acc": acc0}
         log(f"[{m.NAME}] ({m.device()}) before training: test loss {loss0:.6f}, test acc {acc0:.3f}")
@@ -228,7 +234,7 @@ def reproduce(cfg: TrainConfig, backend_names=None, overwrite: bool = False, log
     drift = drift_rows(histories, initial, n_train, n_test)
     pairs = weight_differences(finals)
     weight_diff = max(pairs.values())
-    why = explanation(cfg, drift, weight_diff, n_test)
+    why = explanation(cfg, spec, drift, weight_diff, n_test)
     report = {"config": cfg.to_dict(), "backends": backend_rows, "drift": drift, "initial": initial,
               "final_weights_rel_diff": pairs, "n_train": n_train, "n_test": n_test, "explanation": why,
               "files": {"plot": PLOT, "initial_weights": INITIAL_WEIGHTS, "backends_table": BACKENDS_CSV,
