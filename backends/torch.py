@@ -19,9 +19,21 @@ NAME = "torch"
 LAYOUT = "NCHW"
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (taskset, cpusets), which ``os.cpu_count()`` ignores."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def configure(threads=None, seed=0):
     # Set explicitly: another framework in the process (MXNet) may have lowered the OpenMP thread count.
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    # Never more threads than usable cores by default: oneDNN's bf16 (AMX) weight-gradient kernels
+    # synchronise their threads by spinning, so two threads sharing one core made a bf16 step ~18x
+    # slower (fp32 barely changes); the same happens when other processes keep the cores busy, where
+    # --threads 1 is the remedy.
+    torch.set_num_threads(threads or _usable_cores())
     torch.manual_seed(seed)
 
 
