@@ -167,7 +167,7 @@ def cmd_convert(a) -> int:
 
 #: Modules of ``nin_multi`` that add subcommands: each has ``register(subparsers)``. They import their
 #: frameworks lazily, so ``--help`` stays fast.
-COMMAND_MODULES: list[str] = ["reproduce", "exercises"]
+COMMAND_MODULES: list[str] = ["reproduce", "exercises", "bench"]
 
 
 def main(argv=None) -> int:
