@@ -6,6 +6,7 @@ and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 
@@ -16,17 +17,33 @@ from .spec import VARIANTS
 BACKEND_HELP = "torch, tensorflow or mxnet (aliases: pytorch, tf, keras, gluon)"
 
 
-def _add_model_args(p: argparse.ArgumentParser, resize_default: int = 224) -> None:
-    p.add_argument("--backend", "-b", default="torch", help=BACKEND_HELP + " (default: torch)")
-    p.add_argument("--resize", type=int, default=resize_default,
-                   help=f"input image size (default: {resize_default}, the chapter's)")
-    p.add_argument("--variant", default="chapter", choices=list(VARIANTS),
-                   help="network variant (default: chapter)")
+def add_network_args(p: argparse.ArgumentParser, backend: bool = True, variant: bool = True) -> None:
+    """The network: which framework renders it, the input size, the variant and its ends."""
+    if backend:
+        p.add_argument("--backend", "-b", default="torch", help=BACKEND_HELP + " (default: torch)")
+    p.add_argument("--resize", type=int, default=224, help="input image size (default: 224, the chapter's)")
+    if variant:
+        p.add_argument("--variant", default="chapter", choices=list(VARIANTS),
+                       help="network variant (default: chapter)")
     p.add_argument("--in-channels", type=int, default=1, help="input channels (default: 1)")
     p.add_argument("--num-classes", type=int, default=10, help="number of classes (default: 10)")
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+def add_recipe_args(p: argparse.ArgumentParser, dropout: bool = True) -> None:
+    """The training recipe, the chapter's by default; ``train``, ``compare`` and ``reproduce`` share it."""
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: 10, the chapter's)")
+    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default: 0.1, the chapter's)")
+    p.add_argument("--init", default="xavier", choices=INITS,
+                   help="weight init (default: xavier, the chapter's; kaiming leaves the 2.30 plateau sooner)")
+    if dropout:
+        p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: 0.5, the chapter's)")
+    p.add_argument("--seed", type=int, default=0, help="seed for init, data order and dropout (default: 0)")
+    p.add_argument("--subset", type=int, default=None, help="train on the first N training images only")
+    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """Where the data is and how a step runs on it: shared by every command that touches Fashion-MNIST."""
     p.add_argument("--data-dir", default=None,
                    help="directory with the four Fashion-MNIST IDX files (default: $NIN_MULTI_DATA_DIR, "
                         "else download to the cache)")
@@ -37,32 +54,38 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
+def add_output_args(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--out", default=None, help=f"output directory (default: {default})")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+
+
+def config_from_args(a: argparse.Namespace, **overrides) -> TrainConfig:
+    """A ``TrainConfig`` from the parsed options a command has; the rest keep the chapter's defaults."""
+    kwargs = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(a, f.name)}
+    if kwargs.get("epochs") is None:
+        kwargs.pop("epochs", None)
+    kwargs.update(overrides)
+    return TrainConfig(**kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nin-multi", description=(
         "Network in Network (Dive into Deep Learning, 8.3) in PyTorch, TensorFlow and MXNet from one spec."))
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train on Fashion-MNIST with the chapter's recipe")
-    _add_model_args(p)
-    _add_data_args(p)
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: 10, the chapter's)")
-    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default: 0.1, the chapter's)")
-    p.add_argument("--init", default="xavier", choices=INITS,
-                   help="weight init (default: xavier, the chapter's; kaiming leaves the 2.30 plateau sooner)")
-    p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: 0.5, the chapter's)")
-    p.add_argument("--seed", type=int, default=0, help="seed for init, data order and dropout (default: 0)")
-    p.add_argument("--subset", type=int, default=None, help="train on the first N training images only")
-    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    add_network_args(p)
+    add_recipe_args(p)
+    add_data_args(p)
     p.add_argument("--out", default=None, help="run directory (default: runs/<time>-<backend>)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     g.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue a stopped run from its last checkpoint, with its saved settings")
-
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("summary", help="print the layer-by-layer shape walk of the framework's model")
-    _add_model_args(p)
+    add_network_args(p)
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("evaluate", help="test loss and accuracy of canonical weights (from any backend)")
@@ -70,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, help="a weights.npz written by train (any backend) or convert")
     p.add_argument("--resize", type=int, default=224, help="input image size (default: 224)")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
-    _add_data_args(p)
+    add_data_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("convert", help="write canonical weights in a framework's native format")
@@ -91,12 +114,7 @@ def cmd_train(a) -> int:
     if a.resume:
         resume(a.resume, epochs=a.epochs, progress_bar=a.progress)
         return 0
-    cfg = TrainConfig(
-        backend=a.backend, epochs=a.epochs if a.epochs is not None else 10, batch_size=a.batch_size,
-        lr=a.lr, resize=a.resize, init=a.init, seed=a.seed, data_dir=a.data_dir, out=a.out,
-        subset=a.subset, test_subset=a.test_subset, precision=a.precision, threads=a.threads,
-        in_channels=a.in_channels, num_classes=a.num_classes, variant=a.variant, dropout=a.dropout,
-        progress=a.progress)
+    cfg = config_from_args(a)
     train(cfg, overwrite=a.overwrite)
     return 0
 
@@ -136,12 +154,11 @@ def _load_weights_into(backend_name: str, path: str):
 
 def cmd_evaluate(a) -> int:
     from .data import load_fashion_mnist
-    from .train import evaluate
+    from .train import check_fits_fashion_mnist, evaluate
 
-    cfg = TrainConfig(backend=a.backend, batch_size=a.batch_size, resize=a.resize, data_dir=a.data_dir,
-                      precision=a.precision, threads=a.threads, test_subset=a.test_subset, progress=a.progress)
+    cfg = config_from_args(a)
     backend, spec, model = _load_weights_into(a.backend, a.weights)
-    spec.walk(cfg.resize)
+    check_fits_fashion_mnist(spec, cfg.resize)
     ds = load_fashion_mnist(cfg.data_dir).subset(None, cfg.test_subset)
     trainer = backend.Trainer(model, cfg.lr, cfg.precision)
     loss, acc = evaluate(trainer, ds.test_images, ds.test_labels, cfg, backend.LAYOUT, "evaluate")

@@ -39,6 +39,7 @@ MIRRORS = (
 )
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CHANNELS = 1  # grayscale
 DATA_DIR_ENV = "NIN_MULTI_DATA_DIR"
 CACHE_DIR_ENV = "NIN_MULTI_CACHE_DIR"
 MIRROR_ENV = "NIN_MULTI_MIRROR"

@@ -200,7 +200,7 @@ def format_resources(res: dict) -> str:
         f"gradients {fmt_bytes(tr['gradient_bytes'])} + optimizer state 0 B ({tr['optimizer']})",
         f"                   + activations kept for backward at batch {b} {fmt_bytes(tr['kept_activation_bytes'])} "
         f"({fmt_bytes(tr['kept_activation_bytes_per_image'])}/image: the input, every conv and ReLU output,",
-        f"                     every pool/dropout/dense output; see 'resources --help' for the model)",
+        "                     every pool/dropout/dense output; see 'resources --help' for the model)",
     ]
     return "\n".join(lines)
 
@@ -324,11 +324,9 @@ def plot_compare(rows: list[dict], dest, title: str = "") -> None:
 
 def cmd_compare(a) -> int:
     variants = parse_variants(a.variants)
-    cfg_kwargs = dict(
-        backend=a.backend, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, resize=a.resize, init=a.init,
-        seed=a.seed, data_dir=a.data_dir, subset=a.subset, test_subset=a.test_subset, precision=a.precision,
-        threads=a.threads, in_channels=a.in_channels, num_classes=a.num_classes, dropout=a.dropout,
-        progress=a.progress)
+    from .cli import config_from_args
+
+    cfg_kwargs = {k: v for k, v in asdict(config_from_args(a)).items() if k not in ("variant", "out")}
     out = Path(a.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     rows = compare(variants, cfg_kwargs, out, overwrite=a.overwrite)
     print(format_compare(rows))
@@ -338,36 +336,20 @@ def cmd_compare(a) -> int:
 
 # -- registration --------------------------------------------------------------------------------------
 def register(sub) -> None:
-    from .cli import BACKEND_HELP, _add_data_args
-    from .config import INITS
+    from .cli import add_data_args, add_network_args, add_output_args, add_recipe_args
 
     p = sub.add_parser("resources", help="parameters, multiply-adds and memory of a variant, per layer",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variant", default="chapter", choices=list(VARIANTS), help="network variant (default: chapter)")
-    p.add_argument("--resize", type=int, default=224, help="input image size (default: 224, the chapter's)")
+    add_network_args(p, backend=False)
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128, the chapter's)")
-    p.add_argument("--in-channels", type=int, default=1, help="input channels (default: 1)")
-    p.add_argument("--num-classes", type=int, default=10, help="number of classes (default: 10)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to this JSON file")
     p.set_defaults(func=cmd_resources)
 
     p = sub.add_parser("compare", help="train several variants on the same data and seed; table and figure")
     p.add_argument("--variants", default="chapter,one-1x1,fc-head",
                    help=f"comma-separated variants (default: chapter,one-1x1,fc-head; any of {', '.join(VARIANTS)})")
-    p.add_argument("--backend", "-b", default="torch", help=BACKEND_HELP + " (default: torch)")
-    p.add_argument("--resize", type=int, default=224, help="input image size (default: 224, the chapter's)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs per variant (default: 10, the chapter's)")
-    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default: 0.1, the chapter's)")
-    p.add_argument("--init", default="xavier", choices=INITS, help="weight init (default: xavier, the chapter's)")
-    p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: 0.5, the chapter's)")
-    p.add_argument("--seed", type=int, default=0, help="seed for init, data order and dropout (default: 0)")
-    p.add_argument("--subset", type=int, default=None, help="train on the first N training images only")
-    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
-    p.add_argument("--in-channels", type=int, default=1, help="input channels (default: 1)")
-    p.add_argument("--num-classes", type=int, default=10, help="number of classes (default: 10)")
-    p.add_argument("--out", default=None,
-                   help="directory for compare.csv, compare.png and one run directory per variant "
-                        "(default: runs/compare-<time>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
-    _add_data_args(p)
+    add_network_args(p, variant=False)
+    add_recipe_args(p)
+    add_data_args(p)
+    add_output_args(p, "runs/compare-<time>; it gets compare.csv, compare.png and a run directory per variant")
     p.set_defaults(func=cmd_compare)

@@ -23,10 +23,10 @@ from typing import Optional
 
 import numpy as np
 
-from .config import INITS, PRECISIONS, TrainConfig
+from .config import INITS, TrainConfig
 from .errors import ConfigError
 from .run import CONFIG, PLOT, WEIGHTS, Run, plot_curves, prepare_dir, write_json
-from .spec import VARIANTS, Conv, Dropout, NiNSpec
+from .spec import Conv, Dropout, NiNSpec
 from .train import evaluate, load_data, spec_for, train_epoch
 from .weights import save_weights
 
@@ -285,41 +285,28 @@ def format_report(report: dict, run_dir: Path) -> str:
 
 
 def register(sub) -> None:
+    from .cli import add_data_args, add_network_args, add_output_args, add_recipe_args
+
     p = sub.add_parser("reproduce", help="train several frameworks from one start and compare their curves",
                        description="Train every named backend from one set of initial weights (drawn in "
                                    "NumPy) and one example order per epoch, then overlay their curves and "
                                    "tabulate how far they drift apart.")
     p.add_argument("--backends", default=None,
                    help="comma-separated backends (default: every installed one): torch, tensorflow, mxnet")
-    p.add_argument("--epochs", type=int, default=10, help="epochs (default: 10, the chapter's)")
-    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default: 0.1, the chapter's)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128, the chapter's)")
-    p.add_argument("--resize", type=int, default=224, help="input image size (default: 224, the chapter's)")
-    p.add_argument("--variant", default="chapter", choices=list(VARIANTS), help="network variant (default: chapter)")
-    p.add_argument("--init", default="xavier", choices=INITS,
-                   help="initialisation drawn once in NumPy (default: xavier, the chapter's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and example order (default: 0)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default: fp32")
-    p.add_argument("--data-dir", default=None,
-                   help="directory with the four Fashion-MNIST IDX files (default: $NIN_MULTI_DATA_DIR, "
-                        "else download to the cache)")
-    p.add_argument("--subset", type=int, default=None, help="train on the first N training images only")
-    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    add_network_args(p, backend=False)
+    add_recipe_args(p, dropout=False)
     p.add_argument("--no-dropout", action="store_true",
                    help="dropout rate 0, so that no framework draws its own masks: the runs then differ "
                         "by floating-point rounding alone")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core)")
-    p.add_argument("--out", default=None, help="run directory (default: runs/<time>-reproduce)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_data_args(p)
+    add_output_args(p, "runs/<time>-reproduce")
     p.set_defaults(func=cmd_reproduce)
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
-    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, resize=a.resize, init=a.init,
-                      seed=a.seed, data_dir=a.data_dir, out=a.out, subset=a.subset, test_subset=a.test_subset,
-                      precision=a.precision, threads=a.threads, variant=a.variant,
-                      dropout=0.0 if a.no_dropout else None, progress=a.progress)
+    from .cli import config_from_args
+
+    cfg = config_from_args(a, dropout=0.0 if a.no_dropout else None)
     names: Optional[list[str]] = [n for n in a.backends.split(",") if n.strip()] if a.backends else None
     reproduce(cfg, names, overwrite=a.overwrite)
     return 0

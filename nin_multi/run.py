@@ -12,7 +12,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 from .errors import RunDirError
 

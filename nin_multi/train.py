@@ -12,11 +12,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from . import data as data_mod
 from .config import TrainConfig
-from .errors import NinMultiError, RunDirError, TrainingDivergedError
+from .errors import ConfigError, NinMultiError, RunDirError, TrainingDivergedError
 from .run import CONFIG, WEIGHTS, Run, default_run_dir, final_line, progress
 from .spec import NiNSpec, make_spec
 from .weights import read_weights_file, save_weights
@@ -27,8 +25,22 @@ KEEP_CHECKPOINTS = 3
 
 def spec_for(cfg: TrainConfig) -> NiNSpec:
     spec = make_spec(cfg.variant, cfg.in_channels, cfg.num_classes, cfg.dropout, cfg.resize)
-    spec.walk(cfg.resize)  # refuse an image the network cannot take before loading anything
+    check_fits_fashion_mnist(spec, cfg.resize)
     return spec
+
+
+def check_fits_fashion_mnist(spec: NiNSpec, resize: int) -> None:
+    """Refuse, before loading anything, a network that cannot take Fashion-MNIST at this size: too
+    small an image, another channel count (the images are grayscale), fewer outputs than its 10 classes.
+    ``--in-channels`` and ``--num-classes`` exist for ``summary`` and ``resources``."""
+    spec.walk(resize)
+    if spec.in_channels != data_mod.CHANNELS:
+        raise ConfigError(f"the network takes {spec.in_channels} input channels but Fashion-MNIST images have "
+                          f"{data_mod.CHANNELS}: train and evaluate need --in-channels {data_mod.CHANNELS}")
+    if spec.num_classes < len(data_mod.CLASSES):
+        raise ConfigError(f"the network has {spec.num_classes} outputs but Fashion-MNIST has "
+                          f"{len(data_mod.CLASSES)} classes: train and evaluate need --num-classes "
+                          f"{len(data_mod.CLASSES)} or more")
 
 
 def load_data(cfg: TrainConfig) -> data_mod.FashionMNIST:

@@ -74,10 +74,11 @@ FRAMEWORKS = {
         rendering=_src("""
             The Keras rendering is a `keras.Sequential` of named blocks (`model.get_layer("nin1")`, …). Keras is
             channels-last, so every activation is NHWC: `(1, 54, 54, 96)` where the PyTorch chapter prints
-            `(1, 96, 54, 54)`. To compute exactly the function of the other frameworks it pads explicitly
-            (`ZeroPadding2D`; Keras's `padding="same"` pads bottom/right first when the stride is above 1) and
-            flattens in NCHW order. Conv kernels are HWIO in Keras and are transposed to the canonical OIHW
-            layout only when weights are exchanged."""),
+            `(1, 96, 54, 54)`. To compute exactly the function of the other frameworks it uses Keras's
+            `padding="same"` only where that is symmetric (stride 1, odd kernel: the chapter's 5x5 and 3x3
+            convs), pads explicitly with `ZeroPadding2D` anywhere else ("same" pads bottom/right first when the
+            stride is above 1), and flattens in NCHW order. Conv kernels are HWIO in Keras and are transposed to
+            the canonical OIHW layout only when weights are exchanged."""),
         block=_src("""
             model = backend.build_model(spec, init=INIT, seed=0)
             # the first NiN block as Keras holds it: an 11x11 conv, then two 1x1 convs, each with ReLU

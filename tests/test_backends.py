@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nin_multi.data import load_fashion_mnist, to_float_batch
-from nin_multi.spec import VARIANTS, chapter_spec, make_spec, to_nhwc
+from nin_multi.spec import VARIANTS, BlockDef, build_spec, chapter_spec, make_spec
 from nin_multi.weights import load_weights, save_weights
 
 from conftest import ALL_BACKENDS, load
@@ -102,6 +102,21 @@ def test_logits_equal_across_frameworks(pair, variant, size):
     a, b = (load(name).NAME for name in pair)
     np.testing.assert_allclose(backend_logits(a, variant, size), backend_logits(b, variant, size),
                                **tolerance(variant))
+
+
+def test_padding_where_keras_same_would_differ(backend):
+    """Keras's ``padding="same"`` is symmetric only for stride 1 and an odd kernel; the Keras rendering
+    must fall back to explicit padding for a padded stride-2 conv and a padded even kernel."""
+    blocks = (BlockDef(16, 3, 2, 1), BlockDef(24, 4, 1, 1), BlockDef("classes", 3, 1, 1))
+    spec = build_spec(blocks, n_1x1=1, variant="odd-padding")
+    w = random_weights(spec, seed=3)
+    x = np.random.default_rng(4).random((2, 1, 37, 41), dtype=np.float32)
+    model = backend.build_model(spec)
+    backend.set_weights(model, spec, w)
+    assert [as_nchw(s, backend) for _, s in backend.layer_shapes(model, spec, (37, 41), batch=2)] == \
+        [i.nchw for i in spec.walk((37, 41), batch=2)]
+    np.testing.assert_allclose(backend.forward(model, to_layout(x, backend)), reference_forward(spec, w, x),
+                               rtol=RTOL, atol=ATOL)
 
 
 def test_a_transposed_kernel_would_be_caught(backend):

@@ -40,6 +40,8 @@ def train_args(sample_dir, out, *extra):
     (["--subset", "0"], "--subset must be a positive integer"),
     (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
     (["--threads", "0"], "--threads must be a positive integer"),
+    (["--in-channels", "3"], "the network takes 3 input channels but Fashion-MNIST images have 1"),
+    (["--num-classes", "5"], "the network has 5 outputs but Fashion-MNIST has 10 classes"),
 ])
 def test_bad_training_options(sample_dir, tmp_path, capsys, extra, message):
     code, err = run_cli(train_args(sample_dir, tmp_path / "run", *extra), capsys)

@@ -92,8 +92,8 @@ def test_notebook_runs_in_quick_mode(framework, sample_dir, kernel_path, tmp_pat
         pytest.skip(message)
     from nbclient import NotebookClient
 
-    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(filter(None, [str(kernel_path),
-                                                                      os.environ.get("JUPYTER_PATH")])))
+    paths = [str(kernel_path), os.environ.get("JUPYTER_PATH")]
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(filter(None, paths)))
     monkeypatch.setenv("NIN_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("NIN_MULTI_DATA_DIR", str(sample_dir))
     monkeypatch.setenv("NIN_NOTEBOOK_RUNS_DIR", str(tmp_path / "runs"))
