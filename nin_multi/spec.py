@@ -287,7 +287,7 @@ def build_spec(
     blocks: Sequence[BlockDef] = CHAPTER_BLOCKS,
     in_channels: int = 1,
     num_classes: int = 10,
-    n_1x1: int = 2,
+    n_1x1: Union[int, Sequence[int]] = 2,
     k_1x1: int = 1,
     dropout: float = 0.5,
     head: str = "gap",
@@ -298,29 +298,34 @@ def build_spec(
     """Turn a block table into a spec: a max-pool between blocks, dropout before the last block.
 
     ``n_1x1`` and ``k_1x1`` are the chapter's exercise knobs (how many "1×1" convs follow the k×k one,
-    and their kernel size, padded so they keep the spatial size). ``head="fc"`` replaces the last
+    and their kernel size, padded so they keep the spatial size); ``n_1x1`` is one count for every
+    block or one per row of ``blocks``. ``head="fc"`` replaces the last
     block, global pooling and flatten with flatten → dense layers → classes, as VGG/AlexNet do; it
     needs the input size it will be used at (``fc_input_size``).
     """
     _check_positive_int("in_channels", in_channels)
     _check_positive_int("num_classes", num_classes)
-    if not 0 <= n_1x1 <= 8:
-        raise SpecError(f"n_1x1 must be between 0 and 8, got {n_1x1}")
+    counts = [n_1x1] * len(blocks) if isinstance(n_1x1, int) else list(n_1x1)
+    if len(counts) != len(blocks):
+        raise SpecError(f"n_1x1 has {len(counts)} counts for {len(blocks)} blocks")
+    for n in counts:
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 8:
+            raise SpecError(f"n_1x1 must be between 0 and 8, got {n!r}")
     if k_1x1 % 2 != 1:
         raise SpecError(f"k_1x1 must be odd so its padding keeps the shape, got {k_1x1}")
     if head not in ("gap", "fc"):
         raise SpecError(f"head must be 'gap' (the chapter) or 'fc', got {head!r}")
     layers: list[Layer] = []
     c = in_channels
-    conv_blocks = list(blocks) if head == "gap" else [b for b in blocks if b.out_channels != "classes"]
-    for i, b in enumerate(conv_blocks, start=1):
+    conv_blocks = [(b, n) for b, n in zip(blocks, counts) if head == "gap" or b.out_channels != "classes"]
+    for i, (b, n_block) in enumerate(conv_blocks, start=1):
         out = num_classes if b.out_channels == "classes" else b.out_channels
         _check_positive_int(f"block {i} channels", out)
         if i == len(conv_blocks) and head == "gap":
             layers.append(Dropout("dropout", dropout))
         name = f"nin{i}"
         convs = [Conv(f"{name}.conv0", c, out, b.kernel, b.stride, b.padding)]
-        convs += [Conv(f"{name}.conv{j}", out, out, k_1x1, 1, k_1x1 // 2) for j in range(1, n_1x1 + 1)]
+        convs += [Conv(f"{name}.conv{j}", out, out, k_1x1, 1, k_1x1 // 2) for j in range(1, n_block + 1)]
         layers.append(NiNBlock(name, tuple(convs)))
         c = out
         if i < len(conv_blocks):
@@ -381,9 +386,13 @@ VARIANTS: dict[str, dict] = {
     # Not the chapter's: a narrow NiN for unresized 28x28 images, ~100x cheaper than the chapter's net at
     # 96x96; it trains in seconds on a CPU, which makes it the tests' quick signal of learning.
     "mini": {"blocks": MINI_BLOCKS},
-    # The VGG-style NiN family, named by their number of conv layers (all weight layers: the head is
-    # global pooling): six blocks of one 3x3 conv followed by 1, 2 or 3 "1x1" convs. (VGG-11/16/19's own
-    # depths need a different number of 1x1 convs per block, which build_spec's single n_1x1 cannot say.)
+    # NiN by analogy with VGG-11/16/19: each VGG stage of d 3x3 convs becomes a NiN block of one 3x3 conv
+    # and d - 1 "1x1" convs (stage depths 1,1,2,2,2 / 2,2,3,3,3 / 2,2,4,4,4), and VGG's three dense
+    # layers become the classes block of one 3x3 and two 1x1 convs: 11, 16 and 19 weight layers.
+    "nin-11": {"blocks": VGG_STYLE_BLOCKS, "n_1x1": (0, 0, 1, 1, 1, 2)},
+    "nin-16": {"blocks": VGG_STYLE_BLOCKS, "n_1x1": (1, 1, 2, 2, 2, 2)},
+    "nin-19": {"blocks": VGG_STYLE_BLOCKS, "n_1x1": (1, 1, 3, 3, 3, 2)},
+    # The same six blocks with 1, 2 or 3 "1x1" convs in every block (12, 18, 24 weight layers).
     "nin-vgg-12": {"blocks": VGG_STYLE_BLOCKS, "n_1x1": 1},
     "nin-vgg-18": {"blocks": VGG_STYLE_BLOCKS, "n_1x1": 2},
     "nin-vgg-24": {"blocks": VGG_STYLE_BLOCKS, "n_1x1": 3},

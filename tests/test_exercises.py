@@ -9,13 +9,14 @@ import sys
 import pytest
 
 from nin_multi.cli import main
-from nin_multi.errors import ImageTooSmallError
+from nin_multi.errors import ImageTooSmallError, SpecError
 from nin_multi.exercises import BYTES_PER_VALUE, layer_costs, parse_variants, resources
-from nin_multi.spec import chapter_spec, make_spec
+from nin_multi.spec import CHAPTER_BLOCKS, build_spec, chapter_spec, make_spec
 
 from conftest import ROOT, load
 
 FAMILY = ["nin-vgg-12", "nin-vgg-18", "nin-vgg-24"]
+VGG_ANALOGUES = {"nin-11": (0, 0, 1, 1, 1, 2), "nin-16": (1, 1, 2, 2, 2, 2), "nin-19": (1, 1, 3, 3, 3, 2)}
 
 
 def as_nchw(shape, backend):
@@ -24,7 +25,7 @@ def as_nchw(shape, backend):
 
 
 # -- the VGG-style family --------------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", FAMILY)
+@pytest.mark.parametrize("variant", FAMILY + list(VGG_ANALOGUES))
 def test_family_renders_with_spec_shapes_and_counts(backend, variant):
     spec = make_spec(variant)
     size = spec.min_image_size()  # 63: five 3x3/2 pools leave the classes block one pixel
@@ -54,6 +55,23 @@ def test_family_hand_counts():
         (1, 512, 6, 6), (1, 10, 6, 6), (1, 10, 1, 1), (1, 10)]
     with pytest.raises(ImageTooSmallError, match="'pool5'"):
         make_spec("nin-vgg-12").walk(62)
+    # VGG-11/16/19 by analogy: a VGG stage of d 3x3 convs is a block of one 3x3 and d - 1 1x1 convs;
+    # VGG's three dense layers are the classes block (one 3x3, two 1x1)
+    k1_per_block = (4_160, 16_512, 65_792, 262_656, 262_656, 110)
+    for variant, counts in VGG_ANALOGUES.items():
+        spec = make_spec(variant)
+        assert spec.num_params == k3 + sum(n * k for n, k in zip(counts, k1_per_block))
+        assert len(list(spec.convs())) == int(variant.split("-")[1])
+        assert [len(block.convs) for block in spec.layers if hasattr(block, "convs")] == [1 + n for n in counts]
+    assert [make_spec(v).num_params for v in VGG_ANALOGUES] == [4_547_046, 5_158_822, 5_749_926]
+
+
+def test_per_block_counts_are_checked():
+    with pytest.raises(SpecError, match="n_1x1 has 3 counts for 4 blocks"):
+        build_spec(CHAPTER_BLOCKS, n_1x1=(1, 2, 3))
+    with pytest.raises(SpecError, match="between 0 and 8, got 9"):
+        build_spec(CHAPTER_BLOCKS, n_1x1=(2, 2, 9, 2))
+    assert build_spec(CHAPTER_BLOCKS, n_1x1=(2, 2, 2, 2)) == chapter_spec()
 
 
 # -- resources ---------------------------------------------------------------------------------------------
