@@ -328,6 +328,28 @@ def cells(fw: str) -> list[tuple[str, str, tuple[str, ...]]]:
                       f"(largest logit {np.abs(ours).max():.2f}); same predictions: "
                       f"{bool((theirs.argmax(1) == ours.argmax(1)).all())}")"""), (PARITY,)),
         (md, _src("""
+            ## The exercises in numbers
+
+            The chapter asks what one or three 1×1 convolutions, 3×3 "inner" convolutions or a fully connected
+            head would change, and suggests a family of NiN networks after VGG-11/16/19. Each is a spec
+            variant; their costs come from the spec alone (no framework, no training): parameters,
+            multiply-adds per image, and memory at the chapter's batch of 128 — for prediction (weights and
+            the largest live activations) and for training (weights, gradients and every activation kept for
+            the backward pass). `nin-multi compare --variants ...` trains variants side by side for the
+            accuracy and speed half of the answer."""), ()),
+        (code, _src("""
+            from nin_multi.exercises import fmt_bytes, resources
+
+            print(f"{'variant':<11} {'weight layers':>13} {'parameters':>12} {'multiply-adds':>15} "
+                  f"{'prediction':>11} {'training':>10}")
+            for name in ("chapter", "no-1x1", "one-1x1", "three-1x1", "3x3-inner", "fc-head", "nin-11", "nin-16",
+                         "nin-19"):
+                v = make_spec(name, image_size=224)
+                r = resources(v, 224, 128)
+                print(f"{name:<11} {len(list(v.param_layers())):>13} {r['total']['params']:>12,} "
+                      f"{r['total']['macs_per_image']:>15,} {fmt_bytes(r['prediction']['total_bytes']):>11} "
+                      f"{fmt_bytes(r['training']['total_bytes']):>10}")"""), ()),
+        (md, _src("""
             ## Summary
 
             * A NiN block is a convolution followed by 1×1 convolutions: fully connected layers applied at
@@ -337,8 +359,9 @@ def cells(fw: str) -> list[tuple[str, str, tuple[str, ...]]]:
               connected head need about 21 times as many (41,324,042), 95% of them in the first dense layer.
             * The network is one spec; every framework's rendering gives the same shapes (NCHW in PyTorch and
               MXNet, NHWC in Keras) and, with the same weights, the same logits.
-            * The chapter's exercises vary the block: `make_spec("no-1x1")`, `"one-1x1"`, `"three-1x1"` and
-              `"3x3-inner"` build those variants, and `nin-multi train --variant ...` trains them."""), ()),
+            * The chapter's exercises vary the block: `make_spec("no-1x1")`, `"one-1x1"`, `"three-1x1"`,
+              `"3x3-inner"`, `"fc-head"` and the VGG-like `"nin-11"`, `"nin-16"`, `"nin-19"` build those
+              variants, and `nin-multi train --variant ...` trains them."""), ()),
         (code, _src("""
             print(f"{'quick mode (not the chapter settings)' if QUICK else 'the chapter settings'}: "
                   f"{EPOCHS} epoch(s) on {cfg.subset or 'all'} training images at {RESIZE}x{RESIZE}")
