@@ -96,7 +96,7 @@ def _conv_relu(conv: Conv, init: str):
     a padded copy of the activations each step (measured ~5% of a training step); an explicit
     ``ZeroPadding2D`` and a "valid" conv anywhere else, where "same" would pad bottom/right first."""
     name = conv.name.split(".")[-1]
-    same = conv.padding and conv.stride == 1 and 2 * conv.padding == conv.kernel - 1
+    same = conv.padding > 0 and conv.stride == 1 and 2 * conv.padding == conv.kernel - 1
     pad = [] if same or not conv.padding else [keras.layers.ZeroPadding2D(conv.padding,
                                                                           name=name.replace("conv", "pad"))]
     return pad + [keras.layers.Conv2D(conv.out_channels, conv.kernel, conv.stride,
