@@ -13,7 +13,8 @@ from conftest import SELECTED
 
 TINY = ["--resize", "67", "--batch-size", "8", "--steps", "1", "--warmup", "1"]
 ROW_KEYS = {"backend", "path", "precision", "layout", "description", "train_img_s", "infer_img_s", "train_step_s",
-            "infer_step_s", "train_steps_s", "infer_steps_s", "ratio_train", "ratio_infer", "error"}
+            "infer_step_s", "train_steps_s", "infer_steps_s", "ratio_train", "ratio_infer", "ratio_train_range",
+            "ratio_infer_range", "error"}
 
 
 def parse(*argv):
@@ -51,6 +52,8 @@ def test_bench_end_to_end(tmp_path, capsys):
         if r["error"] is None:  # a path may fail on some machine; it is then an error string, not a crash
             assert r["train_img_s"] > 0 and r["infer_img_s"] > 0 and len(r["train_steps_s"]) == 1
             assert r["ratio_train"] > 0
+            low, high = r["ratio_train_range"]
+            assert 0 < low <= high
         else:
             assert isinstance(r["error"], str) and r["error"]
         if r["path"] == "chapter" and r["error"] is None:
@@ -122,3 +125,26 @@ def test_precisions_run_fp32_first():
     assert s["precisions"] == ["fp32", "bf16"]
     with pytest.raises(ConfigError):
         bench._settings(parse("--precision", "", "--backends", "torch"))
+
+
+def test_targets_from_a_synthetic_report():
+    """The verdicts and the per-round spread, on made-up step times (seconds per step of 64 images)."""
+    def row(path, precision, train):
+        return bench._row("torch", path, precision, train_img_s=64 / sorted(train)[len(train) // 2],
+                          infer_img_s=1.0, train_steps_s=train, infer_steps_s=[1.0] * len(train))
+
+    rows = [row("chapter", "fp32", [3.0, 3.0, 3.3]), row("default", "fp32", [2.0, 1.9, 2.4]),
+            row("default", "bf16", [0.8, 0.8, 0.75])]
+    for r in rows:  # what run_bench adds
+        ref = rows[0]
+        r["ratio_train"] = r["train_img_s"] / ref["train_img_s"]
+        r["ratio_train_range"] = bench._round_ratios(ref["train_steps_s"], r["train_steps_s"])
+    assert rows[1]["ratio_train_range"] == pytest.approx([3.3 / 2.4, 3.0 / 1.9])
+    report = {"settings": {"backends": ["torch"], "resize": 224}, "results": rows,
+              "pipeline": [{"layout": "NCHW", "share_of_train_step": {"torch fp32": 0.01}}], "memory": []}
+    targets = {t["name"].split(" training")[0]: t for t in bench.evaluate_targets(report)}
+    fp32, bf16 = targets["torch: default fp32"], targets["torch: default bf16"]
+    assert fp32["met"] is True and "1.50x" in fp32["detail"]  # 3.0 / 2.0 of the medians
+    assert "rounds 1.38-1.58x; the rounds straddle the target" in fp32["detail"]
+    assert bf16["met"] is False and "3.75x" in bf16["detail"]
+    assert "rounds 3.75-4.40x; the rounds straddle" in bf16["detail"]
