@@ -45,6 +45,18 @@ def canonical_name(name: str) -> str:
     return key
 
 
+def select(names=None) -> list[str]:
+    """Canonical names, each once, in ``ORDER``, from a list or a comma-separated string (``--backends``);
+    none given: every installed backend."""
+    if isinstance(names, str):
+        names = names.split(",")
+    names = [n for n in names or () if n.strip()]
+    if not names:
+        return installed()
+    keys = {canonical_name(n) for n in names}
+    return [k for k in ORDER if k in keys]
+
+
 def is_installed(name: str) -> bool:
     return importlib.util.find_spec(_REGISTRY[canonical_name(name)][1]) is not None
 

@@ -117,14 +117,7 @@ def _settings(a) -> dict:
     precisions.sort(key=lambda p: p != "fp32")
     import backends
 
-    if a.backends:
-        names = []
-        for n in a.backends.split(","):
-            if n.strip() and backends.canonical_name(n) not in names:
-                names.append(backends.canonical_name(n))
-        names = [n for n in backends.ORDER if n in names]
-    else:
-        names = backends.installed()
+    names = backends.select(a.backends)
     if not names:
         raise BackendUnavailableError("no backend to benchmark: install torch, tensorflow-cpu or mxnet")
     make_spec(a.variant, image_size=a.resize).walk(a.resize)  # refuse an image the network cannot take

@@ -19,7 +19,6 @@ import dataclasses
 import itertools
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -163,11 +162,11 @@ def default_run_dir() -> Path:
 
 
 def reproduce(cfg: TrainConfig, backend_names=None, overwrite: bool = False, log=print) -> tuple[Path, dict]:
-    """Train every named backend (default: every installed one) from one start; returns (run dir, report)."""
+    """Train every named backend (a list or a comma-separated string; default: every installed one) from
+    one start; returns (run dir, report)."""
     import backends as registry
 
-    names = backend_names or registry.installed()
-    keys = list(dict.fromkeys(registry.canonical_name(n) for n in names))
+    keys = registry.select(backend_names)
     if len(keys) < 2:
         installed = ", ".join(registry.installed()) or "none"
         raise ConfigError(f"reproduce compares frameworks and needs at least two backends, got "
@@ -307,6 +306,5 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     from .cli import config_from_args
 
     cfg = config_from_args(a, dropout=0.0 if a.no_dropout else None)
-    names: Optional[list[str]] = [n for n in a.backends.split(",") if n.strip()] if a.backends else None
-    reproduce(cfg, names, overwrite=a.overwrite)
+    reproduce(cfg, a.backends, overwrite=a.overwrite)
     return 0

@@ -192,3 +192,14 @@ def test_mxnet_import_keeps_torch_threads():
         load(name)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_select_names_backends_once_in_import_order(monkeypatch):
+    import backends
+
+    assert backends.select("mxnet, keras,torch,pytorch") == ["torch", "tensorflow", "mxnet"]
+    assert backends.select(["gluon", "tf"]) == ["tensorflow", "mxnet"]
+    monkeypatch.setattr(backends, "installed", lambda: ["torch"])
+    assert backends.select(None) == backends.select("") == backends.select([]) == ["torch"]
+    with pytest.raises(backends.BackendUnavailableError, match="unknown backend 'caffe'"):
+        backends.select("torch,caffe")
