@@ -2,11 +2,10 @@
 a bug the other tests may only find on the code path that reaches it."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 def test_flake8_is_clean():
