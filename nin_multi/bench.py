@@ -67,12 +67,13 @@ BF16_TARGET_BACKENDS = ("torch", "tensorflow")
 
 # -- command line ---------------------------------------------------------------------------------------
 def register(sub) -> None:
+    from .cli import add_backends_arg
+
     p = sub.add_parser("bench", help="training and inference throughput of each backend vs the chapter's code",
                        description="Images per second of each backend's training and inference step, its "
                                    "default path against the chapter's plain code, plus the data pipeline's "
                                    "share of a step and memory growth. Prints a table and writes JSON.")
-    p.add_argument("--backends", default=None,
-                   help="comma-separated: torch, tensorflow, mxnet (default: every installed one)")
+    add_backends_arg(p)
     p.add_argument("--resize", type=int, default=224, help="input image size (default: 224, the chapter's)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
     p.add_argument("--precision", default="fp32",

@@ -29,6 +29,12 @@ def add_network_args(p: argparse.ArgumentParser, backend: bool = True, variant: 
     p.add_argument("--num-classes", type=int, default=10, help="number of classes (default: 10)")
 
 
+def add_backends_arg(p: argparse.ArgumentParser) -> None:
+    """Several backends at once (``bench``, ``reproduce``), read by ``backends.select``."""
+    p.add_argument("--backends", default=None,
+                   help="comma-separated: torch, tensorflow, mxnet (default: every installed one)")
+
+
 def add_recipe_args(p: argparse.ArgumentParser, dropout: bool = True) -> None:
     """The training recipe, the chapter's by default; ``train``, ``compare`` and ``reproduce`` share it."""
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: 10, the chapter's)")

@@ -284,14 +284,13 @@ def format_report(report: dict, run_dir: Path) -> str:
 
 
 def register(sub) -> None:
-    from .cli import add_data_args, add_network_args, add_output_args, add_recipe_args
+    from .cli import add_backends_arg, add_data_args, add_network_args, add_output_args, add_recipe_args
 
     p = sub.add_parser("reproduce", help="train several frameworks from one start and compare their curves",
                        description="Train every named backend from one set of initial weights (drawn in "
                                    "NumPy) and one example order per epoch, then overlay their curves and "
                                    "tabulate how far they drift apart.")
-    p.add_argument("--backends", default=None,
-                   help="comma-separated backends (default: every installed one): torch, tensorflow, mxnet")
+    add_backends_arg(p)
     add_network_args(p, backend=False)
     add_recipe_args(p, dropout=False)
     p.add_argument("--no-dropout", action="store_true",
