@@ -6,13 +6,20 @@ the parity tests rely on):
     NAME, LAYOUT                        canonical name; "NCHW" or "NHWC" (what its batches look like)
     configure(threads, seed)            threads (None: every core) and the framework's global seeds
     device() -> str                     where it computes, e.g. "cpu" or "cuda:0"
-    build_model(spec, init, seed)       the network rendered from the spec alone
+    build_model(spec, init, seed, dtype="float32")
+                                        the network rendered from the spec alone; dtype "float64" (for
+                                        --precision fp64) makes its parameters and every layer float64
     layer_shapes(model, spec, size)     [(layer name, output shape)] from the framework's own forward pass
     count_params(model) -> int
-    get_weights(model, spec) / set_weights(model, spec, weights)   canonical (OIHW) numpy dicts
-    forward(model, x, training=False)   logits as numpy
+    get_weights(model, spec) / set_weights(model, spec, weights)   canonical (OIHW) numpy dicts, in the
+                                        model's parameter dtype; set_weights casts to it (the driver
+                                        refuses float64 -> float32 before it gets there)
+    forward(model, x, training=False)   logits as numpy: float64 from a float64 model, else float32
     Trainer(model, lr, precision)       .train_step(x, y) / .eval_step(x, y) -> (loss sum, correct count);
-                                        .extra_state() / .load_extra_state(d): RNG etc. for checkpoints
+                                        .extra_state() / .load_extra_state(d): RNG etc. for checkpoints.
+                                        precision "fp64" takes a float64 model and float64 batches, and
+                                        computes loss, gradients and the SGD update in float64 without
+                                        rounding any scalar (the learning rate included) to float32
     save_native(model, path)            the framework's own weights format
 """
 from __future__ import annotations
@@ -26,9 +33,9 @@ from nin_multi.errors import BackendUnavailableError
 
 #: canonical name -> (module, the framework's import name, the pip extra that installs it)
 _REGISTRY = {
-    "torch": ("backends.torch", "torch", "torch"),
-    "tensorflow": ("backends.tf", "tensorflow", "tensorflow"),
-    "mxnet": ("backends.mxnet", "mxnet", "mxnet"),
+    "torch": ("nin_multi.backends.torch", "torch", "torch"),
+    "tensorflow": ("nin_multi.backends.tf", "tensorflow", "tensorflow"),
+    "mxnet": ("nin_multi.backends.mxnet", "mxnet", "mxnet"),
 }
 ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "gluon": "mxnet", "mx": "mxnet"}
 #: Import order when several load in one process: PyTorch before TensorFlow (the reverse has hung).

@@ -116,7 +116,7 @@ def _settings(a) -> dict:
             precisions.append(p)
     # fp32 first: MXNet's AMP, once on, changes every later graph in the process (see the worker)
     precisions.sort(key=lambda p: p != "fp32")
-    import backends
+    from nin_multi import backends
 
     names = backends.select(a.backends)
     if not names:
@@ -513,7 +513,7 @@ def _phases(name: str, precisions: list[str]) -> list[list[tuple[str, str]]]:
 
 
 def _worker(s: dict) -> int:
-    import backends
+    from nin_multi import backends
     from . import data
 
     name = s["backend"]

@@ -126,7 +126,7 @@ def cmd_train(a) -> int:
 
 
 def cmd_summary(a) -> int:
-    from backends import get_backend
+    from nin_multi.backends import get_backend
     from .spec import make_spec
 
     backend = get_backend(a.backend)
@@ -147,7 +147,7 @@ def cmd_summary(a) -> int:
 
 
 def _load_weights_into(backend_name: str, path: str):
-    from backends import get_backend
+    from nin_multi.backends import get_backend
     from .weights import load_weights
 
     backend = get_backend(backend_name)
@@ -177,7 +177,7 @@ NATIVE_SUFFIXES = {"torch": (".pt", ".pth"), "tensorflow": (".weights.h5",), "mx
 
 
 def cmd_convert(a) -> int:
-    from backends import canonical_name
+    from nin_multi.backends import canonical_name
 
     suffixes = NATIVE_SUFFIXES[canonical_name(a.backend)]
     if not a.out.endswith(suffixes):

@@ -8,8 +8,14 @@ from typing import Optional
 
 from .errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
 INITS = ("xavier", "kaiming")
+
+
+def param_dtype(precision: str) -> str:
+    """The parameters' dtype: float64 for fp64; every other precision keeps float32 master weights
+    (bf16 and fp16 only compute in low precision)."""
+    return "float64" if precision == "fp64" else "float32"
 
 
 @dataclass

@@ -164,7 +164,7 @@ def default_run_dir() -> Path:
 def reproduce(cfg: TrainConfig, backend_names=None, overwrite: bool = False, log=print) -> tuple[Path, dict]:
     """Train every named backend (a list or a comma-separated string; default: every installed one) from
     one start; returns (run dir, report)."""
-    import backends as registry
+    from nin_multi import backends as registry
 
     keys = registry.select(backend_names)
     if len(keys) < 2:

@@ -60,7 +60,9 @@ def evaluate(trainer, images, labels, cfg: TrainConfig, layout: str, desc: str =
     return loss_sum / n, correct / n
 
 
-def train_epoch(trainer, ds, cfg: TrainConfig, layout: str, epoch: int, order=None) -> dict:
+def train_epoch(trainer, ds, cfg: TrainConfig, layout: str, epoch: int, order=None, step_losses=None) -> dict:
+    """One pass over the training set; ``step_losses``, a list, receives every batch's mean loss (what
+    ``reproduce`` compares step by step between frameworks)."""
     n = len(ds.train_images)
     loss_sum, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
@@ -76,6 +78,8 @@ def train_epoch(trainer, ds, cfg: TrainConfig, layout: str, epoch: int, order=No
                     f"Try a lower learning rate (--lr {cfg.lr / 2:g}) or --init kaiming; metrics and the "
                     f"last good checkpoint are kept in the run directory")
             loss_sum, correct, seen = loss_sum + l, correct + c, seen + len(y)
+            if step_losses is not None:
+                step_losses.append(l / len(y))
             bar.update()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
     seconds = time.perf_counter() - t0
@@ -118,7 +122,7 @@ def resume(run_dir, epochs: Optional[int] = None, progress_bar: bool = True, log
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
           log=print) -> tuple[Path, list[dict]]:
-    from backends import get_backend
+    from nin_multi.backends import get_backend
 
     backend = get_backend(cfg.backend)
     cfg.backend = backend.NAME

@@ -189,7 +189,7 @@ def cells(fw: str) -> list[tuple[str, str, tuple[str, ...]]]:
             import numpy as np
             from IPython.display import Image, display
 
-            import backends
+            from nin_multi import backends
             from nin_multi.config import TrainConfig
             from nin_multi.data import CLASSES, load_fashion_mnist, to_float_batch
             from nin_multi.run import final_line

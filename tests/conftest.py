@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import backends
+from nin_multi import backends
 from nin_multi.errors import BackendUnavailableError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -187,7 +187,8 @@ def test_sgd_steps_agree_across_frameworks(sample_dir):
 
 def test_mxnet_import_keeps_torch_threads():
     code = ("import torch; torch.set_num_threads(2); n = torch.get_num_threads(); "
-            "import backends.mxnet; assert torch.get_num_threads() == n, (n, torch.get_num_threads()); print('ok')")
+            "import nin_multi.backends.mxnet; assert torch.get_num_threads() == n, (n, torch.get_num_threads()); "
+            "print('ok')")
     for name in ("torch", "mxnet"):
         load(name)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -195,7 +196,7 @@ def test_mxnet_import_keeps_torch_threads():
 
 
 def test_select_names_backends_once_in_import_order(monkeypatch):
-    import backends
+    from nin_multi import backends
 
     assert backends.select("mxnet, keras,torch,pytorch") == ["torch", "tensorflow", "mxnet"]
     assert backends.select(["gluon", "tf"]) == ["tensorflow", "mxnet"]

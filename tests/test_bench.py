@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import backends
+from nin_multi import backends
 from nin_multi import bench
 from nin_multi.errors import ConfigError, NinMultiError
 

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-import backends
+from nin_multi import backends
 from nin_multi.cli import main
 from nin_multi.spec import chapter_spec
 from nin_multi.weights import save_weights
@@ -59,7 +59,8 @@ def test_non_numeric_epochs(capsys, value):
 
 
 def test_missing_framework_names_the_extra(monkeypatch, capsys):
-    monkeypatch.setitem(backends._REGISTRY, "mxnet", ("backends.mxnet_absent", "mxnet_absent_for_test", "mxnet"))
+    monkeypatch.setitem(backends._REGISTRY, "mxnet",
+                        ("nin_multi.backends.mxnet_absent", "mxnet_absent_for_test", "mxnet"))
     code, err = run_cli(["summary", "--backend", "gluon"], capsys)
     assert code == 2 and "pip install 'nin-multi[mxnet]'" in err
 

@@ -11,7 +11,7 @@ import re
 import nbformat
 import pytest
 
-import backends
+from nin_multi import backends
 from conftest import ROOT, SELECTED, _ASKED
 from test_spec import CHAPTER_NCHW, CHAPTER_NHWC
 

@@ -1,0 +1,33 @@
+"""The installed footprint: the renderings ship inside the package as ``nin_multi.backends``; nothing
+named ``backends`` (a name any project could claim) lands in site-packages."""
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import ROOT
+
+
+def test_wheel_installs_the_backends_inside_the_package(tmp_path):
+    pytest.importorskip("setuptools")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("nin_multi-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert tops == {"nin_multi"}
+    for module in ("__init__", "torch", "tf", "mxnet"):
+        assert f"nin_multi/backends/{module}.py" in names
+    top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
+    assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["nin_multi"]
+
+
+def test_outside_the_checkout_only_nin_multi_backends_imports(tmp_path):
+    """From another directory (the checkout is not on sys.path) the registry is ``nin_multi.backends``."""
+    code = ("import importlib.util, nin_multi.backends as b; "
+            "print(importlib.util.find_spec('backends') is None, b.canonical_name('pytorch'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "torch"]
