@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from nin_multi.errors import ConfigError
-from nin_multi.spec import Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec
+from nin_multi.spec import AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec
 
 # MXNet 1.9.1 still reads ``numpy.bool``, an alias NumPy 1.24 removed; restore it before the import
 # (looked up in vars(): getattr on NumPy 1.2x warns).
@@ -90,6 +90,10 @@ def _render(layer) -> nn.HybridBlock:
         return nn.MaxPool2D(layer.kernel, layer.stride, ceil_mode=False, prefix=_prefix(layer.name))
     if isinstance(layer, Dropout):
         return nn.Dropout(layer.rate, prefix=_prefix(layer.name))
+    if isinstance(layer, ChannelDropout):  # one draw per (image, channel): the mask is shared over H and W
+        return nn.Dropout(layer.rate, axes=(2, 3), prefix=_prefix(layer.name))
+    if isinstance(layer, AvgPool):
+        return nn.AvgPool2D(layer.kernel, layer.stride, ceil_mode=False, prefix=_prefix(layer.name))
     if isinstance(layer, GlobalAvgPool):
         return nn.GlobalAvgPool2D(prefix=_prefix(layer.name))
     if isinstance(layer, Flatten):
@@ -100,7 +104,7 @@ def _render(layer) -> nn.HybridBlock:
     raise TypeError(f"no MXNet rendering for {type(layer).__name__}")
 
 
-def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0) -> nn.HybridSequential:
+def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0, dtype: str = "float32") -> nn.HybridSequential:
     if init not in _INITS:
         raise ConfigError(f"unknown init {init!r}; choose one of: {', '.join(_INITS)}")
     mx.random.seed(seed)
@@ -109,13 +113,20 @@ def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0) -> nn.Hybrid
         for layer in spec.layers:
             model.add(_render(layer))
     model.initialize(_INITS[init](), ctx=_ctx())  # biases keep their own initializer: zeros
+    if dtype != "float32":
+        model.cast(dtype)  # float64: drawn in float32, then widened
     model.hybridize(static_alloc=True, static_shape=True)
     return model
 
 
+def _dtype(model: nn.HybridSequential) -> str:
+    params = list(model.collect_params().values())
+    return np.dtype(params[0].dtype).name if params else "float32"
+
+
 def layer_shapes(model: nn.HybridSequential, spec: NiNSpec, image_size=224, batch: int = 1):
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-    x = mx.nd.zeros((batch, spec.in_channels, h, w), ctx=_ctx())
+    x = mx.nd.zeros((batch, spec.in_channels, h, w), ctx=_ctx(), dtype=_dtype(model))
     out = []
     with autograd.predict_mode():
         for layer, block in zip(spec.layers, model):
@@ -147,15 +158,17 @@ def get_weights(model: nn.HybridSequential, spec: NiNSpec) -> dict:
 
 def set_weights(model: nn.HybridSequential, spec: NiNSpec, weights: dict) -> None:
     for p, b in _param_blocks(model, spec):
-        w = np.asarray(weights[f"{p.name}.weight"], dtype=np.float32)
-        b.weight.set_data(mx.nd.array(w.T if isinstance(p, Dense) else w, ctx=_ctx()))
-        b.bias.set_data(mx.nd.array(np.asarray(weights[f"{p.name}.bias"], dtype=np.float32), ctx=_ctx()))
+        dtype = b.weight.dtype
+        w = np.asarray(weights[f"{p.name}.weight"], dtype=dtype)
+        b.weight.set_data(mx.nd.array(w.T if isinstance(p, Dense) else w, ctx=_ctx(), dtype=dtype))
+        b.bias.set_data(mx.nd.array(np.asarray(weights[f"{p.name}.bias"], dtype=dtype), ctx=_ctx(), dtype=dtype))
 
 
 def forward(model: nn.HybridSequential, x: np.ndarray, training: bool = False) -> np.ndarray:
     mode = autograd.train_mode() if training else autograd.predict_mode()
+    dtype = _dtype(model)
     with mode:
-        return model(mx.nd.array(x, ctx=_ctx())).astype("float32").asnumpy()
+        return model(mx.nd.array(x, ctx=_ctx(), dtype=dtype)).astype(dtype).asnumpy()
 
 
 def save_native(model: nn.HybridSequential, path) -> None:
@@ -168,7 +181,7 @@ def _use_amp(model: nn.HybridSequential, precision: str) -> bool:
     AMP patches MXNet's operators process-wide, so every graph traced afterwards (in any model) computes
     its convolutions and dense layers in the low precision; re-hybridizing drops a graph traced before.
     """
-    if precision == "fp32":
+    if precision in ("fp32", "fp64"):
         return False
     on_gpu = mx.context.num_gpus() > 0
     if precision == "fp16" and not on_gpu:
@@ -182,6 +195,25 @@ def _use_amp(model: nn.HybridSequential, precision: str) -> bool:
     return precision == "fp16"
 
 
+@mx.optimizer.register
+class ExactSGD(mx.optimizer.Optimizer):
+    """Plain SGD written as NDArray arithmetic, for float64 runs. MXNet's fused ``sgd_update`` operator
+    takes the learning rate and the gradient's rescale factor as 32-bit floats (lr 0.05 becomes
+    0.0500000007), so a float64 update would be off by ~1.5e-8 relative every step; NDArray's scalar
+    operators take doubles. Same meaning as ``sgd`` without momentum: w -= lr * (rescale * g + wd * w)."""
+
+    def create_state(self, index, weight):
+        return None
+
+    def update(self, index, weight, grad, state):
+        self._update_count(index)
+        lr, wd = self._get_lr(index), self._get_wd(index)
+        step = grad * self.rescale_grad
+        if wd:
+            step = step + wd * weight
+        weight[:] = weight - lr * step
+
+
 class Trainer:
     """SGD on cross-entropy, the book's Gluon loop: ``trainer.step(batch)`` averages the summed gradient.
 
@@ -193,16 +225,23 @@ class Trainer:
     def __init__(self, model: nn.HybridSequential, lr: float, precision: str = "fp32", seed: int | None = None):
         self.model = model
         self.ctx = _ctx()
+        self.dtype = _dtype(model)
+        if (precision == "fp64") != (self.dtype == "float64"):
+            raise ConfigError(f"--precision {precision} needs a "
+                              f"{'float64' if precision == 'fp64' else 'float32'} model, got {self.dtype}")
         self.seed = _seed if seed is None else seed
         self.step = 0
         self.scaled = _use_amp(model, precision)
-        self.trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": lr})
+        if precision == "fp64":
+            self.trainer = gluon.Trainer(model.collect_params(), ExactSGD(learning_rate=lr))
+        else:
+            self.trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": lr})
         if self.scaled:
             amp.init_trainer(self.trainer)
         self.loss = gluon.loss.SoftmaxCrossEntropyLoss()
 
     def _inputs(self, x, y):
-        return mx.nd.array(x, ctx=self.ctx), mx.nd.array(y, ctx=self.ctx, dtype="float32")
+        return mx.nd.array(x, ctx=self.ctx, dtype=self.dtype), mx.nd.array(y, ctx=self.ctx, dtype=self.dtype)
 
     def _metrics(self, logits, loss, y: np.ndarray) -> tuple[float, int]:
         return float(loss.sum().asscalar()), int((logits.asnumpy().argmax(1) == y).sum())
@@ -213,7 +252,7 @@ class Trainer:
         mx.random.seed(int(state) & 0x7FFFFFFF, ctx=self.ctx)
         self.step += 1
         with autograd.record():
-            logits = self.model(xs).astype("float32")
+            logits = self.model(xs).astype(self.dtype)
             loss = self.loss(logits, ys)
             with amp.scale_loss(loss, self.trainer) if self.scaled else nullcontext(loss) as scaled:
                 scaled.backward()
@@ -223,7 +262,7 @@ class Trainer:
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         xs, ys = self._inputs(x, y)
         with autograd.predict_mode():
-            logits = self.model(xs).astype("float32")
+            logits = self.model(xs).astype(self.dtype)
         return self._metrics(logits, self.loss(logits, ys), y)
 
     def extra_state(self) -> dict:

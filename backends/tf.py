@@ -19,7 +19,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from nin_multi.errors import ConfigError
-from nin_multi.spec import Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec
+from nin_multi.spec import (AvgPool, ChannelDropout, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
+                            NiNSpec)
 
 _ABSL_MESSAGE = re.compile(r"([IWEF])\d{4} ")  # absl's "I0000 ..." line; unprefixed lines continue one
 _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog()"
@@ -60,7 +61,7 @@ import keras  # noqa: E402  (after TensorFlow, its backend, has loaded quietly)
 NAME = "tensorflow"
 LAYOUT = "NHWC"
 
-_POLICIES = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+_POLICIES = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16", "fp64": None}
 
 
 def configure(threads=None, seed=0):
@@ -111,6 +112,10 @@ def _render(layer, init: str) -> keras.layers.Layer:
         return keras.layers.MaxPool2D(layer.kernel, layer.stride, padding="valid", name=layer.name)
     if isinstance(layer, Dropout):
         return keras.layers.Dropout(layer.rate, name=layer.name)
+    if isinstance(layer, ChannelDropout):
+        return keras.layers.SpatialDropout2D(layer.rate, name=layer.name)
+    if isinstance(layer, AvgPool):
+        return keras.layers.AveragePooling2D(layer.kernel, layer.stride, padding="valid", name=layer.name)
     if isinstance(layer, GlobalAvgPool):
         return keras.layers.GlobalAveragePooling2D(keepdims=True, name=layer.name)
     if isinstance(layer, Flatten):
@@ -124,15 +129,35 @@ def _render(layer, init: str) -> keras.layers.Layer:
     raise TypeError(f"no Keras rendering for {type(layer).__name__}")
 
 
-def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0) -> keras.Model:
+@contextmanager
+def _floatx(dtype: str):
+    """Keras gives every layer, input and optimizer variable (the learning rate too) the global default
+    dtype at construction; set it for what is built inside. A float64 model needs this: the default SGD's
+    learning rate is a float32 variable, so at lr 0.05 every update would be off by 1.5e-8 relative."""
+    saved_floatx, saved_policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(saved_floatx)
+        keras.config.set_dtype_policy(saved_policy)
+
+
+def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0, dtype: str = "float32") -> keras.Model:
     keras.utils.set_random_seed(seed)  # initializers and dropout draw their seeds from it
-    layers = [_render(layer, init) for layer in spec.layers]
-    return keras.Sequential([keras.Input((None, None, spec.in_channels)), *layers], name="nin")
+    with _floatx(dtype):
+        layers = [_render(layer, init) for layer in spec.layers]
+        return keras.Sequential([keras.Input((None, None, spec.in_channels)), *layers], name="nin")
+
+
+def _dtype(model: keras.Model):
+    return model.trainable_variables[0].dtype if model.trainable_variables else "float32"
 
 
 def layer_shapes(model: keras.Model, spec: NiNSpec, image_size=224, batch: int = 1):
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-    x = tf.zeros((batch, h, w, spec.in_channels))
+    x = tf.zeros((batch, h, w, spec.in_channels), _dtype(model))
     out = []
     for layer in model.layers:
         x = layer(x, training=False)
@@ -156,21 +181,22 @@ def _param_layers(model: keras.Model, spec: NiNSpec):
 def get_weights(model: keras.Model, spec: NiNSpec) -> dict:
     out = {}
     for p, layer in _param_layers(model, spec):
-        w = np.asarray(layer.kernel.numpy(), dtype=np.float32)
+        w = np.asarray(layer.kernel.numpy())
         out[f"{p.name}.weight"] = w if isinstance(p, Dense) else np.ascontiguousarray(w.transpose(3, 2, 0, 1))
-        out[f"{p.name}.bias"] = np.asarray(layer.bias.numpy(), dtype=np.float32)
+        out[f"{p.name}.bias"] = np.asarray(layer.bias.numpy())
     return out
 
 
 def set_weights(model: keras.Model, spec: NiNSpec, weights: dict) -> None:
     for p, layer in _param_layers(model, spec):
-        w = np.asarray(weights[f"{p.name}.weight"])
+        w = np.asarray(weights[f"{p.name}.weight"], dtype=layer.kernel.dtype)
         layer.kernel.assign(w if isinstance(p, Dense) else w.transpose(2, 3, 1, 0))
-        layer.bias.assign(np.asarray(weights[f"{p.name}.bias"]))
+        layer.bias.assign(np.asarray(weights[f"{p.name}.bias"], dtype=layer.bias.dtype))
 
 
 def forward(model: keras.Model, x: np.ndarray, training: bool = False) -> np.ndarray:
-    return tf.cast(model(x, training=training), tf.float32).numpy()
+    dtype = _dtype(model)
+    return tf.cast(model(tf.constant(x, dtype), training=training), dtype).numpy()
 
 
 def save_native(model: keras.Model, path) -> None:
@@ -204,20 +230,26 @@ def _dtype_policy(model: keras.Model, policy):
 class Trainer:
     """SGD on cross-entropy with ``tf.GradientTape``. Each step is traced once, here, for any batch
     and image size (the last batch is smaller), under the precision's dtype policy: bf16/fp16 compute,
-    fp32 weights, the loss in fp32; fp16 with dynamic loss scaling, on GPUs only."""
+    fp32 weights, the loss in fp32; fp16 with dynamic loss scaling, on GPUs only; fp64 all in float64,
+    the optimizer's learning rate included."""
 
     def __init__(self, model: keras.Model, lr: float, precision: str = "fp32"):
         if precision == "fp16" and device() == "cpu":
             raise ConfigError("--precision fp16 needs a GPU with TensorFlow; on a CPU use bf16 or fp32")
+        self.dtype = _dtype(model)
+        if (precision == "fp64") != (self.dtype == "float64"):
+            raise ConfigError(f"--precision {precision} needs a "
+                              f"{'float64' if precision == 'fp64' else 'float32'} model, got {self.dtype}")
         self.model = model
-        self.opt = keras.optimizers.SGD(learning_rate=lr)
+        with _floatx(self.dtype):  # Keras losses cast their inputs to the default dtype too
+            self.opt = keras.optimizers.SGD(learning_rate=lr)
+            self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if precision == "fp16":
             self.opt = keras.optimizers.LossScaleOptimizer(self.opt)
         self.opt.build(model.trainable_variables)
-        self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.seeds = {layer.name: layer.seed_generator for layer in model.layers
                       if isinstance(layer, keras.layers.Dropout) and layer.rate > 0}
-        sig = (tf.TensorSpec((None, None, None, model.input_shape[-1]), tf.float32),
+        sig = (tf.TensorSpec((None, None, None, model.input_shape[-1]), self.dtype),
                tf.TensorSpec((None,), tf.int64))
         with _dtype_policy(model, _POLICIES[precision]):
             self._train = tf.function(self._train_graph, input_signature=sig).get_concrete_function()
@@ -229,18 +261,17 @@ class Trainer:
     def _train_graph(self, x, y):
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            logits = tf.cast(self.model(x, training=True), tf.float32)
+            logits = tf.cast(self.model(x, training=True), self.dtype)
             loss, correct = self._metrics(logits, y)
             scaled = self.opt.scale_loss(loss)
         self.opt.apply(tape.gradient(scaled, variables), variables)
         return loss, correct
 
     def _eval_graph(self, x, y):
-        return self._metrics(tf.cast(self.model(x, training=False), tf.float32), y)
+        return self._metrics(tf.cast(self.model(x, training=False), self.dtype), y)
 
-    @staticmethod
-    def _result(step, x, y) -> tuple[float, int]:
-        loss, correct = step(tf.constant(x), tf.constant(y))
+    def _result(self, step, x, y) -> tuple[float, int]:
+        loss, correct = step(tf.constant(x, self.dtype), tf.constant(y))
         return float(loss) * len(y), int(correct)
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from nin_multi.spec import Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec
+from nin_multi.errors import ConfigError
+from nin_multi.spec import (AvgPool, ChannelDropout, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
+                            NiNSpec)
 
 NAME = "torch"
 LAYOUT = "NCHW"
@@ -54,6 +56,10 @@ def _render(layer) -> nn.Module:
         return nn.MaxPool2d(layer.kernel, layer.stride)
     if isinstance(layer, Dropout):
         return nn.Dropout(layer.rate)
+    if isinstance(layer, ChannelDropout):
+        return nn.Dropout2d(layer.rate)
+    if isinstance(layer, AvgPool):
+        return nn.AvgPool2d(layer.kernel, layer.stride)
     if isinstance(layer, GlobalAvgPool):
         return nn.AdaptiveAvgPool2d((1, 1))
     if isinstance(layer, Flatten):
@@ -68,7 +74,7 @@ def _linear(module: nn.Module) -> nn.Linear:
     return module[0] if isinstance(module, nn.Sequential) else module
 
 
-def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0) -> nn.Module:
+def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0, dtype: str = "float32") -> nn.Module:
     torch.manual_seed(seed)
     model = nn.Sequential(OrderedDict((layer.name, _render(layer)) for layer in spec.layers))
     for m in model.modules():
@@ -78,12 +84,16 @@ def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0) -> nn.Module
             else:
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             nn.init.zeros_(m.bias)
-    return model.to(device())
+    return model.to(device(), dtype=getattr(torch, dtype))  # float64: drawn in float32, then widened
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters(), torch.empty(0)).dtype  # a model without weights computes in float32
 
 
 def layer_shapes(model: nn.Module, spec: NiNSpec, image_size=224, batch: int = 1):
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-    x = torch.zeros(batch, spec.in_channels, h, w, device=device())
+    x = torch.zeros(batch, spec.in_channels, h, w, device=device(), dtype=_dtype(model))
     out = []
     model.eval()
     with torch.no_grad():
@@ -108,9 +118,9 @@ def _param_modules(model: nn.Module, spec: NiNSpec):
 def get_weights(model: nn.Module, spec: NiNSpec) -> dict:
     out = {}
     for p, m in _param_modules(model, spec):
-        w = m.weight.detach().float().cpu().numpy()
-        out[f"{p.name}.weight"] = w.T.copy() if isinstance(p, Dense) else w
-        out[f"{p.name}.bias"] = m.bias.detach().float().cpu().numpy()
+        w = m.weight.detach().cpu().numpy()
+        out[f"{p.name}.weight"] = w.T.copy() if isinstance(p, Dense) else w.copy()
+        out[f"{p.name}.bias"] = m.bias.detach().cpu().numpy().copy()
     return out
 
 
@@ -124,8 +134,9 @@ def set_weights(model: nn.Module, spec: NiNSpec, weights: dict) -> None:
 
 def forward(model: nn.Module, x: np.ndarray, training: bool = False) -> np.ndarray:
     model.train(training)
+    dtype = _dtype(model)
     with torch.set_grad_enabled(training):
-        return model(torch.from_numpy(x).to(device())).detach().float().cpu().numpy()
+        return model(torch.from_numpy(x).to(device(), dtype=dtype)).detach().to(dtype).cpu().numpy()
 
 
 def save_native(model: nn.Module, path) -> None:
@@ -134,9 +145,14 @@ def save_native(model: nn.Module, path) -> None:
 
 class Trainer:
     """SGD on cross-entropy. Channels-last memory layout by default: the same numbers (fp32 rounding
-    aside), measured 1.5x faster on CPU convolutions; bf16/fp16 via autocast, loss kept in fp32."""
+    aside), measured 1.5x faster on CPU convolutions; bf16/fp16 via autocast, loss kept in fp32; fp64
+    all in float64 (``torch.optim.SGD`` applies the learning rate as a Python float, a double)."""
 
     def __init__(self, model: nn.Module, lr: float, precision: str = "fp32", channels_last: bool = True):
+        self.dtype = _dtype(model)
+        if (precision == "fp64") != (self.dtype == torch.float64):
+            raise ConfigError(f"--precision {precision} needs a "
+                              f"{'float64' if precision == 'fp64' else 'float32'} model, got {self.dtype}")
         self.model = model
         self.dev = torch.device(device())
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -148,7 +164,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.dev.type, enabled=precision == "fp16")
 
     def _inputs(self, x, y):
-        x = torch.from_numpy(x).to(self.dev).contiguous(memory_format=self.memory_format)
+        x = torch.from_numpy(x).to(self.dev, dtype=self.dtype).contiguous(memory_format=self.memory_format)
         return x, torch.from_numpy(y).to(self.dev)
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
@@ -156,7 +172,7 @@ class Trainer:
         self.model.train()
         with self.autocast():
             logits = self.model(x)
-        loss = self.loss(logits.float(), y)
+        loss = self.loss(logits.to(self.dtype), y)  # fp32 (fp64) even when autocast computed in bf16
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
@@ -168,7 +184,7 @@ class Trainer:
         x, y = self._inputs(x, y)
         self.model.eval()
         with self.autocast():
-            logits = self.model(x).float()
+            logits = self.model(x).to(self.dtype)
         return self.loss(logits, y).item() * len(y), int((logits.argmax(1) == y).sum())
 
     def extra_state(self) -> dict:

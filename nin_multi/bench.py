@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PRECISIONS
+from .config import PRECISIONS, param_dtype
 from .errors import BackendUnavailableError, ConfigError, NinMultiError
 from .spec import VARIANTS, make_spec
 
@@ -67,7 +67,7 @@ BF16_TARGET_BACKENDS = ("torch", "tensorflow")
 
 # -- command line ---------------------------------------------------------------------------------------
 def register(sub) -> None:
-    from .cli import add_backends_arg
+    from .cli import add_backends_arg, add_recipe_preset_arg
 
     p = sub.add_parser("bench", help="training and inference throughput of each backend vs the chapter's code",
                        description="Images per second of each backend's training and inference step, its "
@@ -77,7 +77,7 @@ def register(sub) -> None:
     p.add_argument("--resize", type=int, default=224, help="input image size (default: 224, the chapter's)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
     p.add_argument("--precision", default="fp32",
-                   help="comma-separated precisions of the default path: fp32, bf16, fp16 (default: fp32); "
+                   help="comma-separated precisions of the default path: fp32, bf16, fp16, fp64 (default: fp32); "
                         "the chapter path is always fp32")
     p.add_argument("--steps", type=int, default=5, help="timed steps per path (default: 5; the median counts)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first, per path (default: 2)")
@@ -90,6 +90,7 @@ def register(sub) -> None:
                    help="a path whose warm-up step takes longer is reported as too slow (default: 300)")
     p.add_argument("--json", default="bench.json",
                    help="where to write the results as JSON; a directory gets bench.json (default: ./bench.json)")
+    add_recipe_preset_arg(p)  # after the options it covers: with no --recipe, BENCH_DEFAULTS fill them
     p.set_defaults(func=cmd_bench)
 
 
@@ -98,7 +99,14 @@ def _positive(name: str, v, zero_ok: bool = False) -> None:
         raise ConfigError(f"--{name} must be a {'non-negative' if zero_ok else 'positive'} integer, got {v!r}")
 
 
+#: What bench measures when neither a flag nor --recipe says otherwise (a batch of 64 keeps steps short).
+BENCH_DEFAULTS = {"resize": 224, "batch_size": 64, "precision": "fp32", "variant": "chapter", "in_channels": 1}
+
+
 def _settings(a) -> dict:
+    from .cli import apply_recipe
+
+    apply_recipe(a, fallback=BENCH_DEFAULTS)
     _positive("resize", a.resize)
     _positive("batch-size", a.batch_size)
     _positive("steps", a.steps)
@@ -121,10 +129,11 @@ def _settings(a) -> dict:
     names = backends.select(a.backends)
     if not names:
         raise BackendUnavailableError("no backend to benchmark: install torch, tensorflow-cpu or mxnet")
-    make_spec(a.variant, image_size=a.resize).walk(a.resize)  # refuse an image the network cannot take
+    make_spec(a.variant, a.in_channels, image_size=a.resize).walk(a.resize)  # refuse an image it cannot take
     return {"backends": names, "resize": a.resize, "batch_size": a.batch_size, "precisions": precisions,
             "steps": a.steps, "warmup": a.warmup, "chunks": a.chunks, "threads": a.threads,
-            "variant": a.variant, "max_step_seconds": a.max_step_seconds}
+            "variant": a.variant, "in_channels": a.in_channels, "recipe": a.recipe,
+            "max_step_seconds": a.max_step_seconds}
 
 
 def cmd_bench(a) -> int:
@@ -488,7 +497,7 @@ class _Path:
     def __init__(self, backend, spec, path, precision):
         self.path, self.precision, self.error = path, precision, None
         self.train_times, self.infer_times = [], []
-        model = backend.build_model(spec, seed=0)
+        model = backend.build_model(spec, seed=0, dtype=param_dtype(precision))
         self.step = _CHAPTER[backend.NAME](backend, model) if path == "chapter" else \
             backend.Trainer(model, LR, precision)
         # MXNet's engine is asynchronous: a step returns once its loss is known, while the backward pass
@@ -527,10 +536,10 @@ def _worker(s: dict) -> int:
     except NinMultiError as e:
         _emit("failure", fatal=True, error=str(e))
         return 0
-    spec = make_spec(s["variant"], image_size=s["resize"])
+    spec = make_spec(s["variant"], s.get("in_channels", 1), image_size=s["resize"])
     rng = np.random.default_rng(0)
     x = data.to_float_batch(rng.integers(0, 256, (s["batch_size"], 28, 28), dtype=np.uint8), s["resize"],
-                            backend.LAYOUT)
+                            backend.LAYOUT, channels=spec.in_channels)
     y = rng.integers(0, spec.num_classes, s["batch_size"]).astype(np.int64)
     memory_done = s["chunks"] == 0
     for phase in _phases(name, s["precisions"]):

@@ -55,9 +55,43 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                         "else download to the cache)")
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128, the chapter's)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp32 is the chapter's; bf16 is ~3x faster on CPUs with AMX; fp16 for GPUs")
+                   help="fp32 is the chapter's; bf16 is ~3x faster on CPUs with AMX; fp16 for GPUs; fp64 "
+                        "(float64 throughout) makes the frameworks' trajectories coincide")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+#: The options a recipe sets (``nin_multi/recipes.py``); a typed flag always wins over the recipe.
+RECIPE_KEYS = ("variant", "in_channels", "lr", "epochs", "batch_size", "resize", "init", "precision")
+
+
+def add_recipe_preset_arg(p: argparse.ArgumentParser) -> None:
+    """``--recipe NAME``. The options it covers get None as their parser default, so that a value the
+    user typed can be told from one the recipe fills in (``apply_recipe``)."""
+    from .recipes import DEFAULT, RECIPES
+
+    lines = "; ".join(f"{r.name} ({r.source}: " + ", ".join(
+        f"{k.replace('_', ' ')} {r.settings[k]}" for k in ("lr", "epochs", "batch_size", "resize", "precision")
+        if k in r.settings) + ")" for r in RECIPES.values())
+    p.add_argument("--recipe", default=None, metavar="NAME",
+                   help=f"a source's settings for every option not typed (default: {DEFAULT}, the chapter's): "
+                        + lines.replace("%", "%%"))
+    p.set_defaults(**{key: None for key in RECIPE_KEYS})
+
+
+def apply_recipe(a: argparse.Namespace, fallback: dict | None = None) -> argparse.Namespace:
+    """Fill every recipe option the user did not type: from ``--recipe``, else from ``fallback`` (a
+    command's own defaults, e.g. bench's batch 64), else from the default recipe."""
+    from .recipes import get_recipe
+
+    if not hasattr(a, "recipe"):
+        return a
+    source = get_recipe(a.recipe).settings if a.recipe or fallback is None else fallback
+    for key in RECIPE_KEYS:
+        if getattr(a, key, None) is None and key in source:
+            setattr(a, key, source[key])
+    a.recipe = get_recipe(a.recipe).name if a.recipe or fallback is None else None
+    return a
 
 
 def add_output_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -67,6 +101,7 @@ def add_output_args(p: argparse.ArgumentParser, default: str) -> None:
 
 def config_from_args(a: argparse.Namespace, **overrides) -> TrainConfig:
     """A ``TrainConfig`` from the parsed options a command has; the rest keep the chapter's defaults."""
+    apply_recipe(a)
     kwargs = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(a, f.name)}
     if kwargs.get("epochs") is None:
         kwargs.pop("epochs", None)
@@ -83,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_network_args(p)
     add_recipe_args(p)
     add_data_args(p)
+    add_recipe_preset_arg(p)
     p.add_argument("--out", default=None, help="run directory (default: runs/<time>-<backend>)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -92,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="print the layer-by-layer shape walk of the framework's model")
     add_network_args(p)
+    add_recipe_preset_arg(p)
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("evaluate", help="test loss and accuracy of canonical weights (from any backend)")
@@ -129,31 +166,43 @@ def cmd_summary(a) -> int:
     from nin_multi.backends import get_backend
     from .spec import make_spec
 
+    from .config import param_dtype
+
+    apply_recipe(a)
     backend = get_backend(a.backend)
     spec = make_spec(a.variant, a.in_channels, a.num_classes, image_size=a.resize)
     infos = spec.walk(a.resize)
     backend.configure(None, 0)
-    model = backend.build_model(spec)
+    model = backend.build_model(spec, dtype=param_dtype(a.precision))
     shapes = backend.layer_shapes(model, spec, a.resize)
-    print(f"NiN ({spec.variant}) rendered by {backend.NAME}, input {a.resize}x{a.resize}, "
-          f"layout {backend.LAYOUT}")
+    print(f"NiN ({spec.variant}) rendered by {backend.NAME}, input {spec.in_channels}x{a.resize}x{a.resize}, "
+          f"layout {backend.LAYOUT}, {param_dtype(a.precision)}" + (f", recipe {a.recipe}" if a.recipe else ""))
     print(f"{'layer':<10} {'type':<14} {'output shape':<22} {'params':>10} {'multiply-adds':>15}")
     for (name, shape), info in zip(shapes, infos):
-        print(f"{name:<10} {info.kind:<14} {str(shape):<22} {info.params:>10,} {info.macs:>15,}")
+        print(f"{name:<10} {info.kind:<14} {str(shape):<22} {info.params:>10,} {info.macs:>15,}"
+              + (f"  ({info.note})" if info.note else ""))
     n = backend.count_params(model)
     print(f"total parameters: {n:,} (spec: {spec.num_params:,}); "
           f"multiply-adds per image: {sum(i.macs for i in infos):,}")
     return 0
 
 
-def _load_weights_into(backend_name: str, path: str):
+def _load_weights_into(backend_name: str, path: str, precision=None, check=None):
+    """A model of the weights file's network holding its weights: in the file's own dtype, or in
+    ``precision``'s (float32 weights widen into fp64; float64 ones are not rounded silently). ``check``
+    sees the file's spec before any framework is imported."""
     from nin_multi.backends import get_backend
-    from .weights import load_weights
+    from .config import param_dtype
+    from .weights import check_dtype_fits, load_weights, weights_dtype
 
     backend = get_backend(backend_name)
     spec, weights = load_weights(path)
+    if check is not None:
+        check(spec)
+    dtype = param_dtype(precision) if precision else weights_dtype(weights)
+    check_dtype_fits(weights, dtype, path)
     backend.configure(None, 0)
-    model = backend.build_model(spec)
+    model = backend.build_model(spec, dtype=dtype)
     backend.set_weights(model, spec, weights)
     return backend, spec, model
 
@@ -163,8 +212,8 @@ def cmd_evaluate(a) -> int:
     from .train import check_fits_fashion_mnist, evaluate
 
     cfg = config_from_args(a)
-    backend, spec, model = _load_weights_into(a.backend, a.weights)
-    check_fits_fashion_mnist(spec, cfg.resize)
+    backend, spec, model = _load_weights_into(a.backend, a.weights, cfg.precision,
+                                              check=lambda spec: check_fits_fashion_mnist(spec, cfg.resize))
     ds = load_fashion_mnist(cfg.data_dir).subset(None, cfg.test_subset)
     trainer = backend.Trainer(model, cfg.lr, cfg.precision)
     loss, acc = evaluate(trainer, ds.test_images, ds.test_labels, cfg, backend.LAYOUT, "evaluate")
@@ -184,7 +233,8 @@ def cmd_convert(a) -> int:
         raise ConfigError(f"--out for {canonical_name(a.backend)} must end in {' or '.join(suffixes)}, got {a.out}")
     backend, spec, model = _load_weights_into(a.backend, a.weights)
     backend.save_native(model, a.out)
-    print(f"wrote {a.out} ({backend.NAME} native format, {spec.num_params:,} parameters)")
+    print(f"wrote {a.out} ({backend.NAME} native format, {spec.num_params:,} parameters, "
+          f"{next(iter(backend.get_weights(model, spec).values())).dtype})")
     return 0
 
 

@@ -36,6 +36,7 @@ class TrainConfig:
     in_channels: int = 1
     num_classes: int = 10
     variant: str = "chapter"
+    recipe: Optional[str] = None       # the named source whose settings filled the untyped options
     dropout: Optional[float] = None    # None: the variant's own (0.5 in the chapter)
     progress: bool = True
 

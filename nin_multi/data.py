@@ -208,32 +208,40 @@ def _manual_fix(cache: Path) -> str:
 
 
 # -- batches --------------------------------------------------------------------------------------------
-def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+def resize_matrix(n_in: int, n_out: int, dtype=np.float32) -> np.ndarray:
     """(n_out, n_in) bilinear interpolation weights, half-pixel centres, edges clamped."""
-    m = np.zeros((n_out, n_in), np.float32)
+    m = np.zeros((n_out, n_in), dtype)
     src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
     src = np.clip(src, 0, n_in - 1)
     lo = np.floor(src).astype(int)
     hi = np.minimum(lo + 1, n_in - 1)
-    frac = (src - lo).astype(np.float32)
+    frac = (src - lo).astype(dtype)
     m[np.arange(n_out), lo] += 1 - frac
     m[np.arange(n_out), hi] += frac
     return m
 
 
-def to_float_batch(images: np.ndarray, resize, layout: str = "NCHW") -> np.ndarray:
-    """uint8 (N, H, W) → float32 in [0, 1], bilinearly resized, with a channel axis where asked."""
-    x = images.astype(np.float32) * np.float32(1 / 255)
+def to_float_batch(images: np.ndarray, resize, layout: str = "NCHW", dtype=np.float32,
+                   channels: int = 1) -> np.ndarray:
+    """uint8 (N, H, W) → float in [0, 1] (float32, or float64 for fp64 runs: computed in float64 from the
+    bytes, never through float32), bilinearly resized, with a channel axis where asked. ``channels`` 3
+    repeats the gray channel, as torchvision's ``Grayscale(num_output_channels=3)`` does, for networks
+    built for RGB."""
+    dtype = np.dtype(dtype)
+    x = images.astype(dtype) * dtype.type(1 / 255)
     rh, rw = (resize, resize) if isinstance(resize, int) else resize
     if (rh, rw) != x.shape[1:]:
-        x = resize_matrix(x.shape[1], rh) @ x @ resize_matrix(x.shape[2], rw).T
-    return np.ascontiguousarray(x[:, None] if layout == "NCHW" else x[..., None])
+        x = resize_matrix(x.shape[1], rh, dtype) @ x @ resize_matrix(x.shape[2], rw, dtype).T
+    axis = 1 if layout == "NCHW" else 3
+    x = np.expand_dims(x, axis)
+    return np.ascontiguousarray(np.repeat(x, channels, axis) if channels > 1 else x)
 
 
 def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, resize, layout: str,
             shuffle: bool = False, seed: int = 0, epoch: int = 0, prefetch: int = 2,
-            order: Optional[np.ndarray] = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (x, y) batches; x float32 in ``layout``, y int64. The last batch may be smaller.
+            order: Optional[np.ndarray] = None, dtype=np.float32,
+            channels: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (x, y) batches; x float32 (or ``dtype``) in ``layout``, y int64. The last batch may be smaller.
 
     The example order depends only on (seed, epoch), so every backend — and a resumed run — sees the
     same batches. ``order`` overrides it (``reproduce`` hands one order to all backends). A
@@ -247,7 +255,7 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, resize, lay
 
     def make(i):
         idx = order[i:i + batch_size]
-        return to_float_batch(images[idx], resize, layout), labels[idx].astype(np.int64)
+        return to_float_batch(images[idx], resize, layout, dtype, channels), labels[idx].astype(np.int64)
 
     if prefetch <= 0:
         for i in starts:

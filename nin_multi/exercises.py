@@ -336,7 +336,7 @@ def cmd_compare(a) -> int:
 
 # -- registration --------------------------------------------------------------------------------------
 def register(sub) -> None:
-    from .cli import add_data_args, add_network_args, add_output_args, add_recipe_args
+    from .cli import add_data_args, add_network_args, add_output_args, add_recipe_args, add_recipe_preset_arg
 
     p = sub.add_parser("resources", help="parameters, multiply-adds and memory of a variant, per layer",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -351,5 +351,6 @@ def register(sub) -> None:
     add_network_args(p, variant=False)
     add_recipe_args(p)
     add_data_args(p)
+    add_recipe_preset_arg(p)
     add_output_args(p, "runs/compare-<time>; it gets compare.csv, compare.png and a run directory per variant")
     p.set_defaults(func=cmd_compare)

@@ -284,7 +284,8 @@ def format_report(report: dict, run_dir: Path) -> str:
 
 
 def register(sub) -> None:
-    from .cli import add_backends_arg, add_data_args, add_network_args, add_output_args, add_recipe_args
+    from .cli import (add_backends_arg, add_data_args, add_network_args, add_output_args, add_recipe_args,
+                      add_recipe_preset_arg)
 
     p = sub.add_parser("reproduce", help="train several frameworks from one start and compare their curves",
                        description="Train every named backend from one set of initial weights (drawn in "
@@ -297,6 +298,7 @@ def register(sub) -> None:
                    help="dropout rate 0, so that no framework draws its own masks: the runs then differ "
                         "by floating-point rounding alone")
     add_data_args(p)
+    add_recipe_preset_arg(p)
     add_output_args(p, "runs/<time>-reproduce")
     p.set_defaults(func=cmd_reproduce)
 

@@ -74,6 +74,27 @@ class Dropout:
 
 
 @dataclass(frozen=True)
+class ChannelDropout:
+    """Dropout of whole feature maps, one draw per image and channel shared over H and W (PyTorch's
+    ``Dropout2d``, Keras's ``SpatialDropout2D``): the standalone NinNet's. Its own type rather than a flag
+    of ``Dropout``, so a backend that cannot render it fails loudly instead of dropping single values."""
+
+    name: str
+    rate: float = 0.5
+
+
+@dataclass(frozen=True)
+class AvgPool:
+    """Average pooling over a fixed window, no padding, rounding down (PyTorch's ``AvgPool2d(k)``): the
+    standalone NinNet's ``AvgPool2d(5)`` where the chapter pools globally. It is global only where its
+    input map is k x k (224 in the chapter's net); on a larger map it averages the first windows only."""
+
+    name: str
+    kernel: int = 5
+    stride: int = 5
+
+
+@dataclass(frozen=True)
 class GlobalAvgPool:
     """Keeps the (N, C, 1, 1) step so that each spec layer has one output to compare across frameworks."""
 
@@ -99,8 +120,9 @@ class Dense:
         return self.in_features * self.out_features + self.out_features
 
 
-Layer = Union[NiNBlock, MaxPool, Dropout, GlobalAvgPool, Flatten, Dense]
-_LAYER_TYPES = {cls.__name__: cls for cls in (NiNBlock, MaxPool, Dropout, GlobalAvgPool, Flatten, Dense)}
+Layer = Union[NiNBlock, MaxPool, Dropout, ChannelDropout, AvgPool, GlobalAvgPool, Flatten, Dense]
+_LAYER_TYPES = {cls.__name__: cls for cls in (NiNBlock, MaxPool, Dropout, ChannelDropout, AvgPool, GlobalAvgPool,
+                                              Flatten, Dense)}
 
 
 @dataclass(frozen=True)
@@ -112,6 +134,7 @@ class LayerInfo:
     nchw: tuple[int, ...]
     params: int
     macs: int  # multiply-adds of the forward pass, the usual "FLOPs / 2"
+    note: str = ""  # e.g. a fixed average pool that is not global at this size
 
     @property
     def nhwc(self) -> tuple[int, ...]:
@@ -163,11 +186,29 @@ class NiNSpec:
         return sum(p.params for p in self.param_layers())
 
     # -- inference ----------------------------------------------------------------------------------
-    def walk(self, image_size=224, batch: int = 1) -> list[LayerInfo]:
+    def walk(self, image_size=224, batch: int = 1, complete: bool = True) -> list[LayerInfo]:
         """Shape, parameters and multiply-adds of each top-level layer, as the chapter prints them.
 
-        Raises ImageTooSmallError naming the first layer whose output would have no pixels left.
+        Raises ImageTooSmallError naming the first layer whose output would have no pixels left, and
+        (``complete``) SpecError where the network would not end in one score per class.
         """
+        try:
+            infos = self._walk(image_size, batch)
+        except _NoPixels as e:
+            hh, ww = _pair(image_size)
+            raise ImageTooSmallError(
+                f"a {hh}x{ww} image is too small for this network: the output of layer '{e.layer}' would be "
+                f"{e.hw[0]}x{e.hw[1]}. Use a larger --resize (this network needs at least "
+                f"{self.min_image_size()})") from None
+        if complete and infos and infos[-1].nchw != (batch, self.num_classes):
+            pool = next((i for i in infos if i.kind == "AvgPool"), None)
+            why = f" ({pool.name} {pool.note})" if pool and pool.note else ""
+            raise SpecError(f"at {_pair(image_size)[0]}x{_pair(image_size)[1]} this network would output "
+                            f"{infos[-1].nchw[1:]} per image, not {self.num_classes} class scores{why}; "
+                            f"it fits --resize {self._fitting_sizes()}")
+        return infos
+
+    def _walk(self, image_size, batch: int) -> list[LayerInfo]:
         h, w = _pair(image_size)
         if h <= 0 or w <= 0:
             raise ImageTooSmallError(f"image size must be positive, got {h}x{w}")
@@ -176,18 +217,26 @@ class NiNSpec:
         infos = []
         for layer in self.layers:
             params = macs = 0
+            note = ""
             if isinstance(layer, NiNBlock):
                 for conv in layer.convs:
                     if conv.in_channels != c:
                         raise SpecError(f"{conv.name} expects {conv.in_channels} input channels, gets {c}")
                     h, w = conv.out_hw((h, w))
-                    self._check_size(layer.name, h, w, image_size)
+                    _check_pixels(layer.name, h, w)
                     c = conv.out_channels
                     params += conv.params
                     macs += h * w * c * conv.in_channels * conv.kernel * conv.kernel
             elif isinstance(layer, MaxPool):
                 h, w = ((x - layer.kernel) // layer.stride + 1 for x in (h, w))
-                self._check_size(layer.name, h, w, image_size)
+                _check_pixels(layer.name, h, w)
+            elif isinstance(layer, AvgPool):
+                ih, iw = h, w
+                h, w = ((x - layer.kernel) // layer.stride + 1 for x in (h, w))
+                _check_pixels(layer.name, h, w)
+                if (ih, iw) != (layer.kernel, layer.kernel):
+                    note = (f"averages {layer.kernel}x{layer.kernel} windows of a {ih}x{iw} map into {h}x{w}: "
+                            f"not global")
             elif isinstance(layer, GlobalAvgPool):
                 h = w = 1
             elif isinstance(layer, Flatten):
@@ -201,27 +250,33 @@ class NiNSpec:
                 flat = layer.out_features
                 params, macs = layer.params, layer.in_features * layer.out_features
             shape = (batch, flat) if flat is not None else (batch, c, h, w)
-            infos.append(LayerInfo(layer.name, type(layer).__name__, shape, params, macs * batch))
+            infos.append(LayerInfo(layer.name, type(layer).__name__, shape, params, macs * batch, note))
         return infos
 
-    @staticmethod
-    def _check_size(name, h, w, image_size):
-        if h <= 0 or w <= 0:
-            hh, ww = _pair(image_size)
-            raise ImageTooSmallError(
-                f"a {hh}x{ww} image is too small for this network: the output of layer '{name}' would be "
-                f"{max(h, 0)}x{max(w, 0)}. Use a larger --resize (the chapter's network needs at least 67)."
-            )
+    def _fits(self, size: int) -> bool:
+        try:
+            infos = self._walk(size, 1)
+        except (_NoPixels, SpecError):
+            return False
+        return infos[-1].nchw == (1, self.num_classes)
 
     def min_image_size(self) -> int:
-        """Smallest square input for which every layer keeps at least one pixel."""
+        """Smallest square input for which every layer keeps a pixel and the network ends in class scores."""
         for size in range(1, 4096):
-            try:
-                self.walk(size)
+            if self._fits(size):
                 return size
-            except ImageTooSmallError:
-                continue
         raise SpecError("no input size up to 4096 fits this network")
+
+    def _fitting_sizes(self, limit: int = 1024) -> str:
+        """The square sizes that fit, as ranges ("195-258, 291-354"); a fixed pool fits bands of sizes."""
+        ok = [s for s in range(1, limit + 1) if self._fits(s)]
+        ranges, start = [], None
+        for i, s in enumerate(ok):
+            start = s if start is None else start
+            if i + 1 == len(ok) or ok[i + 1] != s + 1:
+                ranges.append(f"{start}-{s}" if s > start else str(s))
+                start = None
+        return ", ".join(ranges[:4]) + (", ..." if len(ranges) > 4 else "") if ranges else "none up to 1024"
 
     def output_shape(self, image_size=224, batch: int = 1, layout: str = "NCHW") -> tuple[int, ...]:
         shape = self.walk(image_size, batch)[-1].nchw
@@ -262,6 +317,16 @@ class NiNSpec:
         return cls.from_dict(json.loads(s))
 
 
+class _NoPixels(Exception):
+    def __init__(self, layer: str, hw):
+        self.layer, self.hw = layer, hw
+
+
+def _check_pixels(name: str, h: int, w: int) -> None:
+    if h <= 0 or w <= 0:
+        raise _NoPixels(name, (max(h, 0), max(w, 0)))
+
+
 # -- building specs -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BlockDef:
@@ -294,6 +359,8 @@ def build_spec(
     fc_input_size: int = 224,
     fc_hidden: Sequence[int] = (),
     variant: str = "chapter",
+    channel_dropout: bool = False,
+    avg_pool: int = 0,
 ) -> NiNSpec:
     """Turn a block table into a spec: a max-pool between blocks, dropout before the last block.
 
@@ -301,7 +368,9 @@ def build_spec(
     and their kernel size, padded so they keep the spatial size); ``n_1x1`` is one count for every
     block or one per row of ``blocks``. ``head="fc"`` replaces the last
     block, global pooling and flatten with flatten → dense layers → classes, as VGG/AlexNet do; it
-    needs the input size it will be used at (``fc_input_size``).
+    needs the input size it will be used at (``fc_input_size``). ``channel_dropout`` drops whole
+    feature maps; ``avg_pool`` k > 0 ends in a fixed k x k average pool instead of a global one (both the
+    standalone NinNet's).
     """
     _check_positive_int("in_channels", in_channels)
     _check_positive_int("num_classes", num_classes)
@@ -322,7 +391,7 @@ def build_spec(
         out = num_classes if b.out_channels == "classes" else b.out_channels
         _check_positive_int(f"block {i} channels", out)
         if i == len(conv_blocks) and head == "gap":
-            layers.append(Dropout("dropout", dropout))
+            layers.append((ChannelDropout if channel_dropout else Dropout)("dropout", dropout))
         name = f"nin{i}"
         convs = [Conv(f"{name}.conv0", c, out, b.kernel, b.stride, b.padding)]
         convs += [Conv(f"{name}.conv{j}", out, out, k_1x1, 1, k_1x1 // 2) for j in range(1, n_block + 1)]
@@ -331,11 +400,11 @@ def build_spec(
         if i < len(conv_blocks):
             layers.append(MaxPool(f"pool{i}", 3, 2))
     if head == "gap":
-        layers += [GlobalAvgPool("gap"), Flatten("flatten")]
+        layers += [AvgPool("avgpool", avg_pool, avg_pool) if avg_pool else GlobalAvgPool("gap"), Flatten("flatten")]
     else:
         layers += [MaxPool(f"pool{len(conv_blocks)}", 3, 2), Flatten("flatten")]
         partial = NiNSpec(in_channels, num_classes, tuple(layers), variant)
-        feats = partial.walk(fc_input_size)[-1].nchw[1]
+        feats = partial.walk(fc_input_size, complete=False)[-1].nchw[1]
         for j, units in enumerate(list(fc_hidden) + [num_classes], start=1):
             last = j == len(fc_hidden) + 1
             if not last:
@@ -392,6 +461,10 @@ VARIANTS: dict[str, dict] = {
     "nin-11": {"blocks": VGG_STYLE_BLOCKS, "n_1x1": (0, 0, 1, 1, 1, 2)},
     "nin-16": {"blocks": VGG_STYLE_BLOCKS, "n_1x1": (1, 1, 2, 2, 2, 2)},
     "nin-19": {"blocks": VGG_STYLE_BLOCKS, "n_1x1": (1, 1, 3, 3, 3, 2)},
+    # A standalone PyTorch NinNet many start from: the chapter's blocks with Dropout2d (whole feature maps)
+    # and AvgPool2d(5) instead of global pooling (global only at 224). Its 3 input channels and float64
+    # come with its recipe, standalone-ninnet (nin_multi/recipes.py).
+    "ninnet": {"channel_dropout": True, "avg_pool": 5},
     # The same six blocks with 1, 2 or 3 "1x1" convs in every block (12, 18, 24 weight layers).
     "nin-vgg-12": {"blocks": VGG_STYLE_BLOCKS, "n_1x1": 1},
     "nin-vgg-18": {"blocks": VGG_STYLE_BLOCKS, "n_1x1": 2},

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import data as data_mod
-from .config import TrainConfig
+from .config import TrainConfig, param_dtype
 from .errors import ConfigError, NinMultiError, RunDirError, TrainingDivergedError
 from .run import CONFIG, WEIGHTS, Run, default_run_dir, final_line, progress
 from .spec import NiNSpec, make_spec
@@ -34,13 +34,23 @@ def check_fits_fashion_mnist(spec: NiNSpec, resize: int) -> None:
     small an image, another channel count (the images are grayscale), fewer outputs than its 10 classes.
     ``--in-channels`` and ``--num-classes`` exist for ``summary`` and ``resources``."""
     spec.walk(resize)
-    if spec.in_channels != data_mod.CHANNELS:
+    if spec.in_channels not in (data_mod.CHANNELS, 3):
         raise ConfigError(f"the network takes {spec.in_channels} input channels but Fashion-MNIST images have "
-                          f"{data_mod.CHANNELS}: train and evaluate need --in-channels {data_mod.CHANNELS}")
+                          f"{data_mod.CHANNELS} (repeated to 3 for an RGB network): train and evaluate need "
+                          f"--in-channels {data_mod.CHANNELS} or 3")
     if spec.num_classes < len(data_mod.CLASSES):
         raise ConfigError(f"the network has {spec.num_classes} outputs but Fashion-MNIST has "
                           f"{len(data_mod.CLASSES)} classes: train and evaluate need --num-classes "
                           f"{len(data_mod.CLASSES)} or more")
+
+
+def grayscale_note(spec: NiNSpec) -> dict:
+    """What a run's config and log say when the network wants RGB and Fashion-MNIST is gray."""
+    if spec.in_channels == data_mod.CHANNELS:
+        return {}
+    return {"input_channels": f"Fashion-MNIST's gray channel repeated {spec.in_channels} times for this "
+                              f"{spec.in_channels}-channel network (as torchvision's "
+                              f"Grayscale(num_output_channels={spec.in_channels}) does)"}
 
 
 def load_data(cfg: TrainConfig) -> data_mod.FashionMNIST:
@@ -53,7 +63,8 @@ def evaluate(trainer, images, labels, cfg: TrainConfig, layout: str, desc: str =
     loss_sum, correct = 0.0, 0
     n = len(images)
     with progress(data_mod.num_batches(n, cfg.batch_size), desc, cfg.progress) as bar:
-        for x, y in data_mod.batches(images, labels, cfg.batch_size, cfg.resize, layout):
+        for x, y in data_mod.batches(images, labels, cfg.batch_size, cfg.resize, layout,
+                                     dtype=param_dtype(cfg.precision), channels=cfg.in_channels):
             l, c = trainer.eval_step(x, y)
             loss_sum, correct = loss_sum + l, correct + c
             bar.update()
@@ -67,7 +78,8 @@ def train_epoch(trainer, ds, cfg: TrainConfig, layout: str, epoch: int, order=No
     loss_sum, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
     batches = data_mod.batches(ds.train_images, ds.train_labels, cfg.batch_size, cfg.resize, layout,
-                               shuffle=True, seed=cfg.seed, epoch=epoch, order=order)
+                               shuffle=True, seed=cfg.seed, epoch=epoch, order=order,
+                               dtype=param_dtype(cfg.precision), channels=cfg.in_channels)
     with progress(data_mod.num_batches(n, cfg.batch_size), f"epoch {epoch + 1}/{cfg.epochs}",
                   cfg.progress) as bar:
         for i, (x, y) in enumerate(batches):
@@ -133,11 +145,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     run = Run(cfg.out or default_run_dir(backend.NAME), title, overwrite=overwrite, resume=resume)
     cfg.out = str(run.path)
     backend.configure(cfg.threads, cfg.seed)
-    model = backend.build_model(spec, cfg.init, cfg.seed)
+    model = backend.build_model(spec, cfg.init, cfg.seed, dtype=param_dtype(cfg.precision))
     trainer = backend.Trainer(model, cfg.lr, cfg.precision)
     start = load_checkpoint(run.path, backend, model, spec, trainer) if resume else 0
     run.truncate(start)
-    run.write_config(cfg.to_dict())
+    run.write_config({**cfg.to_dict(), **grayscale_note(spec)})
+    if spec.in_channels != data_mod.CHANNELS:
+        log(grayscale_note(spec)["input_channels"])
     log(f"training {spec.variant} NiN ({spec.num_params:,} parameters) on {backend.NAME} "
         f"({backend.device()}), {len(ds.train_images)} training images at {cfg.resize}x{cfg.resize}; "
         f"run directory {run.path}" + (f"; resuming after epoch {start}" if start else ""))

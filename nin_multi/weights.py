@@ -1,7 +1,8 @@
 """Framework-neutral weights: one ``.npz`` keyed by the spec's layer names, with the spec inside.
 
-Layout, declared once: conv kernels OIHW, dense kernels (in, out), biases (out,), all float32. A
-backend whose framework stores kernels otherwise (TensorFlow: HWIO) transposes at its own edge.
+Layout, declared once: conv kernels OIHW, dense kernels (in, out), biases (out,). A backend whose
+framework stores kernels otherwise (TensorFlow: HWIO) transposes at its own edge. The arrays are float32,
+or float64 from a ``--precision fp64`` run (kept so that its resume stays exact); the header says which.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from .errors import WeightsError
 from .spec import NiNSpec
 
 FORMAT = "nin_multi.weights/1"
-LAYOUT = "conv OIHW, dense (in, out), bias (out,), float32"
+LAYOUT = "conv OIHW, dense (in, out), bias (out,)"
+_LEGACY_LAYOUT = LAYOUT + ", float32"  # files written before float64 existed: always float32
+DTYPES = ("float32", "float64")
 
 
 def check_weights(spec: NiNSpec, weights: dict, source: str = "weights") -> None:
@@ -41,8 +44,9 @@ def save_weights(path, spec: NiNSpec, weights: dict, meta: Optional[dict] = None
     """Write atomically (temporary file, then rename): an interrupted save never leaves half a file."""
     check_weights(spec, weights)
     path = Path(path)
-    header = {"format": FORMAT, "layout": LAYOUT, "spec": spec.to_dict(), "meta": meta or {}}
-    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+    dtype = "float64" if any(np.asarray(v).dtype == np.float64 for v in weights.values()) else "float32"
+    header = {"format": FORMAT, "layout": LAYOUT, "dtype": dtype, "spec": spec.to_dict(), "meta": meta or {}}
+    arrays = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in weights.items()}
     arrays.update({STATE_PREFIX + k: np.asarray(v) for k, v in (state or {}).items()})
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, __header__=np.array(json.dumps(header, sort_keys=True)), **arrays)
@@ -70,8 +74,11 @@ def read_weights_file(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, di
         raise WeightsError(f"{path} is not a nin_multi weights file ({e})") from None
     if header.get("format") != FORMAT:
         raise WeightsError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
-    if header.get("layout") != LAYOUT:
+    if header.get("layout") not in (LAYOUT, _LEGACY_LAYOUT):
         raise WeightsError(f"{path}: kernel layout {header.get('layout')!r}, expected {LAYOUT!r}")
+    dtype = header.get("dtype", "float32")
+    if dtype not in DTYPES or any(w.dtype != dtype for w in weights.values()):
+        raise WeightsError(f"{path}: arrays are not all {dtype}, as its header says; it is damaged or not ours")
     file_spec = NiNSpec.from_dict(header["spec"])
     if spec is not None and file_spec != spec:
         raise WeightsError(f"{path} was made for another network: {_first_difference(file_spec, spec)}")
@@ -87,3 +94,15 @@ def _first_difference(a: NiNSpec, b: NiNSpec) -> str:
         if la != lb:
             return f"layer {la.name} is {la} in the file but {lb} here"
     return f"the file has {len(a.layers)} layers, this network {len(b.layers)}"
+
+
+def weights_dtype(weights: dict) -> str:
+    return "float64" if any(np.asarray(w).dtype == np.float64 for w in weights.values()) else "float32"
+
+
+def check_dtype_fits(weights: dict, dtype: str, source: str) -> None:
+    """Float32 weights widen into a float64 model exactly; float64 weights would be rounded by a float32
+    model, so that is refused rather than done silently."""
+    if weights_dtype(weights) == "float64" and dtype != "float64":
+        raise WeightsError(f"{source} holds float64 weights (from a --precision fp64 run) and a {dtype} model "
+                           f"would round them: use --precision fp64")

@@ -161,21 +161,17 @@ def cells(fw: str) -> list[tuple[str, str, tuple[str, ...]]]:
             nothing about NiN's accuracy. `NIN_MULTI_DATA_DIR` names a directory holding the four Fashion-MNIST
             files (unset: they are downloaded once into a checksummed cache)."""), ()),
         (code, _src("""
-            # Parameters: the chapter's recipe, or the quick mode's small settings (NIN_NOTEBOOK_QUICK=1).
+            # Parameters: which text's recipe to follow, and the quick mode's small settings (NIN_NOTEBOOK_QUICK=1).
             import os
             from pathlib import Path
 
+            # "d2l-1st-edition" (lr 0.1, 10 epochs, batch 128), "d2l-2nd-edition" (lr 0.05) or "d2l-zh-notebook"
+            # (lr 0.05, 5 epochs, batch 256); all at 224x224 with Xavier init (nin_multi/recipes.py)
+            RECIPE = os.environ.get("NIN_NOTEBOOK_RECIPE", "d2l-1st-edition")
             QUICK = os.environ.get("NIN_NOTEBOOK_QUICK", "0").strip().lower() in ("1", "true", "yes")
             DATA_DIR = os.environ.get("NIN_MULTI_DATA_DIR") or None  # None: download Fashion-MNIST to the cache
-            RUNS_DIR = Path(os.environ.get("NIN_NOTEBOOK_RUNS_DIR", "runs"))  # training output goes below it
-
-            LR, INIT = 0.1, "xavier"  # the chapter: SGD with learning rate 0.1, Xavier initialisation
-            if QUICK:
-                EPOCHS, BATCH_SIZE, RESIZE, SUBSET, TEST_SUBSET = 1, 64, 67, 256, 128
-            else:  # the chapter: 10 epochs, batch 128, images resized to 224x224, all of Fashion-MNIST
-                EPOCHS, BATCH_SIZE, RESIZE, SUBSET, TEST_SUBSET = 10, 128, 224, None, None
-            print(f"{'quick' if QUICK else 'full'} mode: {EPOCHS} epoch(s), batch {BATCH_SIZE}, {RESIZE}x{RESIZE}, "
-                  f"lr {LR}, {INIT} init, data from {DATA_DIR or 'the download cache'}")"""), (PARAMETERS,)),
+            RUNS_DIR = Path(os.environ.get("NIN_NOTEBOOK_RUNS_DIR", "runs"))  # training output goes below it"""),
+         (PARAMETERS,)),
         (code, _src("""
             import inspect
             import sys
@@ -192,6 +188,7 @@ def cells(fw: str) -> list[tuple[str, str, tuple[str, ...]]]:
             from nin_multi import backends
             from nin_multi.config import TrainConfig
             from nin_multi.data import CLASSES, load_fashion_mnist, to_float_batch
+            from nin_multi.recipes import get_recipe
             from nin_multi.run import final_line
             from nin_multi.spec import chapter_spec, make_spec
             from nin_multi.train import train
@@ -199,6 +196,19 @@ def cells(fw: str) -> list[tuple[str, str, tuple[str, ...]]]:
 
             # Without ipywidgets tqdm falls back to its text progress bar, after a warning that says so.
             warnings.filterwarnings("ignore", message="IProgress not found")
+
+            recipe = get_recipe(RECIPE).settings
+            if recipe["variant"] != "chapter":
+                raise ValueError(f"this notebook walks the chapter's network; {RECIPE} builds another one: "
+                                 f"nin-multi train --recipe {RECIPE}")
+            LR, INIT = recipe["lr"], recipe["init"]
+            if QUICK:  # one epoch on 256 images at 67x67, the smallest size the network takes
+                EPOCHS, BATCH_SIZE, RESIZE, SUBSET, TEST_SUBSET = 1, 64, 67, 256, 128
+            else:
+                EPOCHS, BATCH_SIZE, RESIZE = recipe["epochs"], recipe["batch_size"], recipe["resize"]
+                SUBSET = TEST_SUBSET = None  # all of Fashion-MNIST
+            print(f"{RECIPE}, {'quick' if QUICK else 'full'} mode: {EPOCHS} epoch(s), batch {BATCH_SIZE}, "
+                  f"{RESIZE}x{RESIZE}, lr {LR}, {INIT} init, data from {DATA_DIR or 'the download cache'}")
 
             FRAMEWORK = "__FW__"
             # Every installed framework is imported now, in the order that is safe in one process (PyTorch
@@ -288,7 +298,7 @@ def cells(fw: str) -> list[tuple[str, str, tuple[str, ...]]]:
             run_dir = RUNS_DIR / f"notebook-{FRAMEWORK}{'-quick' if QUICK else ''}"
             cfg = TrainConfig(backend=FRAMEWORK, epochs=EPOCHS, batch_size=BATCH_SIZE, lr=LR, resize=RESIZE, init=INIT,
                               data_dir=DATA_DIR, subset=SUBSET, test_subset=TEST_SUBSET, out=str(run_dir),
-                              progress=not QUICK)
+                              progress=not QUICK, recipe=RECIPE)
             run_dir, history = train(cfg, overwrite=True)"""), ()),
         (md, _src("""
             ## Training curves

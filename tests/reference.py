@@ -6,7 +6,7 @@ mean over H and W, CHW flattening), not from any backend's code.
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from nin_multi.spec import Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec
+from nin_multi.spec import AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec
 
 
 def _windows(x, k, stride):
@@ -30,6 +30,8 @@ def forward(spec: NiNSpec, weights: dict, x: np.ndarray, collect: bool = False):
                 x = np.maximum(conv2d(x, w, b, c.stride, c.padding), 0)
         elif isinstance(layer, MaxPool):
             x = _windows(x, layer.kernel, layer.stride).max(axis=(4, 5))
+        elif isinstance(layer, AvgPool):
+            x = _windows(x, layer.kernel, layer.stride).mean(axis=(4, 5))
         elif isinstance(layer, GlobalAvgPool):
             x = x.mean(axis=(2, 3), keepdims=True)
         elif isinstance(layer, Flatten):
@@ -37,7 +39,7 @@ def forward(spec: NiNSpec, weights: dict, x: np.ndarray, collect: bool = False):
         elif isinstance(layer, Dense):
             x = x @ weights[f"{layer.name}.weight"].astype(np.float64) + weights[f"{layer.name}.bias"]
             x = np.maximum(x, 0) if layer.relu else x
-        elif not isinstance(layer, Dropout):  # dropout is the identity in evaluation
+        elif not isinstance(layer, (Dropout, ChannelDropout)):  # dropout is the identity in evaluation
             raise TypeError(type(layer).__name__)
         outs.append(x)
     return (x, outs) if collect else x

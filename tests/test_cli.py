@@ -40,7 +40,9 @@ def train_args(sample_dir, out, *extra):
     (["--subset", "0"], "--subset must be a positive integer"),
     (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
     (["--threads", "0"], "--threads must be a positive integer"),
-    (["--in-channels", "3"], "the network takes 3 input channels but Fashion-MNIST images have 1"),
+    (["--in-channels", "2"], "the network takes 2 input channels but Fashion-MNIST images have 1"),
+    (["--recipe", "d2l-3rd-edition"], "unknown recipe 'd2l-3rd-edition'; choose one of: d2l-1st-edition"),
+    (["--variant", "ninnet", "--resize", "416"], "would output (40,) per image, not 10 class scores"),
     (["--num-classes", "5"], "the network has 5 outputs but Fashion-MNIST has 10 classes"),
 ])
 def test_bad_training_options(sample_dir, tmp_path, capsys, extra, message):

@@ -86,8 +86,11 @@ def test_cli_summary_prints_the_chapter_walk(backend, capsys):
     assert "1,992,166" in printed
 
 
-def test_resume_equals_uninterrupted(backend, sample_dir, tmp_path):
-    kw = dict(subset=320, test_subset=100, epochs=3)
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+def test_resume_equals_uninterrupted(backend, sample_dir, tmp_path, precision):
+    """Exact, not close: data order from (seed, epoch), restored dropout state, and in fp64 checkpoints
+    that keep float64 (a float32 checkpoint would round the weights and the runs would part)."""
+    kw = dict(subset=320, test_subset=100, epochs=3, precision=precision)
     _, straight = train(mini_config(backend, sample_dir, tmp_path / "a", **kw), log=quiet)
     train(mini_config(backend, sample_dir, tmp_path / "b", **{**kw, "epochs": 1}), log=quiet)
     _, resumed = resume(tmp_path / "b", epochs=3, log=quiet)
@@ -96,6 +99,7 @@ def test_resume_equals_uninterrupted(backend, sample_dir, tmp_path):
     _, wa = load_weights(tmp_path / "a" / "weights.npz")
     _, wb = load_weights(tmp_path / "b" / "weights.npz")
     for k in wa:
+        assert wa[k].dtype == wb[k].dtype == ("float64" if precision == "fp64" else "float32")
         np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
 
 

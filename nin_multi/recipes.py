@@ -1,0 +1,58 @@
+"""Named training recipes: the settings each text that teaches this chapter uses, by the text's name.
+
+People arrive at NiN from different texts, and each sets it up differently; a recipe is only a set of
+``TrainConfig`` values, so ``--recipe`` fills in what the user did not type and every explicit flag still
+wins. The default recipe is the 1st English edition's, which is also ``TrainConfig``'s own defaults.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    source: str
+    settings: dict = field(default_factory=dict)
+    note: str = ""
+
+    def describe(self) -> str:
+        keys = ("variant", "in_channels", "lr", "epochs", "batch_size", "resize", "init", "precision")
+        shown = ", ".join(f"{k.replace('_', ' ')} {self.settings[k]}" for k in keys if k in self.settings)
+        return f"{self.name}: {self.source}; {shown}" + (f"; {self.note}" if self.note else "")
+
+
+_CHAPTER = {"variant": "chapter", "in_channels": 1, "resize": 224, "init": "xavier", "precision": "fp32"}
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe("d2l-1st-edition",
+           "Dive into Deep Learning, 1st English edition (train_ch6, Xavier init)",
+           {**_CHAPTER, "lr": 0.1, "epochs": 10, "batch_size": 128}),
+    Recipe("d2l-2nd-edition",
+           "Dive into Deep Learning, 2nd edition (Classifier/Trainer API, lazy layers, init_cnn = Xavier)",
+           {**_CHAPTER, "lr": 0.05, "epochs": 10, "batch_size": 128}),
+    Recipe("d2l-zh-notebook",
+           "the Chinese edition's notebook (动手学深度学习), run on a CPU",
+           {**_CHAPTER, "lr": 0.05, "epochs": 5, "batch_size": 256}),
+    Recipe("standalone-ninnet",
+           "a standalone PyTorch NinNet: 3 input channels, Dropout2d, AvgPool2d(5), .double()",
+           {"variant": "ninnet", "in_channels": 3, "resize": 224, "init": "xavier", "precision": "fp64",
+            "lr": 0.1, "epochs": 10, "batch_size": 128},
+           "it states no training settings, so lr, epochs and batch are the 1st edition's; Fashion-MNIST's "
+           "gray channel is repeated 3 times"),
+)}
+DEFAULT = "d2l-1st-edition"
+
+
+def get_recipe(name: str | None) -> Recipe:
+    if name is None:
+        return RECIPES[DEFAULT]
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def recipes_help() -> str:
+    return "; ".join(r.describe() for r in RECIPES.values())

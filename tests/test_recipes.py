@@ -1,0 +1,151 @@
+"""Named recipes (``--recipe``) and the standalone NinNet they make buildable: channel-wise dropout, a
+fixed 5x5 average pool, 3 input channels fed by a repeated gray channel, float64."""
+import json
+
+import numpy as np
+import pytest
+
+from nin_multi.cli import build_parser, config_from_args, main
+from nin_multi.data import to_float_batch
+from nin_multi.errors import ImageTooSmallError, SpecError
+from nin_multi.recipes import DEFAULT, RECIPES
+from nin_multi.spec import ChannelDropout, NiNSpec, make_spec
+
+from conftest import load
+from reference import forward as reference_forward
+from reference import random_weights
+from test_backends import ATOL, RTOL, as_nchw, to_layout
+
+
+def parse(*argv):
+    return build_parser().parse_args(["train", *argv])
+
+
+EXPECTED = {  # (lr, epochs, batch, resize, precision, variant, in_channels), from the sources
+    "d2l-1st-edition": (0.1, 10, 128, 224, "fp32", "chapter", 1),
+    "d2l-2nd-edition": (0.05, 10, 128, 224, "fp32", "chapter", 1),
+    "d2l-zh-notebook": (0.05, 5, 256, 224, "fp32", "chapter", 1),
+    "standalone-ninnet": (0.1, 10, 128, 224, "fp64", "ninnet", 3),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_each_recipe_sets_its_sources_settings(name):
+    cfg = config_from_args(parse("--recipe", name))
+    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.resize, cfg.precision, cfg.variant, cfg.in_channels) == \
+        EXPECTED[name]
+    assert cfg.recipe == name and cfg.init == "xavier"
+
+
+def test_no_recipe_is_the_first_edition_and_typed_flags_win():
+    assert DEFAULT == "d2l-1st-edition" and set(RECIPES) == set(EXPECTED)
+    cfg = config_from_args(parse())
+    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.recipe) == (0.1, 10, 128, "d2l-1st-edition")
+    cfg = config_from_args(parse("--recipe", "d2l-zh-notebook", "--lr", "0.2", "--epochs", "1"))
+    assert (cfg.lr, cfg.epochs, cfg.batch_size) == (0.2, 1, 256)
+    cfg = config_from_args(parse("--recipe", "standalone-ninnet", "--precision", "fp32", "--in-channels", "1"))
+    assert (cfg.precision, cfg.in_channels, cfg.variant) == ("fp32", 1, "ninnet")
+
+
+def test_help_lists_every_recipe_with_its_settings(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in RECIPES:
+        assert name in text
+    assert "lr 0.05, epochs 5, batch size 256" in text and "precision fp64" in text
+
+
+def test_ninnet_spec_counts_and_refuses_sizes_it_cannot_take():
+    spec = make_spec("ninnet", 3)
+    assert spec.num_params == 1_992_166 + 2 * 96 * 11 * 11  # the chapter's, with 3 input channels
+    assert [i.kind for i in spec.walk(224)][-4:] == ["ChannelDropout", "NiNBlock", "AvgPool", "Flatten"]
+    at224, at256 = spec.walk(224)[-2], spec.walk(256)[-2]
+    assert at224.nchw == at256.nchw == (1, 10, 1, 1)
+    assert at224.note == "" and "of a 6x6 map into 1x1: not global" in at256.note
+    with pytest.raises(ImageTooSmallError, match="layer 'avgpool' would be 0x0.*needs at least 195"):
+        spec.walk(194)
+    with pytest.raises(SpecError, match=r"output \(40,\) per image, not 10 class scores.*fits --resize 195-354"):
+        spec.walk(416)
+    assert NiNSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize("size", [224, 256])
+def test_ninnet_logits_and_shapes_equal_the_oracle(backend, size):
+    """224: the pool is global; 256: it averages the first 5x5 of a 6x6 map, which a global pool would not."""
+    spec = make_spec("ninnet", 3)
+    w = random_weights(spec, seed=7)
+    x = np.random.default_rng(8).random((2, 3, size, size), dtype=np.float32)
+    model = backend.build_model(spec)
+    assert backend.count_params(model) == spec.num_params
+    assert [as_nchw(s, backend) for _, s in backend.layer_shapes(model, spec, size, batch=2)] == \
+        [i.nchw for i in spec.walk(size, batch=2)]
+    backend.set_weights(model, spec, w)
+    ref = reference_forward(spec, w, x)
+    np.testing.assert_allclose(backend.forward(model, to_layout(x, backend)), ref, rtol=RTOL, atol=ATOL)
+    if size == 256:
+        spec_gap = make_spec("chapter", 3)
+        assert np.abs(reference_forward(spec_gap, w, x) - ref).max() > 1e-3  # the test can tell the pools apart
+
+
+@pytest.mark.parametrize("channelwise", [True, False])
+def test_channel_dropout_drops_whole_feature_maps(backend, channelwise):
+    """The mask's structure, not its random values: with channel dropout every (image, channel) map is
+    all zeros or all 1 / (1 - p); plain dropout mixes both inside a map."""
+    from nin_multi.spec import Dropout
+
+    layer = (ChannelDropout if channelwise else Dropout)("dropout", 0.5)
+    spec = NiNSpec(4, 4, (layer,), "dropout-only")
+    model = backend.build_model(spec)
+    x = np.ones((8, 4, 6, 6), np.float32)
+    y = as_nchw_array(backend.forward(model, to_layout(x, backend), training=True), backend)
+    assert set(np.unique(y)) <= {0.0, 2.0}
+    maps = y.reshape(8 * 4, -1)
+    whole = np.all((maps == 0) | (maps == 2), axis=1) & (np.ptp(maps, axis=1) == 0)
+    if channelwise:
+        assert whole.all() and 0 < (maps[:, 0] == 0).sum() < len(maps)
+    else:
+        assert not whole.all()
+    np.testing.assert_array_equal(as_nchw_array(backend.forward(model, to_layout(x, backend)), backend), x)
+
+
+def as_nchw_array(y, backend):
+    return y if backend.LAYOUT == "NCHW" else y.transpose(0, 3, 1, 2)
+
+
+def test_gray_channel_is_repeated_for_an_rgb_network():
+    images = np.random.default_rng(0).integers(0, 256, (2, 28, 28), dtype=np.uint8)
+    rgb = to_float_batch(images, 32, "NHWC", channels=3)
+    assert rgb.shape == (2, 32, 32, 3)
+    np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
+    np.testing.assert_array_equal(rgb[..., :1], to_float_batch(images, 32, "NHWC"))
+
+
+@pytest.mark.slow
+def test_standalone_ninnet_recipe_trains_on_the_sample(sample_dir, tmp_path, capsys):
+    """The issue's command at a smaller subset: 3 channels from gray, channel dropout, fixed pool, float64."""
+    load("torch")
+    out = tmp_path / "run"
+    code = main(["train", "--recipe", "standalone-ninnet", "--backend", "torch", "--data-dir", str(sample_dir),
+                 "--epochs", "1", "--subset", "32", "--test-subset", "16", "--batch-size", "16", "--out", str(out),
+                 "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "gray channel repeated 3 times" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"] == "standalone-ninnet" and config["precision"] == "fp64"
+    assert config["in_channels"] == 3 and "Grayscale(num_output_channels=3)" in config["input_channels"]
+    from nin_multi.weights import load_weights
+
+    spec, w = load_weights(out / "weights.npz")
+    assert spec.variant == "ninnet" and spec.in_channels == 3
+    assert {v.dtype for v in w.values()} == {np.dtype(np.float64)}
+
+
+def test_summary_with_the_standalone_recipe(backend, capsys):
+    assert main(["summary", "--backend", backend.NAME, "--recipe", "standalone-ninnet"]) == 0
+    printed = capsys.readouterr().out
+    assert "input 3x224x224" in printed and "float64" in printed and "ChannelDropout" in printed
+    assert "AvgPool" in printed and "total parameters: 2,015,398" in printed
+    assert main(["summary", "--backend", backend.NAME, "--recipe", "standalone-ninnet", "--resize", "256"]) == 0
+    assert "not global" in capsys.readouterr().out
