@@ -424,7 +424,7 @@ def seed_statistics(per_seed: list[dict], names: list[str], alpha: float = ALPHA
         for k, _ in METRICS:
             w = welch(values[a][k], values[b][k])
             tests.append({"pair": pair_label(a, b), "metric": k, "difference": w.difference, "t": w.t,
-                          "df": w.df, "p": w.p, "smallest_significant": w.smallest_significant(alpha),
+                          "df": w.df, "p": w.p, "smallest_significant": w.smallest_significant(alpha / n_tests),
                           "significant": w.p < alpha / n_tests})
     return {"seeds": [s["seed"] for s in per_seed], "values": values, "summary": summary, "welch": tests,
             "alpha": alpha, "tests": n_tests, "corrected_alpha": alpha / n_tests,
@@ -445,25 +445,32 @@ def plot_seeds(stats: dict, names: list[str], dest, title: str) -> None:
     import matplotlib.pyplot as plt
 
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(10, 4.6))
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(10, 5))
     seeds = stats["seeds"]
     offsets = np.linspace(-0.12, 0.12, len(seeds)) if len(seeds) > 1 else np.zeros(1)
     for ax, (key, label) in zip(axes, METRICS):
         for i, n in enumerate(names):
             c = colours[i % len(colours)]
-            ax.scatter(i + offsets - 0.1, stats["values"][n][key], s=28, color=c, alpha=0.8, zorder=3,
-                       label="one seed" if i == 0 else None)
+            xs, ys = i + offsets - 0.1, stats["values"][n][key]
+            ax.scatter(xs, ys, s=28, color=c, alpha=0.8, zorder=3)
+            for x, y, seed in zip(xs, ys, seeds):
+                ax.annotate(str(seed), (x, y), xytext=(-3, 0), textcoords="offset points", ha="right",
+                            va="center", fontsize=6, color="dimgrey")
             mean, std = stats["summary"][n][f"{key}_mean"], stats["summary"][n][f"{key}_std"]
-            ax.errorbar(i + 0.22, mean, yerr=std, fmt="D", color="black", ms=5, capsize=5, zorder=4,
-                        label="mean ± std" if i == 0 else None)
+            ax.errorbar(i + 0.22, mean, yerr=std, fmt="D", color="black", ms=5, capsize=5, zorder=4)
             ax.annotate(f"{mean:.3f}\n±{std:.3f}", (i + 0.3, mean), fontsize=7, va="center")
+        ax.scatter([], [], s=28, color="grey", label="one seed (its number beside it)")
+        ax.errorbar([], [], yerr=[], fmt="D", color="black", ms=5, capsize=5, label="mean ± std")
         ax.set_xticks(range(len(names)), names)
         ax.set_xlim(-0.6, len(names) - 0.2)
         ax.set(ylabel=f"final {label}", title=f"final {label}, {len(seeds)} seeds")
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8, loc="best")
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi + 0.25 * (hi - lo))  # room for the legend above the points
+        ax.legend(fontsize=7, loc="upper right")
         ps = [t for t in stats["welch"] if t["metric"] == key]
-        ax.set_xlabel("Welch's t-test: " + ", ".join(f"{t['pair']} p={t['p']:.2f}" for t in ps), fontsize=7)
+        ax.set_xlabel("Welch's t-test, two-sided p:\n" + "\n".join(f"{t['pair']}: p = {t['p']:.2f}" for t in ps),
+                      fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(dest, dpi=110)
@@ -551,10 +558,11 @@ def seeds_conclusion(stats: dict, names: list[str], n_test: int, cfg: TrainConfi
             f"only that any difference is hidden in the noise; with these spreads a difference in mean test "
             f"accuracy below about {detect:.3f} ({detect * n_test:.0f} of {n_test} test images) could not have "
             f"been detected (that is the smallest difference the test would call significant at p < "
-            f"{stats['alpha']:g}). Welch's test assumes each backend's results are roughly normal across seeds, "
+            f"{stats['corrected_alpha']:.3g}). Welch's test assumes each backend's results are roughly normal "
+            f"across seeds, "
             f"which {n} values can hardly check; and each seed changes the initial weights, the example order and "
             f"the dropout masks together, so this compares the frameworks' trainings as a whole, not one of those "
-            f"sources. More seeds shrink the detectable difference as 1/sqrt(seeds)."]
+            f"sources. More seeds shrink the detectable difference, roughly as 1/sqrt(seeds)."]
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -625,7 +633,7 @@ def format_seeds_report(report: dict, run_dir: Path) -> str:
     seeds = ", ".join(map(str, report["seeds"]))
     out = ["", f"final test accuracy and loss over {len(report['seeds'])} seeds ({seeds}): mean ± standard deviation "
                f"(n - 1); {report['n_test']} test images",
-           f"{'backend':<11} {'test acc':>17} {'test loss':>17}   per seed (test acc)"]
+           f"{'backend':<11} {'test acc':^17} {'test loss':^17}   per seed (test acc)"]
     for n in names:
         s = st["summary"][n]
         per = " ".join(f"{v:.3f}" for v in st["values"][n]["test_acc"])
@@ -636,8 +644,8 @@ def format_seeds_report(report: dict, run_dir: Path) -> str:
     for t in st["welch"]:
         out.append(f"{t['pair']:<24} {t['metric'].replace('_', ' '):<10} {t['difference']:>+10.4f} {t['t']:>7.2f} "
                    f"{t['df']:>5.1f} {t['p']:>7.3f} {t['smallest_significant']:>10.4f}")
-    out += ["(detectable: the smallest |difference| the test would call significant at p < "
-            f"{st['alpha']:g} with these spreads)", "", *report["conclusion"], "",
+    out += [f"(detectable: the smallest |difference| the test would call significant at p < "
+            f"{st['corrected_alpha']:.3g} with these spreads)", "", *report["conclusion"], "",
             f"plot: {run_dir / SEEDS_PLOT}; tables: {run_dir / SEEDS_CSV}, {run_dir / REPORT_JSON}; per seed "
             f"(steps, drift plot, curves): {', '.join(str(run_dir / s['dir']) for s in report['per_seed'])}"]
     return "\n".join(out)
