@@ -234,7 +234,8 @@ def plot_drift(table: dict, drift: dict, dest, title: str) -> None:
             ax.text(e * per_epoch + per_epoch / 2, 1.02, f"epoch {e + 1}", transform=ax.get_xaxis_transform(),
                     ha="center", va="bottom", fontsize=8, color="dimgrey")
     ax.set_yscale("log")
-    top = max(1.0, float(max((max(r) for r in table["rel_diff"].values()), default=1.0)) * 3)
+    finite = [v for rel in table["rel_diff"].values() for v in rel if np.isfinite(v)]
+    top = max(1.0, max(finite, default=1.0) * 3)
     ax.set_ylim(ZERO_FLOOR / 3, top)
     ax.set_xlim(0, steps[-1] + 1)
     ax.set_xlabel("SGD step" + (f" ({per_epoch} per epoch)" if per_epoch else ""))
@@ -316,9 +317,9 @@ def one_start(cfg: TrainConfig, mods: list, spec: NiNSpec, ds, run_dir: Path, lo
     cfg = dataclasses.replace(cfg, out=str(run_dir))
     start = initial_weights(spec, cfg.init, cfg.seed, dtype=param_dtype(cfg.precision))
     save_weights(run_dir / INITIAL_WEIGHTS, spec, start,
-                 meta={"init": cfg.init, "seed": cfg.seed, "drawn_by": "numpy", "dtype": param_dtype(cfg.precision),
+                 meta={"init": cfg.init, "seed": cfg.seed, "drawn_by": "numpy",
                        "rounding": "drawn in float64, rounded to float32"
-                                   + (", upcast to float64" if cfg.precision == "fp64" else "")})
+                                   + (", then widened to float64" if cfg.precision == "fp64" else "")})
     title = f"{settings(cfg, spec, n_train)}, same start (seed {cfg.seed})"
     write_json(run_dir / CONFIG, {**cfg.to_dict(), "backend": None, "backends": [m.NAME for m in mods]})
     log(f"reproducing {spec.variant} NiN ({spec.num_params:,} parameters) on {', '.join(m.NAME for m in mods)}: "
