@@ -426,7 +426,7 @@ def seed_statistics(per_seed: list[dict], names: list[str], alpha: float = ALPHA
             w = welch(values[a][k], values[b][k])
             tests.append({"pair": pair_label(a, b), "metric": k, "difference": w.difference, "t": w.t,
                           "df": w.df, "p": w.p, "smallest_significant": w.smallest_significant(alpha / n_tests),
-                          "significant": w.p < alpha / n_tests})
+                          "significant": bool(w.p < alpha / n_tests)})
     return {"seeds": [s["seed"] for s in per_seed], "values": values, "summary": summary, "welch": tests,
             "alpha": alpha, "tests": n_tests, "corrected_alpha": alpha / n_tests,
             "any_significant": any(t["significant"] for t in tests)}
@@ -470,7 +470,7 @@ def plot_seeds(stats: dict, names: list[str], dest, title: str) -> None:
         ax.set_ylim(lo, hi + 0.25 * (hi - lo))  # room for the legend above the points
         ax.legend(fontsize=7, loc="upper right")
         ps = [t for t in stats["welch"] if t["metric"] == key]
-        ax.set_xlabel("Welch's t-test, two-sided p:\n" + "\n".join(f"{t['pair']}: p = {t['p']:.2f}" for t in ps),
+        ax.set_xlabel("Welch's t-test, two-sided p:\n" + "\n".join(f"{t['pair']}: p = {t['p']:.2g}" for t in ps),
                       fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -550,9 +550,9 @@ def seeds_conclusion(stats: dict, names: list[str], n_test: int, cfg: TrainConfi
         if nominal:
             verdict += (" " + ", ".join(f"{t['pair']} ({t['metric'].replace('_', ' ')}, p {t['p']:.2g})"
                                         for t in nominal)
-                        + f" would pass an uncorrected {stats['alpha']:g}: expected by chance about "
-                          f"{1 - (1 - stats['alpha']) ** stats['tests']:.0%} of the time among {stats['tests']} "
-                          f"tests of equal means.")
+                        + f" would pass an uncorrected {stats['alpha']:g}; when all means are equal, one of "
+                          f"{stats['tests']} tests does so by chance about "
+                          f"{1 - (1 - stats['alpha']) ** stats['tests']:.0%} of the time (were they independent).")
     detect = max(t["smallest_significant"] for t in acc)
     return [verdict,
             f"What {n} seeds can and cannot say: a p-value above the level does not show the backends are equal, "

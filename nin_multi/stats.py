@@ -134,7 +134,7 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Welch:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.size < 2 or b.size < 2:
         raise ValueError(f"Welch's t-test needs at least two values per group, got {a.size} and {b.size}")
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    va, vb = float(a.var(ddof=1)) / a.size, float(b.var(ddof=1)) / b.size  # Python floats: JSON-ready results
     diff = float(a.mean() - b.mean())
     se = math.sqrt(va + vb)
     if se == 0.0:  # no spread on either side: equal means are equal, different ones certainly differ
@@ -142,4 +142,4 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Welch:
                      1.0 if diff == 0 else 0.0, 0.0)
     df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
     t = diff / se
-    return Welch(diff, t, float(df), t_two_sided_p(t, df), se)
+    return Welch(diff, t, df, t_two_sided_p(t, df), se)

@@ -288,6 +288,7 @@ def test_seeds_table_and_plot_agree_with_the_per_seed_runs(sample_dir, tmp_path,
         w = welch([finals[s, a][t["metric"]] for s in (3, 5)], [finals[s, b][t["metric"]] for s in (3, 5)])
         assert t["p"] == pytest.approx(w.p, rel=1e-12) and 0 <= t["p"] <= 1
         assert t["difference"] == pytest.approx(w.difference, rel=1e-12, abs=1e-15)
+        assert t["significant"] is (t["p"] < 0.05 / len(stats["welch"]))  # a JSON boolean, Bonferroni-corrected
     assert (out / "seeds.png").read_bytes()[:4] == b"\x89PNG"
     assert "Welch's t-test" in printed and "± " in printed and str(out / "seeds.png") in printed
     assert "seed-to-seed noise" in report["conclusion"][0] or "do NOT train the same" in report["conclusion"][0]

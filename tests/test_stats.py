@@ -45,6 +45,7 @@ def test_welch_t_test():
     assert w.t == pytest.approx(-1.6 / math.sqrt(va + vb))
     assert w.df == pytest.approx((va + vb) ** 2 / (va ** 2 / 4 + vb ** 2 / 4))
     assert w.p == pytest.approx(0.29373, abs=1e-5)  # scipy.stats.ttest_ind(..., equal_var=False)
+    assert all(type(v) is float for v in (w.difference, w.t, w.df, w.p, w.se))  # JSON numbers, not NumPy scalars
     assert welch([0.5, 0.5], [0.5, 0.5]).p == 1.0 and welch([0.5, 0.5], [0.6, 0.6]).p == 0.0
     with pytest.raises(ValueError, match="at least two"):
         welch([1.0], [1.0, 2.0])
