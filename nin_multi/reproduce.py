@@ -241,7 +241,7 @@ def plot_drift(table: dict, drift: dict, dest, title: str) -> None:
     ax.set_xlabel("SGD step" + (f" ({per_epoch} per epoch)" if per_epoch else ""))
     ax.set_ylabel("relative difference of the step's training loss |a - b| / |b|")
     ax.grid(alpha=0.3, which="major")
-    ax.legend(fontsize=8, loc="lower right", title_fontsize=7,
+    ax.legend(fontsize=8, loc="best", title_fontsize=7,
               title=f"exact agreement (0) drawn at {ZERO_FLOOR:.0e}" if any_zero else None)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
