@@ -33,7 +33,7 @@ from .config import INITS, TrainConfig, param_dtype
 from .data import num_batches
 from .errors import ConfigError
 from .run import CONFIG, PLOT, WEIGHTS, Run, plot_curves, prepare_dir, write_json
-from .spec import Conv, Dropout, NiNSpec
+from .spec import ChannelDropout, Conv, Dropout, NiNSpec
 from .stats import FP64_AGREEMENT, SEPARATION, first_exceeding, largest_per_epoch, mean_std, relative_difference, welch
 from .train import evaluate, load_data, spec_for, train_epoch
 from .weights import save_weights
@@ -138,7 +138,8 @@ def weight_differences(finals: dict[str, dict]) -> dict[str, float]:
 
 
 def dropout_rate(spec: NiNSpec) -> float:
-    return max((layer.rate for layer in spec.layers if isinstance(layer, Dropout)), default=0.0)
+    """The largest dropout rate, of single values or of whole channels (the standalone NinNet's)."""
+    return max((layer.rate for layer in spec.layers if isinstance(layer, (Dropout, ChannelDropout))), default=0.0)
 
 
 def pair_names(names: Sequence[str]) -> list[tuple[str, str]]:
@@ -305,12 +306,6 @@ def settings(cfg: TrainConfig, spec: NiNSpec, n_train: int) -> str:
             f"{cfg.batch_size}, {cfg.resize}x{cfg.resize}, {n_train} train images")
 
 
-def _build(m, spec: NiNSpec, cfg: TrainConfig):
-    """The backend's model in the run's parameter dtype (``build_model``'s ``dtype``, for float64 runs)."""
-    dtype = param_dtype(cfg.precision)
-    return m.build_model(spec, cfg.init, cfg.seed, **({"dtype": dtype} if dtype != "float32" else {}))
-
-
 def one_start(cfg: TrainConfig, mods: list, spec: NiNSpec, ds, run_dir: Path, log=print) -> dict:
     """Train every backend in ``mods`` from one start (``cfg.seed``) into ``run_dir``; returns the report."""
     n_train, n_test = len(ds.train_images), len(ds.test_images)
@@ -330,7 +325,7 @@ def one_start(cfg: TrainConfig, mods: list, spec: NiNSpec, ds, run_dir: Path, lo
     setups = []
     for m in mods:
         m.configure(cfg.threads, cfg.seed)
-        model = _build(m, spec, cfg)
+        model = m.build_model(spec, cfg.init, cfg.seed, dtype=param_dtype(cfg.precision))
         m.set_weights(model, spec, start)
         got = m.get_weights(model, spec)
         if any(not np.array_equal(got[k], start[k]) for k in start):
