@@ -293,3 +293,29 @@ def test_seeds_table_and_plot_agree_with_the_per_seed_runs(sample_dir, tmp_path,
     assert "Welch's t-test" in printed and "± " in printed and str(out / "seeds.png") in printed
     assert "seed-to-seed noise" in report["conclusion"][0] or "do NOT train the same" in report["conclusion"][0]
     assert "2 seeds can and cannot say" in printed
+
+
+@pytest.mark.slow
+def test_fp64_reproduce_is_one_trajectory_from_the_fp32_start(sample_dir, tmp_path, capsys):
+    """reproduce's fp64 plumbing (the trajectories themselves over a whole epoch: tests/test_fp64.py): the
+    start saved as float64 and equal to the fp32 start, float64 final weights, every step within 1e-9."""
+    names = installed_backends()
+    out = tmp_path / "fp64"
+    assert main(["reproduce", "--precision", "fp64", "--backends", ",".join(names), "--data-dir", str(sample_dir),
+                 "--variant", "mini", "--resize", "28", "--subset", "96", "--test-subset", "50", "--epochs", "1",
+                 "--batch-size", "32", "--lr", "0.05", "--init", "kaiming", "--no-dropout", "--out", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    spec, start = load_weights(out / "initial_weights.npz")
+    for k, v in initial_weights(spec, "kaiming", 0).items():
+        assert start[k].dtype == np.float64 and np.array_equal(start[k], v.astype(np.float64)), k
+    for n in names:
+        _, final = load_weights(out / n / "weights.npz")
+        assert {v.dtype for v in final.values()} == {np.dtype(np.float64)}, n
+    report = json.loads((out / "reproduce.json").read_text())
+    sd = report["step_drift"]
+    assert sd["steps"] == 3 and sd["all_within_agreement"] and sd["largest"] <= 1e-9
+    assert all(p["first_step_above"] is None for p in sd["pairs"].values())
+    assert all(v <= 1e-9 for v in report["final_weights_rel_diff"].values())
+    assert "every pair within 1e-09 at every step of every epoch: yes" in printed and "never" in printed
+    assert "In float64" in printed
