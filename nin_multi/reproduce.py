@@ -273,9 +273,12 @@ def explanation(cfg: TrainConfig, spec: NiNSpec, drift: list[dict], weight_diff:
                    f"{steps['steps']} steps (largest {steps['largest']:.1e}): one trajectory"
                    if steps["all_within_agreement"] else
                    f"the largest per-step difference was {steps['largest']:.1e} ({steps['largest_pair']})")
-        lines.append(f"In float64 each rounding is ~1e-16 relative instead of fp32's ~1e-7, so no activation lands "
-                     f"within rounding of ReLU's kink or of a max-pool tie and every framework takes the same "
-                     f"branches: {verdict}. The same network and the same training, computed three ways.")
+        lines.append(f"In float64 each rounding is ~1e-16 relative instead of fp32's ~1e-7, so an activation within "
+                     f"rounding of ReLU's kink or of a max-pool tie, where frameworks can take different branches, "
+                     f"is a billion times rarer: {verdict}. "
+                     + ("The same network and the same training, computed by each framework." if
+                        steps["all_within_agreement"] else
+                        "Look at drift.png for the step where the pair left the others."))
         return lines
     if separated:
         lines.append("Step by step, the per-batch losses left rounding level (relative difference above "
