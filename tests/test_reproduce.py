@@ -9,8 +9,9 @@ import nin_multi.reproduce as reproduce_mod
 from nin_multi.cli import main
 from nin_multi.config import TrainConfig
 from nin_multi.errors import ConfigError
-from nin_multi.reproduce import epoch_order, initial_weights
+from nin_multi.reproduce import epoch_order, initial_weights, parse_seeds, step_drift, step_table
 from nin_multi.spec import chapter_spec, make_spec
+from nin_multi.stats import mean_std, welch
 from nin_multi.weights import load_weights
 
 from conftest import ALL_BACKENDS, load
@@ -84,9 +85,9 @@ def test_backends_agree_from_one_start(sample_dir, tmp_path, capsys, monkeypatch
     orders, plots = [], []
     real_train_epoch, real_plot = reproduce_mod.train_epoch, reproduce_mod.plot_curves
 
-    def spy_train_epoch(trainer, ds, cfg, layout, epoch, order=None):
+    def spy_train_epoch(trainer, ds, cfg, layout, epoch, order=None, **kwargs):
         orders.append((cfg.backend, epoch, np.array(order)))
-        return real_train_epoch(trainer, ds, cfg, layout, epoch, order=order)
+        return real_train_epoch(trainer, ds, cfg, layout, epoch, order=order, **kwargs)
 
     def spy_plot(histories, dest, title=""):
         plots.append((list(histories), dest))
@@ -153,3 +154,168 @@ def test_backends_agree_from_one_start(sample_dir, tmp_path, capsys, monkeypatch
         assert n in printed
     assert "examples/sec" in printed and "largest difference between backends" in printed
     assert "different orders" in printed and "rounding" in printed and str(out / "curves.png") in printed
+
+    # Every SGD step's loss per backend: 256 images in batches of 32 are 8 steps per epoch.
+    with open(out / "steps.csv") as f:
+        reader = csv.DictReader(f)
+        pairs = [f"{a} vs {b}" for i, a in enumerate(names) for b in names[i + 1:]]
+        assert reader.fieldnames == ["step", "epoch", "batch_size", *names, *pairs]
+        steps = list(reader)
+    assert [int(r["step"]) for r in steps] == list(range(1, 17))
+    assert [int(r["epoch"]) for r in steps] == [1] * 8 + [2] * 8
+    assert all(int(r["batch_size"]) == 32 for r in steps)
+    for n in names:  # an epoch's step losses, weighted by batch size, average to its train_loss
+        for epoch in (1, 2):
+            rows = [r for r in steps if int(r["epoch"]) == epoch]
+            weighted = sum(float(r[n]) * int(r["batch_size"]) for r in rows) / sum(int(r["batch_size"]) for r in rows)
+            assert weighted == pytest.approx(histories[n][epoch - 1]["train_loss"], rel=1e-12), (n, epoch)
+        assert report["steps"]["loss"][n] == [float(r[n]) for r in steps]
+    for pair in pairs:
+        a, b = pair.split(" vs ")
+        for r in steps:
+            assert float(r[pair]) == pytest.approx(abs(float(r[a]) - float(r[b])) / abs(float(r[b])), rel=1e-9, abs=0)
+        sd = report["step_drift"]["pairs"][pair]
+        assert len(sd["largest_per_epoch"]) == 2
+        first = sd["first_step_above"]
+        rel = [float(r[pair]) for r in steps]
+        if first is None:
+            assert max(rel) <= 1e-6
+        else:
+            assert rel[first - 1] > 1e-6 and max(rel[:first - 1], default=0) <= 1e-6
+    assert (out / "drift.png").read_bytes()[:4] == b"\x89PNG"
+    assert "first step > 1e-06" in printed and "largest in epoch 2" in printed and str(out / "drift.png") in printed
+
+
+def test_fp64_starts_from_the_fp32_start():
+    spec = make_spec("mini", image_size=28)
+    w32, w64 = initial_weights(spec, "kaiming", 3), initial_weights(spec, "kaiming", 3, dtype="float64")
+    for k in w32:
+        assert w32[k].dtype == np.float32 and w64[k].dtype == np.float64
+        np.testing.assert_array_equal(w64[k], w32[k].astype(np.float64))
+
+
+def _table(losses, epochs=2):
+    """A made-up steps table: len(losses[name]) / epochs steps of batch 32 per epoch."""
+    n_steps = len(next(iter(losses.values())))
+    return step_table(losses, n_train=32 * n_steps // epochs, batch_size=32, epochs=epochs)
+
+
+def test_first_separation_step_on_made_up_trajectories():
+    base = np.linspace(2.3, 1.0, 8)
+    table = _table({"torch": base,
+                    "tensorflow": base * (1 + np.array([0, 1e-8, 5e-7, 1e-6, 2e-6, 1e-7, 1e-3, 1e-2])),
+                    "mxnet": base * (1 + 1e-10)})
+    assert table["step"] == list(range(1, 9)) and table["epoch"] == [1] * 4 + [2] * 4
+    sd = step_drift(table)
+    tt, tm, fm = (sd["pairs"][p] for p in ("torch vs tensorflow", "torch vs mxnet", "tensorflow vs mxnet"))
+    # 1e-6 exactly is not above the threshold; step 5's 2e-6 is, in epoch 2.
+    assert tt["first_step_above"] == 5 and tt["first_epoch_above"] == 2
+    assert tt["largest_per_epoch"] == pytest.approx([1e-6 / (1 + 1e-6), 1e-2 / (1 + 1e-2)], rel=1e-6)
+    assert tm["first_step_above"] is None and tm["first_epoch_above"] is None
+    assert max(tm["largest_per_epoch"]) == pytest.approx(1e-10, rel=1e-5)
+    assert fm["first_step_above"] == 5
+    assert not sd["all_within_agreement"] and sd["largest"] == max(tt["largest"], tm["largest"], fm["largest"])
+    assert sd["pairs"][sd["largest_pair"]]["largest"] == sd["largest"]
+    together = step_drift(_table({"torch": base, "mxnet": base * (1 + 5e-10)}))
+    assert together["all_within_agreement"] and together["pairs"]["torch vs mxnet"]["first_step_above"] is None
+    lines = reproduce_mod.format_step_drift(together)
+    assert "never" in lines[2] and lines[-1].startswith("every pair within 1e-09") and "yes" in lines[-1]
+    assert "5.0e-10" in "\n".join(lines)
+    # The last batch of an epoch may be smaller: 70 images in batches of 32 are 32, 32 and 6.
+    odd = step_table({"torch": [1.0] * 6, "mxnet": [1.0] * 6}, n_train=70, batch_size=32, epochs=2)
+    assert odd["batch_size"] == [32, 32, 6, 32, 32, 6] and odd["epoch"] == [1, 1, 1, 2, 2, 2]
+    assert odd["rel_diff"]["torch vs mxnet"] == [0.0] * 6
+
+
+def test_seeds_are_distinct_non_negative_integers():
+    assert parse_seeds("0,1, 2,3,4") == [0, 1, 2, 3, 4] and parse_seeds("7") == [7] and parse_seeds([3, 1]) == [3, 1]
+    for bad in ("", "0,x", "-1,2", "1.5"):
+        with pytest.raises(ConfigError, match="--seeds must be comma-separated non-negative integers"):
+            parse_seeds(bad)
+    with pytest.raises(ConfigError, match="seed 1 more than once"):
+        parse_seeds("0,1,1")
+
+
+def test_bad_seeds_leave_nothing_behind(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["reproduce", "--seeds", "0,0", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nin-multi: error: --seeds lists seed 0 more than once") and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_seeds_table_and_plot_agree_with_the_per_seed_runs(sample_dir, tmp_path, capsys):
+    names = installed_backends()
+    out = tmp_path / "seeds"
+    code = main(["reproduce", "--backends", ",".join(names), "--seeds", "3,5", "--data-dir", str(sample_dir),
+                 "--variant", "mini", "--resize", "28", "--subset", "64", "--test-subset", "50", "--epochs", "1",
+                 "--batch-size", "32", "--lr", "0.05", "--init", "kaiming", "--out", str(out), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "reproduce.json").read_text())
+    assert report["seeds"] == [3, 5] and report["backends"] == names
+
+    # Each seed is a whole single-start run of its own, from that seed's NumPy start.
+    finals = {}
+    for seed in (3, 5):
+        sub = out / f"seed-{seed}"
+        spec, start = load_weights(sub / "initial_weights.npz")
+        expected = initial_weights(spec, "kaiming", seed)["nin1.conv0.weight"]
+        np.testing.assert_array_equal(start["nin1.conv0.weight"], expected)
+        for f in ("reproduce.json", "steps.csv", "drift.png", "curves.png", "backends.csv"):
+            assert (sub / f).is_file(), (seed, f)
+        for n in names:
+            finals[seed, n] = json.loads((sub / n / "metrics.jsonl").read_text().splitlines()[-1])
+            assert json.loads((sub / n / "config.json").read_text())["seed"] == seed
+
+    # The seeds table: one row per seed and backend, the per-seed runs' final numbers.
+    with open(out / "seeds.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["seed"]), r["backend"]) for r in rows] == [(s, n) for s in (3, 5) for n in names]
+    for r in rows:
+        for k in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            assert float(r[k]) == pytest.approx(finals[int(r["seed"]), r["backend"]][k], rel=1e-12)
+    stats = report["statistics"]
+    for n in names:
+        for k in ("test_acc", "test_loss"):
+            mean, std = mean_std([finals[s, n][k] for s in (3, 5)])
+            assert stats["summary"][n][f"{k}_mean"] == pytest.approx(mean, rel=1e-12)
+            assert stats["summary"][n][f"{k}_std"] == pytest.approx(std, rel=1e-12, abs=1e-15)
+    assert len(stats["welch"]) == 2 * len(names) * (len(names) - 1) // 2 and stats["tests"] == len(stats["welch"])
+    for t in stats["welch"]:
+        a, b = t["pair"].split(" vs ")
+        w = welch([finals[s, a][t["metric"]] for s in (3, 5)], [finals[s, b][t["metric"]] for s in (3, 5)])
+        assert t["p"] == pytest.approx(w.p, rel=1e-12) and 0 <= t["p"] <= 1
+        assert t["difference"] == pytest.approx(w.difference, rel=1e-12, abs=1e-15)
+        assert t["significant"] is (t["p"] < 0.05 / len(stats["welch"]))  # a JSON boolean, Bonferroni-corrected
+    assert (out / "seeds.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Welch's t-test" in printed and "± " in printed and str(out / "seeds.png") in printed
+    assert "seed-to-seed noise" in report["conclusion"][0] or "do NOT train the same" in report["conclusion"][0]
+    assert "2 seeds can and cannot say" in printed
+
+
+@pytest.mark.slow
+def test_fp64_reproduce_is_one_trajectory_from_the_fp32_start(sample_dir, tmp_path, capsys):
+    """reproduce's fp64 plumbing (the trajectories themselves over a whole epoch: tests/test_fp64.py): the
+    start saved as float64 and equal to the fp32 start, float64 final weights, every step within 1e-9."""
+    names = installed_backends()
+    out = tmp_path / "fp64"
+    assert main(["reproduce", "--precision", "fp64", "--backends", ",".join(names), "--data-dir", str(sample_dir),
+                 "--variant", "mini", "--resize", "28", "--subset", "96", "--test-subset", "50", "--epochs", "1",
+                 "--batch-size", "32", "--lr", "0.05", "--init", "kaiming", "--no-dropout", "--out", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    spec, start = load_weights(out / "initial_weights.npz")
+    for k, v in initial_weights(spec, "kaiming", 0).items():
+        assert start[k].dtype == np.float64 and np.array_equal(start[k], v.astype(np.float64)), k
+    for n in names:
+        _, final = load_weights(out / n / "weights.npz")
+        assert {v.dtype for v in final.values()} == {np.dtype(np.float64)}, n
+    report = json.loads((out / "reproduce.json").read_text())
+    sd = report["step_drift"]
+    assert sd["steps"] == 3 and sd["all_within_agreement"] and sd["largest"] <= 1e-9
+    assert all(p["first_step_above"] is None for p in sd["pairs"].values())
+    assert all(v <= 1e-9 for v in report["final_weights_rel_diff"].values())
+    assert "every pair within 1e-09 at every step of every epoch: yes" in printed and "never" in printed
+    assert "In float64" in printed
