@@ -230,12 +230,14 @@ NATIVE_SUFFIXES = {"torch": (".pt", ".pth"), "tensorflow": (".weights.h5",), "mx
 
 def cmd_convert(a) -> int:
     from nin_multi.backends import canonical_name
+    from .fileio import atomic_path
 
     suffixes = NATIVE_SUFFIXES[canonical_name(a.backend)]
     if not a.out.endswith(suffixes):
         raise ConfigError(f"--out for {canonical_name(a.backend)} must end in {' or '.join(suffixes)}, got {a.out}")
     backend, spec, model = _load_weights_into(a.backend, a.weights)
-    backend.save_native(model, a.out)
+    with atomic_path(a.out) as tmp:  # the framework writes a temporary file; renamed once complete
+        backend.save_native(model, str(tmp))
     print(f"wrote {a.out} ({backend.NAME} native format, {spec.num_params:,} parameters, "
           f"{next(iter(backend.get_weights(model, spec).values())).dtype})")
     return 0

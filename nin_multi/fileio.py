@@ -98,6 +98,34 @@ def atomic_write(path, text: bool = False, newline=None):
     sync_dir(path.parent)
 
 
+@contextmanager
+def atomic_path(path):
+    """For writers that want a path, not a file (a framework's own ``save``): ``with atomic_path(dest) as
+    tmp: save(tmp)``. The temporary name ends like ``dest`` (Keras insists on ``.weights.h5``); it is
+    fsynced and renamed over ``dest`` only if the block succeeds. An ``OSError`` in the block becomes a
+    ``WriteError``."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+    try:
+        try:
+            yield tmp
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise write_error(path, e) from None
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    sync_dir(path.parent)
+
+
 def sync_dir(path) -> None:
     """Make a rename in ``path`` durable."""
     try:

@@ -14,7 +14,6 @@ directory, and one overlaid plot and comparison table at its top.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import itertools
 import time
@@ -24,7 +23,8 @@ import numpy as np
 
 from .config import INITS, TrainConfig
 from .errors import ConfigError
-from .run import CONFIG, PLOT, WEIGHTS, Run, plot_curves, prepare_dir, write_json
+from .fileio import write_csv, write_json
+from .run import CONFIG, PLOT, WEIGHTS, Run, plot_curves, prepare_dir
 from .spec import Conv, Dropout, NiNSpec
 from .train import evaluate, load_data, spec_for, train_epoch
 from .weights import save_weights
@@ -246,10 +246,7 @@ def reproduce(cfg: TrainConfig, backend_names=None, overwrite: bool = False, log
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    write_csv(path, [{k: ("" if v is None else v) for k, v in r.items()} for r in rows], list(rows[0]))
 
 
 def _num(v, fmt: str) -> str:
