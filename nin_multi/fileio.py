@@ -42,25 +42,31 @@ def write_error(path, e: OSError) -> WriteError:
 
 
 class _Checked:
-    """The temporary file as writers see it: an ``OSError`` from a write becomes a ``WriteError`` right
-    where it happens, so the error from a library's write (NumPy's zip, Matplotlib's PNG) cannot be
-    mistaken for one of the caller's own (a network read during a download). ``fileno`` is hidden so
-    that Pillow writes through ``write`` too instead of behind our back on the descriptor."""
+    """The temporary file as writers see it: an ``OSError`` from any of its methods (``write``, or a
+    buffered ``flush``/``seek``) becomes a ``WriteError`` right where it happens, so the error from a
+    library's write (NumPy's zip, Matplotlib's PNG) cannot be mistaken for one of the caller's own (a
+    network read during a download). ``fileno`` is hidden so that Pillow writes through ``write`` too
+    instead of behind our back on the descriptor."""
 
     def __init__(self, f, path):
         self._f, self._path = f, path
-
-    def write(self, data):
-        try:
-            return self._f.write(data)
-        except OSError as e:
-            raise write_error(self._path, e) from None
 
     def fileno(self):
         raise io.UnsupportedOperation("fileno")
 
     def __getattr__(self, name):
-        return getattr(self._f, name)
+        attr = getattr(self._f, name)
+        if not callable(attr):
+            return attr
+
+        def checked(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except io.UnsupportedOperation:
+                raise
+            except OSError as e:
+                raise write_error(self._path, e) from None
+        return checked
 
 
 @contextmanager

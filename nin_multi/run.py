@@ -111,6 +111,9 @@ class Run:
         plot_curves({self.title: self.history}, self.path / PLOT, self.title)
 
     def _write_metrics(self) -> None:
+        # One column order (FIELDS, then any others), however a row was built: rows rebuilt from a
+        # checkpoint's header come back with their keys sorted.
+        self.history = [{**{k: r[k] for k in FIELDS if k in r}, **r} for r in self.history]
         write_text(self.path / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in self.history))
         write_csv(self.path / METRICS_CSV, self.history)
 

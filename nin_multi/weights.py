@@ -52,8 +52,13 @@ def save_weights(path, spec: NiNSpec, weights: dict, meta: Optional[dict] = None
     arrays = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in weights.items()}
     arrays.update({STATE_PREFIX + k: np.asarray(v) for k, v in (state or {}).items()})
     header["checksum"] = checksum(arrays)
-    with atomic_write(path) as f:
-        np.savez(f, __header__=np.array(json.dumps(header, sort_keys=True)), **arrays)
+    members = {"__header__": np.array(json.dumps(header, sort_keys=True)), **arrays}
+    # np.savez's format (an uncompressed zip of .npy files), written here because np.savez leaves its
+    # ZipFile open when a write fails, and its finaliser then writes to the closed temporary file.
+    with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, a in members.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
     return path
 
 
