@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 
 import numpy as np
 import pytest
@@ -331,29 +330,34 @@ print("RESULT", first, second, others)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source, target", [("torch", "tensorflow"), ("tensorflow", "mxnet")])
-def test_continue_in_another_framework_starts_from_the_checkpoint(run, tmp_path, source, target):
+def test_continue_in_another_framework_starts_from_the_checkpoint(tmp_path, source, target):
+    """The source run is trained here; the continuation runs in a process of its own, which must not
+    import any framework but its own."""
+    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR}")
     load(target)
-    chain = ["torch", "tensorflow", "mxnet"]
-    for hop in chain[1:chain.index(source) + 1]:  # bring the run to ``source`` first
-        continue_in(run, hop, tmp_path)
-    epochs = len((run / "metrics.jsonl").read_text().splitlines())
-    checkpoint = run / "checkpoints" / f"epoch-{epochs:04d}.npz"
+    run = tmp_path / "run"
+    train(TrainConfig(backend=load(source).NAME, variant="mini", resize=28, init="kaiming", lr=0.05,
+                      batch_size=32, subset=64, test_subset=32, threads=1, epochs=2, data_dir=str(SAMPLE_DIR),
+                      out=str(run), progress=False), log=quiet)
+    checkpoint = run / "checkpoints" / "epoch-0002.npz"
     stdout, start = continue_in(run, target, tmp_path)
     assert (f"continuing a {source} run on {target} from {checkpoint.name}: the weights carry over exactly and "
-            f"plain SGD keeps no optimizer state") in stdout
+            f"plain SGD keeps no optimizer state, but {source}'s random state does not, so the dropout masks "
+            f"differ from an uninterrupted {source} run") in stdout
     _, expected, meta, _ = read_weights_file(checkpoint)
     assert meta["backend"] == source
-    _, got, _, _ = read_weights_file(start)
+    _, got, _, _ = read_weights_file(start)  # what the target's model held right after loading
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["backend"] == target and rows[-2]["backend"] == source
-    assert rows[-1]["epoch"] == epochs + 1 and np.isfinite(rows[-1]["train_loss"])
-    assert read_weights_file(run / "checkpoints" / f"epoch-{epochs + 1:04d}.npz")[2]["backend"] == target
-    with zipfile.ZipFile(run / "weights.npz"):
-        pass
-    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert [r["backend"] for r in rows] == [source, source, target] and [r["epoch"] for r in rows] == [1, 2, 3]
+    assert np.isfinite(rows[-1]["train_loss"])
+    assert (run / "metrics.csv").read_text().splitlines()[0].endswith(",backend")
+    assert read_weights_file(run / "checkpoints" / "epoch-0003.npz")[2]["backend"] == target
+    assert json.loads((run / "config.json").read_text())["backend"] == target
 
 
 def continue_in(run, backend, tmp_path):
