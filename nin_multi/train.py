@@ -192,6 +192,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         model = backend.build_model(spec, cfg.init, cfg.seed, dtype=param_dtype(cfg.precision))
         trainer = backend.Trainer(model, cfg.lr, cfg.precision)
         start = done = restore(run, backend, model, spec, trainer, log) if resume else 0
+        ran_on = [r["backend"] for r in run.history if "backend" in r] + [backend.NAME]
+        ran_on = " \u2192 ".join(b for i, b in enumerate(ran_on) if i == 0 or b != ran_on[i - 1])
+        run.title = title.replace(f" on {backend.NAME}:", f" on {ran_on}:", 1)  # e.g. "on torch → tensorflow"
         run.write_config({**cfg.to_dict(), **grayscale_note(spec)})
         if spec.in_channels != data_mod.CHANNELS:
             log(grayscale_note(spec)["input_channels"])

@@ -276,7 +276,10 @@ def test_lock_is_exclusive_between_processes(tmp_path):
 
 
 # -- SIGTERM ----------------------------------------------------------------------------------------------
-def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path, capsys):
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, status, how", [(signal.SIGTERM, 143, "stopped by SIGTERM"),
+                                              (signal.SIGINT, 130, "interrupted")], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path, capsys, sig, status, how):
     """A real training process, its output to pipes (so also: no progress-bar frames in a log)."""
     if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR}")
@@ -285,21 +288,21 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path, capsys):
     p = subprocess.Popen([sys.executable, "-m", "nin_multi", "train", "--backend", "torch", *RUN_ARGS,
                           "--epochs", "1000", "--data-dir", str(SAMPLE_DIR), "--out", str(out)],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + TIMEOUT
         while not (out / "checkpoints" / "epoch-0002.npz").exists():
             assert p.poll() is None and time.monotonic() < deadline, p.communicate(timeout=30)
             time.sleep(0.05)
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(sig)
         stdout, stderr = p.communicate(timeout=60)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
-    assert p.returncode == 143, stderr
+    assert p.returncode == status, stderr
     assert "\r" not in stdout + stderr and "Traceback" not in stderr
-    m = re.fullmatch(r"nin-multi: error: stopped by SIGTERM during epoch (\d+); the checkpoint of epoch (\d+) "
+    m = re.fullmatch(rf"nin-multi: error: {how} during epoch (\d+); the checkpoint of epoch (\d+) "
                      r"and the metrics up to it are in (.*): continue with nin-multi train --resume (.*)\n", stderr)
     assert m and m[3] == m[4] == str(out), stderr
     done = int(m[2])
@@ -314,6 +317,11 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path, capsys):
     assert code == 0, err
     assert f"resuming after epoch {done}" in printed
     assert len((out / "metrics.jsonl").read_text().splitlines()) == done + 1
+
+
+def default_sigint():
+    """A shell starts background jobs with SIGINT ignored, and Python then installs no Ctrl-C handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # -- continue in another framework ------------------------------------------------------------------------
