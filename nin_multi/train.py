@@ -117,8 +117,7 @@ def read_run_config(run_dir: Path) -> dict:
     try:
         saved = json.loads(path.read_text(errors="replace"))
     except ValueError as e:
-        raise RunDirError(f"{path} is damaged ({getattr(e, 'msg', e)} at line {getattr(e, 'lineno', '?')}): "
-                          f"{fix}") from None
+        raise RunDirError(f"{path} is damaged ({e}): {fix}") from None
     if not isinstance(saved, dict) or not isinstance(saved.get("epochs"), int):
         raise RunDirError(f"{path} is damaged (not the settings of a run): {fix}")
     return saved

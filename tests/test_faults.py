@@ -130,8 +130,9 @@ def test_damaged_config_json_is_named_and_the_checkpoint_holds_the_settings(run,
     before = snapshot(run)
     code, _, err = cli(resume_args(run), capsys)
     assert code == 2 and err.count("\n") == 1
-    assert err == (f"nin-multi: error: {run / 'config.json'} is damaged (Unterminated string starting at at "
-                   f"line 1): delete it to resume with the settings stored in the newest intact checkpoint\n")
+    assert err == (f"nin-multi: error: {run / 'config.json'} is damaged (Unterminated string starting at: line 1 "
+                   f"column 35 (char 34)): delete it to resume with the settings stored in the newest intact "
+                   f"checkpoint\n")
     assert snapshot(run) == before
     (run / "config.json").unlink()  # what the message says to do
     code, out, err = cli(resume_args(run), capsys)
