@@ -131,7 +131,9 @@ def read_metrics(path) -> list[dict]:
         try:
             row = json.loads(line)
         except ValueError as e:
-            raise RunDirError(f"{f} is damaged: line {i} is not JSON ({e.msg})") from None
+            why = getattr(e, "msg", str(e)).removesuffix(" at")
+            raise RunDirError(f"{f} is damaged: line {i} is not JSON ({why} at column {getattr(e, 'colno', '?')})") \
+                from None
         if not isinstance(row, dict) or "epoch" not in row:
             raise RunDirError(f"{f} is damaged: line {i} is not a metrics row")
         rows.append(row)
