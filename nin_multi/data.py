@@ -22,8 +22,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .errors import DataError
-from .fileio import atomic_write, write_error
+from .errors import DataError, WriteError
+from .fileio import atomic_write, cause
 
 #: The four files of the release and the MD5s the dataset's README publishes.
 FILES = {
@@ -191,7 +191,7 @@ def _download(url: str, dest: Path, md5: str) -> None:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise write_error(dest.parent, e) from None
+        raise WriteError(f"could not create {dest.parent}: {cause(e)}", dest.parent, e.errno) from None
     with atomic_write(dest) as out, urllib.request.urlopen(url, timeout=60) as resp:
         h = hashlib.md5()
         for chunk in iter(lambda: resp.read(1 << 20), b""):

@@ -162,7 +162,7 @@ def restore(run: Run, backend, model, spec, trainer, log=print) -> int:
         on_disk = read_metrics(run.path)
     except RunDirError as e:
         if history is None:  # a checkpoint from before checkpoints held the metrics: nothing to rebuild from
-            raise RunDirError(f"{e}; repair or delete it to resume") from None
+            raise RunDirError(f"{e}; repair it, or delete it to resume without the earlier epochs' metrics") from None
         notes.append(f"{e}; rewriting it from {r.path.name}")
         on_disk = None
     if history is None:

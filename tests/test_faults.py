@@ -166,6 +166,28 @@ def test_weights_files_from_before_checksums_still_load(tmp_path, torch_run):
         read_weights_file(torch_run / "metrics.jsonl")
 
 
+def test_checkpoints_from_before_they_held_the_metrics_still_resume(run, capsys):
+    """Older checkpoints have no checksum and no metrics: the resume reads metrics.jsonl, as it did."""
+    for path in (run / "checkpoints").glob("*.npz"):
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+        header = json.loads(str(arrays["__header__"]))
+        del header["checksum"], header["meta"]["history"]
+        arrays["__header__"] = np.array(json.dumps(header))
+        np.savez(path, **arrays)
+    rows = (run / "metrics.jsonl").read_text()
+    code, out, err = cli(resume_args(run), capsys)
+    assert code == 0 and "resuming after epoch 3" in out, err
+    assert (run / "metrics.jsonl").read_text() == rows
+    (run / "metrics.jsonl").write_text(rows.replace('"epoch": 2', '"epoch: 2'))
+    before = snapshot(run)
+    code, out, err = cli(resume_args(run), capsys)
+    assert code == 2 and err == (f"nin-multi: error: {run / 'metrics.jsonl'} is damaged: line 2 is not JSON "
+                                 f"(Expecting ':' delimiter at column 14); repair it, or delete it to resume "
+                                 f"without the earlier epochs' metrics\n")
+    assert snapshot(run) == before
+
+
 # -- failed writes ----------------------------------------------------------------------------------------
 def test_failed_write_removes_its_temporary_file_and_keeps_the_old_one(tmp_path):
     """In this process: a file-size limit (Python ignores SIGXFSZ, so write() fails with EFBIG)."""
