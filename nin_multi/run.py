@@ -185,16 +185,21 @@ def plot_curves(histories: dict[str, list[dict]], dest, title: str = "") -> None
 
 
 def progress(total: int, desc: str, enabled: bool = True):
-    """A progress bar with rate and ETA on stderr; silent when disabled, and when stderr is not a
-    terminal (a redirected log gets the plain per-epoch lines, not carriage-return frames)."""
+    """A progress bar with rate and ETA on stderr (a widget in Jupyter); silent when disabled, and when
+    stderr is neither a terminal nor a notebook (a redirected log gets the plain per-epoch lines, not
+    carriage-return frames)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="batch", disable=not enabled or not _is_terminal(sys.stderr),
+    return tqdm(total=total, desc=desc, unit="batch", disable=not enabled or not _interactive(sys.stderr),
                 leave=False,
                 dynamic_ncols=True, file=sys.stderr)
 
 
-def _is_terminal(stream) -> bool:
+def _interactive(stream) -> bool:
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if getattr(shell, "kernel", None) is not None:  # a Jupyter kernel: someone is watching the cell
+        return True
     try:
         return stream.isatty()
     except (AttributeError, ValueError):

@@ -8,6 +8,7 @@ One torch run of the ``mini`` net at 28x28 (3 epochs, 64 images) is trained once
 test works on a copy of it.
 """
 import errno
+import io
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from nin_multi.config import TrainConfig
 from nin_multi.errors import DamagedFileError, WriteError
 from nin_multi.fileio import atomic_write, write_bytes
 from nin_multi.lock import LOCK, RunLock
+from nin_multi.run import progress
 from nin_multi.train import train
 from nin_multi.weights import read_weights_file
 
@@ -345,6 +347,21 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path, capsys, sig, st
 def default_sigint():
     """A shell starts background jobs with SIGINT ignored, and Python then installs no Ctrl-C handler."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    """The SIGTERM tests show a log on a pipe holds no bar frames; here, a terminal still gets its bars."""
+    master, replica = os.openpty()
+    try:
+        with open(replica, "w") as tty:
+            monkeypatch.setattr(sys, "stderr", tty)
+            with progress(3, "epoch 1/1") as bar:
+                assert not bar.disable
+            monkeypatch.setattr(sys, "stderr", io.StringIO())
+            with progress(3, "epoch 1/1") as bar:
+                assert bar.disable
+    finally:
+        os.close(master)
 
 
 # -- continue in another framework ------------------------------------------------------------------------
