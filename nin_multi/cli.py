@@ -11,9 +11,10 @@ import importlib
 import signal
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 from .config import INITS, PRECISIONS, TrainConfig
-from .errors import ConfigError, NinMultiError, Terminated
+from .errors import ConfigError, NinMultiError, Terminated, WriteError
 from .spec import VARIANTS
 
 BACKEND_HELP = "torch, tensorflow or mxnet (aliases: pytorch, tf, keras, gluon)"
@@ -235,9 +236,20 @@ def cmd_convert(a) -> int:
     suffixes = NATIVE_SUFFIXES[canonical_name(a.backend)]
     if not a.out.endswith(suffixes):
         raise ConfigError(f"--out for {canonical_name(a.backend)} must end in {' or '.join(suffixes)}, got {a.out}")
+    parent = Path(a.out).parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {a.out}: directory {parent} does not exist")
     backend, spec, model = _load_weights_into(a.backend, a.weights)
     with atomic_path(a.out) as tmp:  # the framework writes a temporary file; renamed once complete
-        backend.save_native(model, str(tmp))
+        try:
+            backend.save_native(model, str(tmp))
+        except (OSError, NinMultiError):
+            raise
+        except Exception as e:  # PyTorch and MXNet report a failed write as their own RuntimeError/MXNetError
+            what = str(e).strip().splitlines()[-1][:200] if str(e).strip() else ""
+            raise WriteError(f"could not write {a.out}: {backend.NAME} failed to save it ({type(e).__name__}: "
+                             f"{what}); the file was left as it was. Check the free space, the file-size limit "
+                             f"(ulimit -f) and the permissions there") from None
     print(f"wrote {a.out} ({backend.NAME} native format, {spec.num_params:,} parameters, "
           f"{next(iter(backend.get_weights(model, spec).values())).dtype})")
     return 0

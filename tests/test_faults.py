@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from nin_multi.cli import main
+from nin_multi.cli import NATIVE_SUFFIXES, main
 from nin_multi.config import TrainConfig
 from nin_multi.errors import DamagedFileError, WriteError
 from nin_multi.fileio import atomic_write, write_bytes
@@ -234,6 +234,27 @@ def test_checkpoint_write_beyond_the_file_size_limit_ends_in_one_line(run):
     assert config["epochs"] == 4 and after == {k: v for k, v in before.items() if k != "config.json"}
 
 
+@pytest.mark.slow
+def test_convert_beyond_the_file_size_limit_keeps_the_old_file(backend, torch_run, tmp_path, capsys):
+    """``convert`` hands the framework a temporary path; its failure (PyTorch and MXNet raise their own
+    errors, not OSError) is one line, and the previous file stays."""
+    dest = tmp_path / ("model" + NATIVE_SUFFIXES[backend.NAME][0])
+    dest.write_bytes(b"the previous export")
+    args = ["convert", "--backend", backend.NAME, "--weights", str(torch_run / "weights.npz"), "--out", str(dest)]
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, resource.RLIM_INFINITY))
+
+    p = subprocess.run([sys.executable, "-m", "nin_multi", *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=TIMEOUT, preexec_fn=limited, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    last = p.stderr.splitlines()[-1]
+    assert last.startswith(f"nin-multi: error: could not write {dest}: ") and "the file was left as it was" in last
+    assert dest.read_bytes() == b"the previous export" and os.listdir(tmp_path) == [dest.name]
+    assert main(args) == 0 and os.listdir(tmp_path) == [dest.name]  # no limit: written, no temporary left
+    assert dest.stat().st_size > 100 * 1024
+
+
 def test_full_file_system_ends_in_one_line(tmp_path, capsys):
     """ENOSPC for real: the run directory on a 1 MiB tmpfs (needs the right to mount; skipped without)."""
     if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
@@ -367,7 +388,7 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
 # -- continue in another framework ------------------------------------------------------------------------
 CONTINUE = """
 import shutil, sys
-from nin_multi.cli import main
+from nin_multi.cli import NATIVE_SUFFIXES, main
 run, backend, epochs, start_copy = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 args = ["train", "--resume", run, "--backend", backend, "--no-progress", "--epochs"]
 first = main(args + [str(epochs)])  # no epoch left to train: weights.npz is what the new backend loaded
