@@ -44,6 +44,7 @@ import numpy as np
 
 from .config import PRECISIONS, param_dtype
 from .errors import BackendUnavailableError, ConfigError, NinMultiError
+from .fileio import write_text
 from .spec import VARIANTS, make_spec
 
 _TAG = "@@nin-multi-bench "  # prefix of the worker's result lines on stdout; anything else there is noise
@@ -144,7 +145,7 @@ def cmd_bench(a) -> int:
     report = run_bench(s)
     print(format_report(report))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_text(out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

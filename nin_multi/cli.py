@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import signal
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 from .config import INITS, PRECISIONS, TrainConfig
-from .errors import ConfigError, NinMultiError
+from .errors import ConfigError, NinMultiError, Terminated, WriteError
 from .spec import VARIANTS
 
 BACKEND_HELP = "torch, tensorflow or mxnet (aliases: pytorch, tf, keras, gluon)"
@@ -123,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     g.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="continue a stopped run from its last checkpoint, with its saved settings")
-    p.set_defaults(func=cmd_train)
+                   help="continue a stopped run from its newest intact checkpoint, with its saved settings "
+                        "(--epochs may extend it; --backend continues it in another framework)")
+    p.set_defaults(func=cmd_train, backend=None)  # None: torch, or on --resume the run's own backend
 
     p = sub.add_parser("summary", help="print the layer-by-layer shape walk of the framework's model")
     add_network_args(p)
@@ -155,9 +159,9 @@ def cmd_train(a) -> int:
     from .train import resume, train
 
     if a.resume:
-        resume(a.resume, epochs=a.epochs, progress_bar=a.progress)
+        resume(a.resume, epochs=a.epochs, progress_bar=a.progress, backend=a.backend)
         return 0
-    cfg = config_from_args(a)
+    cfg = config_from_args(a, backend=a.backend or "torch")
     train(cfg, overwrite=a.overwrite)
     return 0
 
@@ -227,12 +231,25 @@ NATIVE_SUFFIXES = {"torch": (".pt", ".pth"), "tensorflow": (".weights.h5",), "mx
 
 def cmd_convert(a) -> int:
     from nin_multi.backends import canonical_name
+    from .fileio import atomic_path
 
     suffixes = NATIVE_SUFFIXES[canonical_name(a.backend)]
     if not a.out.endswith(suffixes):
         raise ConfigError(f"--out for {canonical_name(a.backend)} must end in {' or '.join(suffixes)}, got {a.out}")
+    parent = Path(a.out).parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {a.out}: directory {parent} does not exist")
     backend, spec, model = _load_weights_into(a.backend, a.weights)
-    backend.save_native(model, a.out)
+    with atomic_path(a.out) as tmp:  # the framework writes a temporary file; renamed once complete
+        try:
+            backend.save_native(model, str(tmp))
+        except (OSError, NinMultiError):
+            raise
+        except Exception as e:  # PyTorch and MXNet report a failed write as their own RuntimeError/MXNetError
+            what = str(e).strip().splitlines()[-1][:200] if str(e).strip() else ""
+            raise WriteError(f"could not write {a.out}: {backend.NAME} failed to save it ({type(e).__name__}: "
+                             f"{what}); the file was left as it was. Check the free space, the file-size limit "
+                             f"(ulimit -f) and the permissions there") from None
     print(f"wrote {a.out} ({backend.NAME} native format, {spec.num_params:,} parameters, "
           f"{next(iter(backend.get_weights(model, spec).values())).dtype})")
     return 0
@@ -243,16 +260,38 @@ def cmd_convert(a) -> int:
 COMMAND_MODULES: list[str] = ["reproduce", "exercises", "bench"]
 
 
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (what schedulers send before preempting a job) raises ``Terminated``, a
+    ``KeyboardInterrupt``: a run stops as on Ctrl-C, keeping its last checkpoint. Only in the main thread
+    (where Python delivers signals); the previous handler is restored afterwards."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
+    """Exit status: 0 done, 2 an error (one line on stderr), 3 training diverged, 130 Ctrl-C, 143 SIGTERM."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with sigterm_as_interrupt():
+            return args.func(args)
     except NinMultiError as e:
         print(f"nin-multi: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("nin-multi: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        code = getattr(e, "exit_code", 130)
+        print(f"nin-multi: {'stopped by SIGTERM' if code == 143 else 'interrupted'}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

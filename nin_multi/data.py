@@ -11,8 +11,6 @@ import gzip
 import hashlib
 import os
 import queue
-import shutil
-import tempfile
 import threading
 import time
 import urllib.error
@@ -24,7 +22,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, WriteError
+from .fileio import atomic_write, cause
 
 #: The four files of the release and the MD5s the dataset's README publishes.
 FILES = {
@@ -186,19 +185,20 @@ class _ChecksumMismatch(Exception):
 
 
 def _download(url: str, dest: Path, md5: str) -> None:
-    """Write to a temporary file next to ``dest`` and rename only after the checksum matches."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    """Stream into ``fileio.atomic_write`` (a temporary file next to ``dest``, fsynced), which renames it
+    only if the checksum matches. A failed write (disk full) is a ``WriteError``, not retried as if the
+    network had failed."""
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            shutil.copyfileobj(resp, out)
-        got = md5sum(Path(tmp))
-        if got != md5:
-            raise _ChecksumMismatch(f"MD5 {got}, expected {md5}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"could not create {dest.parent}: {cause(e)}", dest.parent, e.errno) from None
+    with atomic_write(dest) as out, urllib.request.urlopen(url, timeout=60) as resp:
+        h = hashlib.md5()
+        for chunk in iter(lambda: resp.read(1 << 20), b""):
+            h.update(chunk)
+            out.write(chunk)
+        if h.hexdigest() != md5:
+            raise _ChecksumMismatch(f"MD5 {h.hexdigest()}, expected {md5}")
 
 
 def _manual_fix(cache: Path) -> str:

@@ -40,3 +40,40 @@ class RunDirError(NinMultiError):
 
 class TrainingDivergedError(NinMultiError):
     exit_code = 3
+
+
+class RunBusyError(RunDirError):
+    """Another process holds the run directory's lock."""
+
+
+class DamagedFileError(WeightsError):
+    """A weights or checkpoint file that cannot be read back as written: truncated, not a zip, a bad
+    header, or arrays that do not match the checksum stored with them. ``reason``: the cause alone."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class WriteError(NinMultiError):
+    """A file could not be written (disk full, file-size limit, I/O error, no permission); its
+    temporary file is gone and the destination is as it was."""
+
+    def __init__(self, message: str, path=None, errno=None):
+        super().__init__(message)
+        self.path, self.errno = path, errno
+
+
+class Interrupted(NinMultiError):
+    """Ctrl-C or SIGTERM during a run: the message says what was kept and how to continue."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the CLI's SIGTERM handler (what schedulers send before preempting a job), so every
+    ``except KeyboardInterrupt`` clean-up path treats it like Ctrl-C; the exit status is 128 + 15."""
+
+    exit_code = 143

@@ -26,12 +26,12 @@ several variants on the same data and seed, and set their costs beside their acc
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .fileio import save_figure, write_csv
 from .spec import VARIANTS, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec, _pair, \
     make_spec
 
@@ -206,7 +206,7 @@ def format_resources(res: dict) -> str:
 
 
 def cmd_resources(a) -> int:
-    from .run import write_json
+    from .fileio import write_json
 
     spec = make_spec(a.variant, a.in_channels, a.num_classes, image_size=a.resize)
     res = resources(spec, a.resize, a.batch_size)
@@ -215,10 +215,7 @@ def cmd_resources(a) -> int:
         path = Path(a.json)
         if not path.parent.is_dir():
             raise ConfigError(f"--json {a.json}: directory {path.parent} does not exist")
-        try:
-            write_json(path, res)
-        except OSError as e:
-            raise ConfigError(f"cannot write --json {a.json}: {e.strerror or e}") from None
+        write_json(path, res)  # a failure is one WriteError line naming the file and the cause
         print(f"wrote {path}")
     return 0
 
@@ -279,10 +276,7 @@ def compare(variants, cfg_kwargs: dict, out, overwrite: bool = False, log=print)
 
 
 def write_compare_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COMPARE_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(path, rows, COMPARE_FIELDS)
 
 
 def format_compare(rows: list[dict]) -> str:
@@ -318,8 +312,10 @@ def plot_compare(rows: list[dict], dest, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(dest, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, dest, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def cmd_compare(a) -> int:

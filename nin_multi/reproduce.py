@@ -20,7 +20,6 @@ directory, and one overlaid plot and comparison table at its top.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import itertools
 import time
@@ -32,7 +31,8 @@ import numpy as np
 from .config import INITS, TrainConfig, param_dtype
 from .data import num_batches
 from .errors import ConfigError
-from .run import CONFIG, PLOT, WEIGHTS, Run, plot_curves, prepare_dir, write_json
+from .fileio import save_figure, write_csv, write_json
+from .run import CONFIG, PLOT, WEIGHTS, Run, plot_curves, prepare_dir
 from .spec import ChannelDropout, Conv, Dropout, NiNSpec
 from .stats import FP64_AGREEMENT, SEPARATION, first_exceeding, largest_per_epoch, mean_std, relative_difference, welch
 from .train import evaluate, load_data, spec_for, train_epoch
@@ -189,10 +189,7 @@ def step_drift(table: dict, threshold: float = SEPARATION, agreement: float = FP
 def write_steps_csv(path: Path, table: dict) -> None:
     columns = {"step": table["step"], "epoch": table["epoch"], "batch_size": table["batch_size"],
                **table["loss"], **table["rel_diff"]}
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(list(columns))
-        w.writerows(zip(*columns.values()))
+    write_csv(path, [dict(zip(columns, row)) for row in zip(*columns.values())], list(columns))
 
 
 #: Where an exact agreement (relative difference 0) is drawn on the log scale: below float64's epsilon.
@@ -246,7 +243,7 @@ def plot_drift(table: dict, drift: dict, dest, title: str) -> None:
               title=f"exact agreement (0) drawn at {ZERO_FLOOR:.0e}" if any_zero else None)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(dest, dpi=110)
+    save_figure(fig, dest, dpi=110)
     plt.close(fig)
 
 
@@ -472,7 +469,7 @@ def plot_seeds(stats: dict, names: list[str], dest, title: str) -> None:
                       fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(dest, dpi=110)
+    save_figure(fig, dest, dpi=110)
     plt.close(fig)
 
 
@@ -565,10 +562,7 @@ def seeds_conclusion(stats: dict, names: list[str], n_test: int, cfg: TrainConfi
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    write_csv(path, [{k: ("" if v is None else v) for k, v in r.items()} for r in rows], list(rows[0]))
 
 
 def _num(v, fmt: str) -> str:

@@ -5,22 +5,22 @@ the same files behind and a plot from one can be laid over a plot from another.
 """
 from __future__ import annotations
 
-import csv
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from .errors import RunDirError
+from .fileio import save_figure, write_csv, write_json, write_text
+from .lock import LOCK, RunLock
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 PLOT = "curves.png"
 CONFIG = "config.json"
 WEIGHTS = "weights.npz"
-FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "examples_per_sec", "seconds")
+FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "examples_per_sec", "seconds", "backend")
 
 
 def default_run_dir(backend: str) -> Path:
@@ -29,60 +29,115 @@ def default_run_dir(backend: str) -> Path:
 
 def prepare_dir(path, overwrite: bool = False, resume: bool = False) -> Path:
     """Create a run directory, refusing to mix a new run into an old one's files."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"{path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not resume:
-        if not overwrite:
-            raise RunDirError(f"run directory {path} already holds files; pass --overwrite to replace "
-                              f"them, --resume {path} to continue that run, or choose another --out")
-        shutil.rmtree(path)
+    path = _make_dir(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
         raise RunDirError(f"cannot write to run directory {path}: {e.strerror or e}") from None
+    _clear(path, overwrite, resume)
     return path
 
 
-def write_json(path: Path, obj) -> None:
-    """Atomic: a reader (or a crash) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+def open_run_dir(path, overwrite: bool = False, resume: bool = False) -> tuple[Path, RunLock]:
+    """``prepare_dir`` under the directory's lock, taken before anything in it is looked at or removed:
+    a second process is refused before it can ``--overwrite`` a run that is still training."""
+    path = _make_dir(path)
+    try:
+        lock = RunLock(path).acquire()
+    except OSError as e:
+        raise RunDirError(f"cannot write to run directory {path}: {e.strerror or e}") from None
+    try:
+        _clear(path, overwrite, resume)
+    except BaseException:
+        lock.release()
+        raise
+    return path, lock
+
+
+def _make_dir(path) -> Path:
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot write to run directory {path}: {e.strerror or e}") from None
+    return path
+
+
+def _clear(path: Path, overwrite: bool, resume: bool) -> None:
+    old = [p for p in path.iterdir() if p.name != LOCK]
+    if old and not resume:
+        if not overwrite:
+            raise RunDirError(f"run directory {path} already holds files; pass --overwrite to replace "
+                              f"them, --resume {path} to continue that run, or choose another --out")
+        for p in old:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 class Run:
-    def __init__(self, path, title: str = "", overwrite: bool = False, resume: bool = False):
-        self.path = prepare_dir(path, overwrite, resume)
+    """A run directory and its metrics. ``lock=True`` (``train``) holds the directory's lock until
+    ``close``."""
+
+    def __init__(self, path, title: str = "", overwrite: bool = False, resume: bool = False, lock: bool = False):
+        self.lock = None
+        if lock:
+            self.path, self.lock = open_run_dir(path, overwrite, resume)
+        else:
+            self.path = prepare_dir(path, overwrite, resume)
         self.title = title
-        self.history: list[dict] = read_metrics(self.path) if resume else []
+        self.history: list[dict] = []
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def write_config(self, config: dict) -> None:
         write_json(self.path / CONFIG, config)
 
-    def truncate(self, epochs: int) -> None:
-        """On resume, forget epochs logged after the checkpoint we restart from."""
-        self.history = self.history[:epochs]
-        (self.path / METRICS_JSONL).write_text("".join(json.dumps(r) + "\n" for r in self.history))
+    def set_history(self, rows: list[dict]) -> None:
+        """On resume: the epochs up to the checkpoint we restart from (later ones are forgotten)."""
+        self.history = list(rows)
+        self._write_metrics()
 
     def log_epoch(self, row: dict) -> None:
-        """Append one epoch's metrics to JSON lines (streamable) and CSV (spreadsheet), and replot."""
+        """One epoch's metrics to JSON lines (streamable) and CSV (spreadsheet), and replot. Each file is
+        rewritten whole through the durable writer: a failed write leaves the previous version intact."""
         self.history.append(row)
-        with open(self.path / METRICS_JSONL, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        with open(self.path / METRICS_CSV, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(self.history[0]), extrasaction="ignore")
-            w.writeheader()
-            w.writerows(self.history)
+        self._write_metrics()
         plot_curves({self.title: self.history}, self.path / PLOT, self.title)
+
+    def _write_metrics(self) -> None:
+        # One column order (FIELDS, then any others), however a row was built: rows rebuilt from a
+        # checkpoint's header come back with their keys sorted.
+        self.history = [{**{k: r[k] for k in FIELDS if k in r}, **r} for r in self.history]
+        write_text(self.path / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in self.history))
+        write_csv(self.path / METRICS_CSV, self.history)
 
 
 def read_metrics(path) -> list[dict]:
+    """The rows of ``metrics.jsonl``; a damaged file (a line that is not a JSON object with an epoch)
+    raises ``RunDirError`` naming the file and the line."""
     f = Path(path) / METRICS_JSONL
-    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
+    if not f.exists():
+        return []
+    rows = []
+    for i, line in enumerate(f.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            why = getattr(e, "msg", str(e)).removesuffix(" at")
+            raise RunDirError(f"{f} is damaged: line {i} is not JSON ({why} at column {getattr(e, 'colno', '?')})") \
+                from None
+        if not isinstance(row, dict) or "epoch" not in row:
+            raise RunDirError(f"{f} is damaged: line {i} is not a metrics row")
+        rows.append(row)
+    return rows
 
 
 def plot_curves(histories: dict[str, list[dict]], dest, title: str = "") -> None:
@@ -108,6 +163,12 @@ def plot_curves(histories: dict[str, list[dict]], dest, title: str = "") -> None
             ax_loss.plot(ep, [r["test_loss"] for r in hist], "--", color=c, label=f"{label}test loss")
         ax_acc.plot(ep, [r["train_acc"] for r in hist], "-o", color=c, ms=3, label=f"{label}train acc")
         ax_acc.plot(ep, [r["test_acc"] for r in hist], "--s", color=c, ms=3, label=f"{label}test acc")
+        for prev, row in zip(hist, hist[1:]):  # a run continued in another framework: mark where
+            if prev.get("backend") and row.get("backend") and prev["backend"] != row["backend"]:
+                for ax in (ax_loss, ax_acc):
+                    ax.axvline(prev["epoch"] + 0.5, color=c, ls=":", lw=1)
+                    ax.annotate(f"{prev['backend']} \u2192 {row['backend']}", (prev["epoch"] + 0.5, 0.98),
+                                xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right", fontsize=7)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
     for ax in (ax_loss, ax_acc):
@@ -117,16 +178,32 @@ def plot_curves(histories: dict[str, list[dict]], dest, title: str = "") -> None
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(dest, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, dest, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def progress(total: int, desc: str, enabled: bool = True):
-    """A progress bar with rate and ETA on stderr; silent when disabled."""
+    """A progress bar with rate and ETA on stderr (a widget in Jupyter); silent when disabled, and when
+    stderr is neither a terminal nor a notebook (a redirected log gets the plain per-epoch lines, not
+    carriage-return frames)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="batch", disable=not enabled, leave=False,
+    return tqdm(total=total, desc=desc, unit="batch", disable=not enabled or not _interactive(sys.stderr),
+                leave=False,
                 dynamic_ncols=True, file=sys.stderr)
+
+
+def _interactive(stream) -> bool:
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if getattr(shell, "kernel", None) is not None:  # a Jupyter kernel: someone is watching the cell
+        return True
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def final_line(row: dict, device: str) -> str:

@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Optional
 
 from . import data as data_mod
+from .checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
 from .config import TrainConfig, param_dtype
-from .errors import ConfigError, NinMultiError, RunDirError, TrainingDivergedError
-from .run import CONFIG, WEIGHTS, Run, default_run_dir, final_line, progress
-from .spec import NiNSpec, make_spec
+from .errors import ConfigError, Interrupted, RunDirError, TrainingDivergedError, WeightsError, WriteError
+from .run import CONFIG, WEIGHTS, Run, default_run_dir, final_line, progress, read_metrics
+from .spec import Dropout, NiNSpec, make_spec
 from .weights import read_weights_file, save_weights
-
-CHECKPOINTS = "checkpoints"
-KEEP_CHECKPOINTS = 3
 
 
 def spec_for(cfg: TrainConfig) -> NiNSpec:
@@ -99,37 +97,80 @@ def train_epoch(trainer, ds, cfg: TrainConfig, layout: str, epoch: int, order=No
             "examples_per_sec": seen / seconds, "seconds": seconds}
 
 
-def save_checkpoint(run_dir: Path, backend, model, spec, trainer, epoch: int, cfg: TrainConfig) -> Path:
-    """After each epoch: weights, RNG state, epoch, config and spec, written atomically; last N kept."""
-    path = run_dir / CHECKPOINTS / f"epoch-{epoch + 1:04d}.npz"
-    path.parent.mkdir(exist_ok=True)
-    save_weights(path, spec, backend.get_weights(model, spec), state=trainer.extra_state(),
-                 meta={"epochs_done": epoch + 1, "backend": backend.NAME, "config": cfg.to_dict()})
-    for old in sorted(path.parent.glob("epoch-*.npz"))[:-KEEP_CHECKPOINTS]:
-        old.unlink()
-    return path
+def read_run_config(run_dir: Path) -> dict:
+    """The run's saved settings: ``config.json``, or, when it is gone, the newest intact checkpoint's
+    copy. A damaged ``config.json`` is refused, not guessed around: the user decides."""
+    path = run_dir / CONFIG
+    ckpts = checkpoint_paths(run_dir)
+    if not path.is_file():
+        if not ckpts:
+            raise RunDirError(f"{run_dir} is not a run directory (it has no {CONFIG}); nothing to resume")
+        for ckpt in reversed(ckpts):
+            try:
+                return read_weights_file(ckpt)[2]["config"]
+            except (WeightsError, KeyError):
+                continue
+        raise RunDirError(f"{run_dir} has no {CONFIG} and no intact checkpoint that holds the run's settings; "
+                          f"nothing to resume")
+    fix = ("delete it to resume with the settings stored in the newest intact checkpoint" if ckpts else
+           "repair it, or start the run again with --overwrite")
+    try:
+        saved = json.loads(path.read_text(errors="replace"))
+    except ValueError as e:
+        raise RunDirError(f"{path} is damaged ({e}): {fix}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("epochs"), int):
+        raise RunDirError(f"{path} is damaged (not the settings of a run): {fix}")
+    return saved
 
 
-def load_checkpoint(run_dir: Path, backend, model, spec, trainer) -> int:
-    """Restore the newest checkpoint; returns the number of epochs it completed (0 if none)."""
-    ckpts = sorted((run_dir / CHECKPOINTS).glob("epoch-*.npz"))
-    if not ckpts:
-        return 0
-    _, weights, meta, state = read_weights_file(ckpts[-1], spec)
-    backend.set_weights(model, spec, weights)
-    trainer.load_extra_state(state)
-    return int(meta["epochs_done"])
-
-
-def resume(run_dir, epochs: Optional[int] = None, progress_bar: bool = True, log=print):
-    """Continue a run from its newest checkpoint, with its own saved config (``epochs`` may extend it)."""
+def resume(run_dir, epochs: Optional[int] = None, progress_bar: bool = True, log=print,
+           backend: Optional[str] = None):
+    """Continue a run from its newest intact checkpoint, with its own saved config (``epochs`` may
+    extend it; ``backend`` continues it in another framework)."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise RunDirError(f"{run_dir} is not a run directory (it has no {CONFIG}); nothing to resume")
-    saved = json.loads((run_dir / CONFIG).read_text())
-    cfg = TrainConfig.from_dict({**saved, "epochs": epochs or saved["epochs"], "progress": progress_bar,
-                                 "out": str(run_dir)})
+    saved = read_run_config(run_dir)
+    overrides = {"epochs": epochs or saved["epochs"], "progress": progress_bar, "out": str(run_dir)}
+    if backend:
+        overrides["backend"] = backend
+    try:
+        cfg = TrainConfig.from_dict({**saved, **overrides})
+    except (TypeError, ConfigError) as e:
+        raise RunDirError(f"{run_dir / CONFIG} is damaged ({e})") from None
     return train(cfg, resume=True, log=log)
+
+
+def restore(run: Run, backend, model, spec, trainer, log=print) -> int:
+    """Load the newest intact checkpoint into ``model`` and ``trainer`` and the metrics up to it into
+    ``run``; returns the epochs it completed (0 without a checkpoint). Says what it skipped and, for a
+    run continued in another framework, what does not carry over."""
+    r = load_checkpoint(run.path, spec)
+    notes = [f"skipped damaged checkpoint {p.name} ({why})" for p, why in r.skipped]
+    if r.path is None:  # stopped before its first checkpoint: start again
+        run.set_history([])
+        return 0
+    backend.set_weights(model, spec, r.weights)
+    if r.backend in (None, backend.NAME):
+        trainer.load_extra_state(r.state)
+    else:
+        rng = (f"but {r.backend}'s random state does not, so the dropout masks differ from an uninterrupted "
+               f"{r.backend} run" if any(isinstance(layer, Dropout) and layer.rate > 0 for layer in spec.layers)
+               else "and this network has no dropout, so no random state is lost")
+        notes.append(f"continuing a {r.backend} run on {backend.NAME} from {r.path.name}: the weights carry "
+                     f"over exactly and plain SGD keeps no optimizer state, {rng}")
+    history = r.history
+    try:
+        on_disk = read_metrics(run.path)
+    except RunDirError as e:
+        if history is None:  # a checkpoint from before checkpoints held the metrics: nothing to rebuild from
+            raise RunDirError(f"{e}; repair it, or delete it to resume without the earlier epochs' metrics") from None
+        notes.append(f"{e}; rewriting it from {r.path.name}")
+        on_disk = None
+    if history is None:
+        history = on_disk
+    run.set_history(history[:r.epochs_done])
+    for note in notes:
+        log(note)
+    return r.epochs_done
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
@@ -142,34 +183,54 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     ds = load_data(cfg)
     title = (f"NiN ({spec.variant}) on {backend.NAME}: lr {cfg.lr:g}, batch {cfg.batch_size}, "
              f"{cfg.resize}x{cfg.resize}, {cfg.precision}, {len(ds.train_images)} train images")
-    run = Run(cfg.out or default_run_dir(backend.NAME), title, overwrite=overwrite, resume=resume)
+    run = Run(cfg.out or default_run_dir(backend.NAME), title, overwrite=overwrite, resume=resume, lock=True)
     cfg.out = str(run.path)
-    backend.configure(cfg.threads, cfg.seed)
-    model = backend.build_model(spec, cfg.init, cfg.seed, dtype=param_dtype(cfg.precision))
-    trainer = backend.Trainer(model, cfg.lr, cfg.precision)
-    start = load_checkpoint(run.path, backend, model, spec, trainer) if resume else 0
-    run.truncate(start)
-    run.write_config({**cfg.to_dict(), **grayscale_note(spec)})
-    if spec.in_channels != data_mod.CHANNELS:
-        log(grayscale_note(spec)["input_channels"])
-    log(f"training {spec.variant} NiN ({spec.num_params:,} parameters) on {backend.NAME} "
-        f"({backend.device()}), {len(ds.train_images)} training images at {cfg.resize}x{cfg.resize}; "
-        f"run directory {run.path}" + (f"; resuming after epoch {start}" if start else ""))
-    epoch = start
+    done = 0  # epochs with a checkpoint on disk
     try:
+        backend.configure(cfg.threads, cfg.seed)
+        model = backend.build_model(spec, cfg.init, cfg.seed, dtype=param_dtype(cfg.precision))
+        trainer = backend.Trainer(model, cfg.lr, cfg.precision)
+        start = done = restore(run, backend, model, spec, trainer, log) if resume else 0
+        ran_on = [r["backend"] for r in run.history if "backend" in r] + [backend.NAME]
+        ran_on = " \u2192 ".join(b for i, b in enumerate(ran_on) if i == 0 or b != ran_on[i - 1])
+        run.title = title.replace(f" on {backend.NAME}:", f" on {ran_on}:", 1)  # e.g. "on torch → tensorflow"
+        run.write_config({**cfg.to_dict(), **grayscale_note(spec)})
+        if spec.in_channels != data_mod.CHANNELS:
+            log(grayscale_note(spec)["input_channels"])
+        log(f"training {spec.variant} NiN ({spec.num_params:,} parameters) on {backend.NAME} "
+            f"({backend.device()}), {len(ds.train_images)} training images at {cfg.resize}x{cfg.resize}; "
+            f"run directory {run.path}" + (f"; resuming after epoch {start}" if start else ""))
         for epoch in range(start, cfg.epochs):
             row = {"epoch": epoch + 1, **train_epoch(trainer, ds, cfg, backend.LAYOUT, epoch)}
             row["test_loss"], row["test_acc"] = evaluate(trainer, ds.test_images, ds.test_labels, cfg,
                                                          backend.LAYOUT, "test")
+            row["backend"] = backend.NAME
+            # The checkpoint first, holding this epoch's metrics too: metrics files never run ahead of it.
+            save_checkpoint(run.path, spec, backend.get_weights(model, spec), trainer.extra_state(), epoch,
+                            backend.NAME, cfg.to_dict(), run.history + [row])
+            done = epoch + 1
             run.log_epoch(row)
-            save_checkpoint(run.path, backend, model, spec, trainer, epoch, cfg)
             log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, train acc {row['train_acc']:.3f}, "
                 f"test acc {row['test_acc']:.3f}, {row['examples_per_sec']:.1f} examples/sec")
-    except KeyboardInterrupt:
-        raise NinMultiError(f"interrupted during epoch {epoch + 1}; metrics and the checkpoint of the last "
-                            f"completed epoch are in {run.path}: continue with --resume {run.path}") from None
-    save_weights(run.path / WEIGHTS, spec, backend.get_weights(model, spec),
-                 meta={"backend": backend.NAME, "epochs": cfg.epochs, "config": cfg.to_dict()})
+        save_weights(run.path / WEIGHTS, spec, backend.get_weights(model, spec),
+                     meta={"backend": backend.NAME, "epochs": cfg.epochs, "config": cfg.to_dict()})
+    except KeyboardInterrupt as e:
+        code = getattr(e, "exit_code", 130)
+        how = "stopped by SIGTERM" if code == 143 else "interrupted"
+        where = f"during epoch {done + 1}" if done < cfg.epochs else f"while writing {WEIGHTS}"
+        raise Interrupted(f"{how} {where}; {_kept(run, done)}", code) from None
+    except WriteError as e:
+        raise WriteError(f"{e}; {_kept(run, done)}", e.path, e.errno) from None
+    finally:
+        run.close()
     if run.history:
         log(final_line(run.history[-1], backend.device()))
     return run.path, run.history
+
+
+def _kept(run: Run, done: int) -> str:
+    """What a stopped run leaves behind and how to continue it."""
+    if not done and not (run.path / CONFIG).is_file():
+        return f"nothing was kept in {run.path}"
+    kept = f"the checkpoint of epoch {done} and the metrics up to it are" if done else "its settings are"
+    return f"{kept} in {run.path}: continue with nin-multi train --resume {run.path}"

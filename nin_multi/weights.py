@@ -6,14 +6,16 @@ or float64 from a ``--precision fp64`` run (kept so that its resume stays exact)
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import zipfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .errors import WeightsError
+from .errors import DamagedFileError, WeightsError
+from .fileio import atomic_write
 from .spec import NiNSpec
 
 FORMAT = "nin_multi.weights/1"
@@ -41,17 +43,33 @@ STATE_PREFIX = "state."  # checkpoints: a weights file plus a backend's training
 
 def save_weights(path, spec: NiNSpec, weights: dict, meta: Optional[dict] = None,
                  state: Optional[dict] = None) -> Path:
-    """Write atomically (temporary file, then rename): an interrupted save never leaves half a file."""
+    """Written durably (``fileio.atomic_write``): an interrupted or failed save never leaves half a file.
+    The header carries a SHA-256 of every array (``checksum``), verified on load."""
     check_weights(spec, weights)
     path = Path(path)
     dtype = "float64" if any(np.asarray(v).dtype == np.float64 for v in weights.values()) else "float32"
     header = {"format": FORMAT, "layout": LAYOUT, "dtype": dtype, "spec": spec.to_dict(), "meta": meta or {}}
     arrays = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in weights.items()}
     arrays.update({STATE_PREFIX + k: np.asarray(v) for k, v in (state or {}).items()})
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, __header__=np.array(json.dumps(header, sort_keys=True)), **arrays)
-    os.replace(tmp, path)
+    header["checksum"] = checksum(arrays)
+    members = {"__header__": np.array(json.dumps(header, sort_keys=True)), **arrays}
+    # np.savez's format (an uncompressed zip of .npy files), written here because np.savez leaves its
+    # ZipFile open when a write fails, and its finaliser then writes to the closed temporary file.
+    with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, a in members.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
     return path
+
+
+def checksum(arrays: dict) -> str:
+    """SHA-256 over every array's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode())
+        h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()
 
 
 def load_weights(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict]:
@@ -66,19 +84,29 @@ def read_weights_file(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, di
     try:
         with np.load(path, allow_pickle=False) as f:
             header = json.loads(str(f["__header__"]))
-            weights = {k: f[k] for k in f.files if k != "__header__" and not k.startswith(STATE_PREFIX)}
-            state = {k[len(STATE_PREFIX):]: f[k] for k in f.files if k.startswith(STATE_PREFIX)}
+            arrays = {k: f[k] for k in f.files if k != "__header__"}
     except FileNotFoundError:
         raise WeightsError(f"weights file {path} not found") from None
-    except (KeyError, ValueError, OSError) as e:
-        raise WeightsError(f"{path} is not a nin_multi weights file ({e})") from None
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        why = "no nin_multi header" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise DamagedFileError(f"{path} is damaged or not a nin_multi weights file ({why})", why) from None
+    if not isinstance(header, dict):
+        why = "its header is not a JSON object"
+        raise DamagedFileError(f"{path} is damaged or not a nin_multi weights file ({why})", why)
+    # Files written before checksums existed have none and are read as before.
+    if "checksum" in header and checksum(arrays) != header["checksum"]:
+        why = "its arrays do not match the checksum stored with them"
+        raise DamagedFileError(f"{path} is damaged: {why}", why)
+    weights = {k: v for k, v in arrays.items() if not k.startswith(STATE_PREFIX)}
+    state = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
     if header.get("format") != FORMAT:
         raise WeightsError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
     if header.get("layout") not in (LAYOUT, _LEGACY_LAYOUT):
         raise WeightsError(f"{path}: kernel layout {header.get('layout')!r}, expected {LAYOUT!r}")
     dtype = header.get("dtype", "float32")
     if dtype not in DTYPES or any(w.dtype != dtype for w in weights.values()):
-        raise WeightsError(f"{path}: arrays are not all {dtype}, as its header says; it is damaged or not ours")
+        why = f"its arrays are not all {dtype}, as its header says"
+        raise DamagedFileError(f"{path} is damaged: {why}", why)
     file_spec = NiNSpec.from_dict(header["spec"])
     if spec is not None and file_spec != spec:
         raise WeightsError(f"{path} was made for another network: {_first_difference(file_spec, spec)}")

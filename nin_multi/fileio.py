@@ -1,0 +1,177 @@
+"""Durable file writes: every file the project writes goes through ``atomic_write``.
+
+A file is written to a temporary name in its own directory, flushed and fsynced, renamed over the
+destination (``os.replace``, atomic on POSIX), and the directory is fsynced so the rename itself
+survives a power cut (the sequence TFDS and write-file-atomic use). A reader or a crash sees the old
+file or the new one, never half of one. A write that fails (disk full, file-size limit, I/O error, no
+permission, read-only file system) removes its temporary file, leaves the destination as it was, and
+raises one ``WriteError`` that names the file and the cause.
+"""
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import os
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import WriteError
+
+CAUSES = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the file-size limit (ulimit -f) or the file system",
+    errno.EIO: "input/output error (a failing disk or network file system)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+#: What ``fsync`` of a directory raises on file systems that do not support it: not a failure.
+_DIR_SYNC_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EISDIR}
+
+
+def cause(e: OSError) -> str:
+    return CAUSES.get(e.errno, e.strerror or str(e))
+
+
+def write_error(path, e: OSError) -> WriteError:
+    return WriteError(f"could not write {path}: {cause(e)}; the file was left as it was", path=path, errno=e.errno)
+
+
+class _Checked:
+    """The temporary file as writers see it: an ``OSError`` from any of its methods (``write``, or a
+    buffered ``flush``/``seek``) becomes a ``WriteError`` right where it happens, so the error from a
+    library's write (NumPy's zip, Matplotlib's PNG) cannot be mistaken for one of the caller's own (a
+    network read during a download). ``fileno`` is hidden so that Pillow writes through ``write`` too
+    instead of behind our back on the descriptor."""
+
+    def __init__(self, f, path):
+        self._f, self._path = f, path
+
+    def fileno(self):
+        raise io.UnsupportedOperation("fileno")
+
+    def __getattr__(self, name):
+        attr = getattr(self._f, name)
+        if not callable(attr):
+            return attr
+
+        def checked(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except io.UnsupportedOperation:
+                raise
+            except OSError as e:
+                raise write_error(self._path, e) from None
+        return checked
+
+
+@contextmanager
+def atomic_write(path, text: bool = False, newline=None):
+    """``with atomic_write(path) as f: f.write(...)``: the file appears complete when the block ends
+    without an exception, and not at all (the old one stays) when it raises."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666: the umask decides, as open()
+    except OSError as e:
+        raise write_error(path, e) from None
+    f = None
+    try:
+        f = open(fd, "w" if text else "wb", newline=newline, encoding="utf-8" if text else None)
+        yield _Checked(f, path)
+        try:
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            os.replace(tmp, path)
+        except OSError as e:
+            raise write_error(path, e) from None
+    except BaseException:
+        if f is not None and not f.closed:
+            try:
+                f.close()
+            except OSError:
+                pass
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    sync_dir(path.parent)
+
+
+@contextmanager
+def atomic_path(path):
+    """For writers that want a path, not a file (a framework's own ``save``): ``with atomic_path(dest) as
+    tmp: save(tmp)``. The temporary name ends like ``dest`` (Keras insists on ``.weights.h5``); it is
+    fsynced and renamed over ``dest`` only if the block succeeds. An ``OSError`` in the block becomes a
+    ``WriteError``."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+    try:
+        try:
+            yield tmp
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise write_error(path, e) from None
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    sync_dir(path.parent)
+
+
+def sync_dir(path) -> None:
+    """Make a rename in ``path`` durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in _DIR_SYNC_UNSUPPORTED:
+            raise write_error(path, e) from None
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path, data: bytes) -> None:
+    with atomic_write(path) as f:
+        f.write(data)
+
+
+def write_text(path, text: str) -> None:
+    with atomic_write(path, text=True) as f:
+        f.write(text)
+
+
+def write_json(path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_csv(path, rows: list[dict], fields=None) -> None:
+    """``fields`` default: every key of every row, in the order first seen."""
+    fields = list(fields or dict.fromkeys(k for r in rows for k in r))
+    with atomic_write(path, text=True, newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def save_figure(fig, dest, **kwargs) -> None:
+    """``fig.savefig`` through ``atomic_write``; the format from the file name."""
+    dest = Path(dest)
+    with atomic_write(dest) as f:
+        fig.savefig(f, format=dest.suffix.lstrip(".") or "png", **kwargs)
