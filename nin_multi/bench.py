@@ -126,9 +126,9 @@ def _settings(a) -> dict:
     precisions.sort(key=lambda p: p != "fp32")
     from nin_multi import backends
 
-    names = backends.select(a.backends)
+    names = backends.select(a.backends, trains=True)
     if not names:
-        raise BackendUnavailableError("no backend to benchmark: install torch, tensorflow-cpu or mxnet")
+        raise BackendUnavailableError("no backend to benchmark: install torch, tensorflow-cpu, mxnet or jax")
     make_spec(a.variant, a.in_channels, image_size=a.resize).walk(a.resize)  # refuse an image it cannot take
     return {"backends": names, "resize": a.resize, "batch_size": a.batch_size, "precisions": precisions,
             "steps": a.steps, "warmup": a.warmup, "chunks": a.chunks, "threads": a.threads,
