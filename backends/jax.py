@@ -26,7 +26,8 @@ import flax.linen as nn
 import optax
 
 from nin_multi.errors import ConfigError
-from nin_multi.spec import Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec
+from nin_multi.spec import (AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
+                            NiNSpec)
 
 NAME = "jax"
 LAYOUT = "NHWC"
@@ -81,11 +82,13 @@ def _draw(key, shape, init: str, fan_in: int, fan_out: int, dtype):
     return (flat.reshape(shape) * np.float32(scale)).astype(dtype)
 
 
-def _dropout(x, rate: float, key):
+def _dropout(x, rate: float, key, channels: bool = False):
     """Inverted dropout from float32 uniforms drawn with an explicit dtype: the same masks whether or
-    not x64 mode is on (``flax.linen.Dropout`` draws in the default float dtype, which x64 changes)."""
+    not x64 mode is on (``flax.linen.Dropout`` draws in the default float dtype, which x64 changes).
+    ``channels``: one draw per image and channel, shared over H and W (``ChannelDropout``)."""
     keep = 1.0 - rate
-    mask = jax.random.uniform(key, x.shape, dtype=jnp.float32) < keep
+    shape = (x.shape[0], 1, 1, x.shape[3]) if channels else x.shape
+    mask = jax.random.uniform(key, shape, dtype=jnp.float32) < keep
     return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
 
 
@@ -122,9 +125,12 @@ class NiN(nn.Module):
                 x = _Block(layer.convs, self.param_dtype, self.dtype, name=layer.name)(x)
             elif isinstance(layer, MaxPool):
                 x = nn.max_pool(x, (layer.kernel, layer.kernel), (layer.stride, layer.stride), "VALID")
-            elif isinstance(layer, Dropout):
+            elif isinstance(layer, AvgPool):  # fixed window: global only where the map is kernel x kernel
+                x = nn.avg_pool(x, (layer.kernel, layer.kernel), (layer.stride, layer.stride), "VALID")
+            elif isinstance(layer, (Dropout, ChannelDropout)):
                 if train and layer.rate > 0:
-                    x = _dropout(x, layer.rate, jax.random.fold_in(self.make_rng("dropout"), len(outs)))
+                    x = _dropout(x, layer.rate, jax.random.fold_in(self.make_rng("dropout"), len(outs)),
+                                 channels=isinstance(layer, ChannelDropout))
             elif isinstance(layer, GlobalAvgPool):
                 x = x.mean(axis=(1, 2), keepdims=True)
             elif isinstance(layer, Flatten):

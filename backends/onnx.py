@@ -17,7 +17,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from nin_multi.errors import ConfigError
-from nin_multi.spec import Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec
+from nin_multi.spec import (AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
+                            NiNSpec)
 
 NAME = "onnx"
 LAYOUT = "NCHW"
@@ -90,7 +91,10 @@ def make_graph(spec: NiNSpec, weights: dict, every_layer: bool = False) -> onnx.
         elif isinstance(layer, MaxPool):
             x = node("MaxPool", [x], layer.name, kernel_shape=[layer.kernel] * 2, strides=[layer.stride] * 2,
                      ceil_mode=0)
-        elif isinstance(layer, Dropout):
+        elif isinstance(layer, AvgPool):  # no padding, so count_include_pad does not matter
+            x = node("AveragePool", [x], layer.name, kernel_shape=[layer.kernel] * 2, strides=[layer.stride] * 2,
+                     ceil_mode=0)
+        elif isinstance(layer, (Dropout, ChannelDropout)):
             x = node("Identity", [x], layer.name)  # inference: dropout is the identity
         elif isinstance(layer, GlobalAvgPool):
             x = node("GlobalAveragePool", [x], layer.name)

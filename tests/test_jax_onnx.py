@@ -140,3 +140,10 @@ def test_jax_native_file_is_flax_msgpack_of_the_weights(tmp_path, capsys):
                                   jax_backend.get_weights(model, spec)["nin2.conv0.weight"].transpose(2, 3, 1, 0))
     assert main(["convert", "--backend", "jax", "--weights", str(src), "--out", str(tmp_path / "x.onnx")]) == 2
     assert "must end in .msgpack" in capsys.readouterr().err
+
+
+def test_onnx_summary_of_a_float64_recipe_is_refused_in_one_line(capsys):
+    load("onnx")
+    assert main(["summary", "--backend", "onnx", "--recipe", "standalone-ninnet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "float32 only" in err, err
