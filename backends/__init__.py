@@ -29,17 +29,25 @@ import importlib.util
 import sys
 from types import ModuleType
 
-from nin_multi.errors import BackendUnavailableError
+from nin_multi.errors import BackendUnavailableError, ConfigError
 
 #: canonical name -> (module, the framework's import name, the pip extra that installs it)
 _REGISTRY = {
     "torch": ("nin_multi.backends.torch", "torch", "torch"),
     "tensorflow": ("nin_multi.backends.tf", "tensorflow", "tensorflow"),
     "mxnet": ("nin_multi.backends.mxnet", "mxnet", "mxnet"),
+    "jax": ("nin_multi.backends.jax", "flax", "jax"),
+    "onnx": ("nin_multi.backends.onnx", "onnxruntime", "onnx"),
 }
-ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "gluon": "mxnet", "mx": "mxnet"}
+ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "gluon": "mxnet", "mx": "mxnet",
+           "flax": "jax", "onnxruntime": "onnx", "ort": "onnx"}
 #: Import order when several load in one process: PyTorch before TensorFlow (the reverse has hung).
+#: JAX 0.7.1 and onnxruntime 1.31 load beside the others in any order (measured: each of torch, tf,
+#: mxnet, jax, onnx first and last, every import followed by a computation, in one process); they come
+#: last so the order above is kept.
 ORDER = tuple(_REGISTRY)
+#: Backends that only run inference: no ``Trainer.train_step`` (their module says ``TRAINS = False``).
+INFERENCE_ONLY = frozenset({"onnx"})
 
 
 def canonical_name(name: str) -> str:
@@ -52,16 +60,26 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def select(names=None) -> list[str]:
+def select(names=None, trains: bool = False) -> list[str]:
     """Canonical names, each once, in ``ORDER``, from a list or a comma-separated string (``--backends``);
-    none given: every installed backend."""
+    none given: every installed backend. ``trains``: for commands that train (``reproduce``, ``bench``),
+    where none given means every installed backend that trains and naming an inference-only one is an
+    error."""
     if isinstance(names, str):
         names = names.split(",")
     names = [n for n in names or () if n.strip()]
     if not names:
-        return installed()
+        return [k for k in installed() if can_train(k) or not trains]
     keys = {canonical_name(n) for n in names}
+    if trains and keys & INFERENCE_ONLY:
+        raise ConfigError(f"{', '.join(sorted(keys & INFERENCE_ONLY))} is inference-only and cannot train: "
+                          f"choose from {', '.join(k for k in ORDER if can_train(k))}")
     return [k for k in ORDER if k in keys]
+
+
+def can_train(name: str) -> bool:
+    """Whether ``train``, ``reproduce`` and ``bench`` can train with this backend (known without importing it)."""
+    return canonical_name(name) not in INFERENCE_ONLY
 
 
 def is_installed(name: str) -> bool:

@@ -49,7 +49,7 @@ from .spec import VARIANTS, make_spec
 
 _TAG = "@@nin-multi-bench "  # prefix of the worker's result lines on stdout; anything else there is noise
 LR = 0.1  # the chapter's learning rate; speed does not depend on it
-LAYOUTS = {"torch": "NCHW", "tensorflow": "NHWC", "mxnet": "NCHW"}
+LAYOUTS = {"torch": "NCHW", "tensorflow": "NHWC", "mxnet": "NCHW", "jax": "NHWC"}
 #: what each path runs, for the table and the JSON
 DESCRIPTIONS = {
     ("torch", "chapter"): "eager, contiguous NCHW",
@@ -58,6 +58,8 @@ DESCRIPTIONS = {
     ("tensorflow", "default"): "Trainer: tf.function",
     ("mxnet", "chapter"): "imperative Gluon",
     ("mxnet", "default"): "Trainer: hybridized",
+    ("jax", "chapter"): "jit loss, eager update",
+    ("jax", "default"): "Trainer: one jitted step",
 }
 TARGET_DEFAULT = 1.5     # default fp32 training step vs the chapter's code
 TARGET_BF16 = 4.0        # bf16 training step vs the chapter's code (PyTorch, TensorFlow)
@@ -127,9 +129,9 @@ def _settings(a) -> dict:
     precisions.sort(key=lambda p: p != "fp32")
     from nin_multi import backends
 
-    names = backends.select(a.backends)
+    names = backends.select(a.backends, trains=True)
     if not names:
-        raise BackendUnavailableError("no backend to benchmark: install torch, tensorflow-cpu or mxnet")
+        raise BackendUnavailableError("no backend to benchmark: install torch, tensorflow-cpu, mxnet or jax")
     make_spec(a.variant, a.in_channels, image_size=a.resize).walk(a.resize)  # refuse an image it cannot take
     return {"backends": names, "resize": a.resize, "batch_size": a.batch_size, "precisions": precisions,
             "steps": a.steps, "warmup": a.warmup, "chunks": a.chunks, "threads": a.threads,
@@ -491,7 +493,39 @@ class _GluonChapter:
         return self._result(logits, self.loss(logits, ys), y)
 
 
-_CHAPTER = {"torch": _TorchChapter, "tensorflow": _KerasChapter, "mxnet": _GluonChapter}
+class _JaxChapter:
+    """The book's JAX loop (d2l's ``Classifier.loss`` under ``jax.jit``, ``fit_epoch``'s
+    ``jax.value_and_grad`` of it, then the optax SGD update applied eagerly, outside any jit)."""
+
+    def __init__(self, backend, model):
+        import optax
+
+        jax, module = backend.jax, model.module
+        self.jax, self.optax, self.model, self.step = jax, optax, model, 0
+
+        def loss(params, x, y, key, train):
+            logits = module.apply({"params": params}, x, train=train, rngs={"dropout": key})[-1]
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+        self.loss = jax.jit(loss, static_argnums=4)
+        self.grad = jax.value_and_grad(self.loss, has_aux=True)
+        self.opt = optax.sgd(LR)
+        self.state = self.opt.init(model.params)
+
+    def train_step(self, x, y):
+        key = self.jax.random.fold_in(self.jax.random.PRNGKey(0), self.step)
+        self.step += 1
+        (loss, logits), grads = self.grad(self.model.params, x, y, key, True)
+        updates, self.state = self.opt.update(grads, self.state)
+        self.model.params = self.optax.apply_updates(self.model.params, updates)
+        return float(loss) * len(y), int((logits.argmax(1) == y).sum())
+
+    def eval_step(self, x, y):
+        loss, logits = self.loss(self.model.params, x, y, self.jax.random.PRNGKey(0), False)
+        return float(loss) * len(y), int((logits.argmax(1) == y).sum())
+
+
+_CHAPTER = {"torch": _TorchChapter, "tensorflow": _KerasChapter, "mxnet": _GluonChapter, "jax": _JaxChapter}
 
 
 class _Path:
@@ -503,7 +537,9 @@ class _Path:
             backend.Trainer(model, LR, precision)
         # MXNet's engine is asynchronous: a step returns once its loss is known, while the backward pass
         # and the update still run. Wait for them, or they would be timed as part of the next path's step.
-        self.sync = backend.mx.nd.waitall if backend.NAME == "mxnet" else (lambda: None)
+        # JAX dispatches asynchronously too: wait for the updated parameters.
+        self.sync = backend.mx.nd.waitall if backend.NAME == "mxnet" else \
+            (lambda: backend.jax.block_until_ready(model.params)) if backend.NAME == "jax" else (lambda: None)
 
     def timed(self, kind, x, y):
         t0 = time.perf_counter()
@@ -620,7 +656,7 @@ def _memory_chunks(name, p: _Path, s: dict, x, y) -> None:
 
 
 def _framework_version(name: str) -> str:
-    module = {"torch": "torch", "tensorflow": "tensorflow", "mxnet": "mxnet"}[name]
+    module = {"torch": "torch", "tensorflow": "tensorflow", "mxnet": "mxnet", "jax": "jax"}[name]
     return getattr(sys.modules.get(module), "__version__", "?")
 
 

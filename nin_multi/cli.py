@@ -17,7 +17,7 @@ from .config import INITS, PRECISIONS, TrainConfig
 from .errors import ConfigError, NinMultiError, Terminated, WriteError
 from .spec import VARIANTS
 
-BACKEND_HELP = "torch, tensorflow or mxnet (aliases: pytorch, tf, keras, gluon)"
+BACKEND_HELP = "torch, tensorflow, mxnet, jax or onnx (aliases: pytorch, tf, keras, gluon, flax, ort)"
 
 
 def add_network_args(p: argparse.ArgumentParser, backend: bool = True, variant: bool = True) -> None:
@@ -35,7 +35,7 @@ def add_network_args(p: argparse.ArgumentParser, backend: bool = True, variant: 
 def add_backends_arg(p: argparse.ArgumentParser) -> None:
     """Several backends at once (``bench``, ``reproduce``), read by ``backends.select``."""
     p.add_argument("--backends", default=None,
-                   help="comma-separated: torch, tensorflow, mxnet (default: every installed one)")
+                   help="comma-separated: torch, tensorflow, mxnet, jax (default: every installed one)")
 
 
 def add_recipe_args(p: argparse.ArgumentParser, dropout: bool = True) -> None:
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", "-b", required=True, help=BACKEND_HELP)
     p.add_argument("--weights", required=True, help="canonical weights.npz")
     p.add_argument("--out", required=True, help="destination: .pt (PyTorch state_dict), .weights.h5 (Keras), "
-                                                ".params (Gluon)")
+                                                ".params (Gluon), .msgpack (Flax), .onnx (ONNX)")
     p.set_defaults(func=cmd_convert)
 
     for name in COMMAND_MODULES:  # each registers its own subcommand(s) and sets ``func``
@@ -226,7 +226,8 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
-NATIVE_SUFFIXES = {"torch": (".pt", ".pth"), "tensorflow": (".weights.h5",), "mxnet": (".params",)}
+NATIVE_SUFFIXES = {"torch": (".pt", ".pth"), "tensorflow": (".weights.h5",), "mxnet": (".params",),
+                   "jax": (".msgpack",), "onnx": (".onnx",)}
 
 
 def cmd_convert(a) -> int:

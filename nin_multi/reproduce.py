@@ -482,12 +482,12 @@ def reproduce(cfg: TrainConfig, backend_names=None, overwrite: bool = False, log
     from nin_multi import backends as registry
 
     seeds = parse_seeds(seeds) if seeds is not None else [cfg.seed]
-    keys = registry.select(backend_names)
+    keys = registry.select(backend_names, trains=True)
     if len(keys) < 2:
         installed = ", ".join(registry.installed()) or "none"
         raise ConfigError(f"reproduce compares frameworks and needs at least two backends, got "
                           f"{', '.join(keys) or 'none'} (installed: {installed}); install another with "
-                          f"pip install 'nin-multi[torch]', '[tensorflow]' or '[mxnet]'")
+                          f"pip install 'nin-multi[torch]', '[tensorflow]', '[mxnet]' or '[jax]'")
     mods = registry.load_backends(keys)  # PyTorch before TensorFlow
     spec = spec_for(cfg)
     ds = load_data(cfg)

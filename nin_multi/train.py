@@ -175,8 +175,12 @@ def restore(run: Run, backend, model, spec, trainer, log=print) -> int:
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
           log=print) -> tuple[Path, list[dict]]:
-    from nin_multi.backends import get_backend
+    from nin_multi.backends import can_train, get_backend
 
+    if not can_train(cfg.backend):  # before anything is imported or written
+        raise ConfigError(f"{cfg.backend} is inference-only (it computes no gradients): train with torch, "
+                          f"tensorflow, mxnet or jax, then evaluate or convert its weights.npz with --backend "
+                          f"{cfg.backend}")
     backend = get_backend(cfg.backend)
     cfg.backend = backend.NAME
     spec = spec_for(cfg)

@@ -1,8 +1,8 @@
-"""Write the three chapter notebooks (PyTorch, TensorFlow/Keras, MXNet Gluon) from one list of cells.
+"""Write the chapter notebooks (PyTorch, TensorFlow/Keras, MXNet Gluon, JAX/Flax) from one list of cells.
 
 Most of a notebook is the same in every framework (the spec, the parameter counts, training through the
 shared driver, the cross-framework check); only the cells that show framework objects differ. Writing
-the cells once here keeps the three notebooks from drifting apart. Edit this file, then run
+the cells once here keeps the notebooks from drifting apart. Edit this file, then run
 
     python notebooks/make_notebooks.py          # rewrite the .ipynb files (no outputs)
     python notebooks/make_notebooks.py --check  # exit 1 if a committed notebook differs from this file
@@ -60,7 +60,7 @@ FRAMEWORKS = {
                           f"params {info.params:>9,}  multiply-adds {info.macs:>12,}")
                     assert tuple(X.shape) == info.nchw, (name, tuple(X.shape), info.nchw)"""),
         step=_src("""
-            The training loop is shared by the three notebooks (`nin_multi.train.train`: data order, metrics,
+            The training loop is shared by the notebooks (`nin_multi.train.train`: data order, metrics,
             checkpoints, the plot); the PyTorch part is the backend's `Trainer.train_step`, the chapter's
             `loss.backward()` and `optimizer.step()`:"""),
     ),
@@ -94,7 +94,7 @@ FRAMEWORKS = {
                       f"params {info.params:>9,}  multiply-adds {info.macs:>12,}")
                 assert tuple(X.shape) == info.nhwc, (layer.name, tuple(X.shape), info.nhwc)"""),
         step=_src("""
-            The training loop is shared by the three notebooks (`nin_multi.train.train`: data order, metrics,
+            The training loop is shared by the notebooks (`nin_multi.train.train`: data order, metrics,
             checkpoints, the plot); the TensorFlow part is the backend's `Trainer`, a `tf.GradientTape` step
             traced once with `tf.function`:"""),
     ),
@@ -127,9 +127,54 @@ FRAMEWORKS = {
                           f"params {info.params:>9,}  multiply-adds {info.macs:>12,}")
                     assert tuple(X.shape) == info.nchw, (blk.name, tuple(X.shape), info.nchw)"""),
         step=_src("""
-            The training loop is shared by the three notebooks (`nin_multi.train.train`: data order, metrics,
+            The training loop is shared by the notebooks (`nin_multi.train.train`: data order, metrics,
             checkpoints, the plot); the MXNet part is the backend's `Trainer.train_step`, the book's
             `autograd.record()`, `loss.backward()` and `trainer.step(batch_size)`:"""),
+    ),
+    "jax": dict(
+        file="nin_jax.ipynb",
+        title="JAX/Flax",
+        module="backends/jax.py",
+        imports="import jax\nimport jax.numpy as jnp",
+        render_functions=("_Block", "NiN"),
+        step_method="__init__",
+        rendering=_src("""
+            The Flax rendering is a `flax.linen` module, `NiN`, that walks the spec's layers in order; a NiN
+            block is a `_Block` submodule named after the spec's block (`nin1`, …). Flax is functional: the
+            module holds no weights, so the backend's model is a small object holding the module and its
+            parameter tree (`model.params["nin1"]["conv0"]["kernel"]`), which the `Trainer` replaces after each
+            step. Like Keras it is channels-last (NHWC, kernels HWIO, transposed to the canonical OIHW only when
+            weights are exchanged); padding is explicit and symmetric, pooling is `"VALID"` (rounds down, as
+            the chapter's PyTorch code), and Flatten goes through NCHW order.
+
+            **Where the book's own JAX tab differs.** The JAX code of the chapter keeps Flax's default
+            initialisation (LeCun-normal kernels) where the other tabs use Xavier-uniform, and ends with a
+            fixed 5×5 average pooling (`nn.avg_pool(x, (5, 5))`), which is global only for 224×224 inputs
+            (the last block's output is 5×5 there; at any other size it leaves more than one value per
+            channel). This notebook renders the chapter's network: Xavier-uniform initialisation (drawn by
+            `build_model` from the spec's shapes) and a true global average pooling at every input size, so
+            the same weights give the same logits as in the other frameworks."""),
+        block=_src("""
+            model = backend.build_model(spec, init=INIT, seed=0)
+            # the first NiN block's parameters as Flax holds them: an 11x11 conv, then two 1x1 convs (HWIO)
+            jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)), model.params["nin1"])"""),
+        model=_src("""
+            print(model.module)
+            for name, block in model.params.items():
+                print(name, {layer: {k: v.shape for k, v in p.items()} for layer, p in block.items()})
+            print(f"{backend.count_params(model):,} parameters (the spec counts {spec.num_params:,})")"""),
+        walk=_src("""
+            X = jax.random.uniform(jax.random.PRNGKey(0), (1, 224, 224, 1))  # NHWC
+            outs = model.module.apply({"params": model.params}, X)  # every top-level layer's output, dropout off
+            for layer, out, info in zip(spec.layers, outs, walk):
+                print(f"{layer.name:<8} {type(layer).__name__:<18} output shape: {str(tuple(out.shape)):<17} "
+                      f"params {info.params:>9,}  multiply-adds {info.macs:>12,}")
+                assert tuple(out.shape) == info.nhwc, (layer.name, tuple(out.shape), info.nhwc)"""),
+        step=_src("""
+            The training loop is shared by the notebooks (`nin_multi.train.train`: data order, metrics,
+            checkpoints, the plot); the JAX part is the backend's `Trainer`: the loss and its gradient from
+            `jax.value_and_grad`, the update from `optax.sgd`, one step compiled by `jax.jit`, and dropout keys
+            derived from (seed, step) so a resumed run draws the masks of an uninterrupted one:"""),
     ),
 }
 
@@ -138,7 +183,8 @@ FRAMEWORKS = {
 def cells(fw: str) -> list[tuple[str, str, tuple[str, ...]]]:
     """(kind, source, tags) of every cell of one framework's notebook."""
     f = FRAMEWORKS[fw]
-    others = " and ".join(FRAMEWORKS[o]["title"] for o in FRAMEWORKS if o != fw)
+    titles = [FRAMEWORKS[o]["title"] for o in FRAMEWORKS if o != fw]
+    others = ", ".join(titles[:-1]) + " and " + titles[-1]
     md, code = "markdown", "code"
     return [
         (md, _src(f"""
@@ -315,8 +361,9 @@ def cells(fw: str) -> list[tuple[str, str, tuple[str, ...]]]:
 
             The trained weights were saved in one framework-neutral layout (`weights.npz`: conv kernels OIHW).
             Loaded into {f['title']} and into {others} (each transposing at its own edge), they give the
-            same logits on the same test images up to float32 rounding: the three renderings compute one
-            function. A framework that is not installed is skipped."""), ()),
+            same logits on the same test images up to float32 rounding: the renderings compute one function
+            (onnxruntime, running the spec's ONNX graph, is one more of them). A framework that is not
+            installed is skipped."""), ()),
         (code, _src("""
             _, weights = load_weights(run_dir / "weights.npz", spec)  # refuses weights made for another network
             images = load_fashion_mnist(DATA_DIR).test_images[:16]  # the first 16 test images
@@ -368,7 +415,7 @@ def cells(fw: str) -> list[tuple[str, str, tuple[str, ...]]]:
               connected layers: 1,992,166 parameters, where the same convolutions with a 4,096-unit fully
               connected head need about 21 times as many (41,324,042), 95% of them in the first dense layer.
             * The network is one spec; every framework's rendering gives the same shapes (NCHW in PyTorch and
-              MXNet, NHWC in Keras) and, with the same weights, the same logits.
+              MXNet, NHWC in Keras and Flax) and, with the same weights, the same logits.
             * The chapter's exercises vary the block: `make_spec("no-1x1")`, `"one-1x1"`, `"three-1x1"`,
               `"3x3-inner"`, `"fc-head"` and the VGG-like `"nin-11"`, `"nin-16"`, `"nin-19"` build those
               variants, and `nin-multi train --variant ...` trains them."""), ()),

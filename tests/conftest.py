@@ -1,6 +1,6 @@
 """Shared fixtures: the real data sample and one parametrized fixture per framework backend.
 
-Which backends run is chosen with NIN_MULTI_BACKENDS (comma-separated; default: all three). A
+Which backends run is chosen with NIN_MULTI_BACKENDS (comma-separated; default: all five). A
 backend whose framework is not installed is skipped with the reason, unless NIN_MULTI_BACKENDS names
 it explicitly: then the run fails, so CI cannot pass by silently skipping a framework it promised.
 """
@@ -17,6 +17,9 @@ SAMPLE_DIR = Path(os.environ.get("NIN_MULTI_SAMPLE_DIR", ROOT.parent / "shared" 
 ALL_BACKENDS = list(backends.ORDER)
 _ASKED = [backends.canonical_name(b) for b in os.environ.get("NIN_MULTI_BACKENDS", "").split(",") if b.strip()]
 SELECTED = _ASKED or ALL_BACKENDS
+#: Backends with a Trainer that trains (ONNX is inference-only): the training tests run over these alone,
+#: so an inference-only backend is not a test skipped but one never asked to train.
+TRAINABLE = [b for b in ALL_BACKENDS if backends.can_train(b)]
 
 
 def load(name: str):
@@ -36,6 +39,11 @@ def load(name: str):
 
 @pytest.fixture(params=ALL_BACKENDS)
 def backend(request):
+    return load(request.param)
+
+
+@pytest.fixture(params=TRAINABLE)
+def trainable_backend(request):
     return load(request.param)
 
 

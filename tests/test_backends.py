@@ -1,9 +1,10 @@
 """Every rendering against the spec, the NumPy oracle and the other renderings.
 
-Parametrized over the three backends; a backend whose framework is missing is skipped with the pip
+Parametrized over every backend; a backend whose framework is missing is skipped with the pip
 command that installs it (or fails, when NIN_MULTI_BACKENDS asked for it).
 """
 import functools
+import itertools
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from nin_multi.data import load_fashion_mnist, to_float_batch
 from nin_multi.spec import VARIANTS, BlockDef, build_spec, chapter_spec, make_spec
 from nin_multi.weights import load_weights, save_weights
 
-from conftest import ALL_BACKENDS, load
+from conftest import ALL_BACKENDS, TRAINABLE, load
 from reference import forward as reference_forward, random_weights
 from test_spec import CHAPTER_NCHW
 
@@ -96,8 +97,7 @@ def test_logits_equal_numpy_oracle(backend, variant, size):
 
 
 @pytest.mark.parametrize("variant, size", CASES[:1] + CASES[3:5])
-@pytest.mark.parametrize("pair", [("torch", "tensorflow"), ("torch", "mxnet"), ("tensorflow", "mxnet")],
-                         ids="-".join)
+@pytest.mark.parametrize("pair", list(itertools.combinations(ALL_BACKENDS, 2)), ids="-".join)
 def test_logits_equal_across_frameworks(pair, variant, size):
     a, b = (load(name).NAME for name in pair)
     np.testing.assert_allclose(backend_logits(a, variant, size), backend_logits(b, variant, size),
@@ -161,7 +161,7 @@ def test_sgd_steps_agree_across_frameworks(sample_dir):
     ds = load_fashion_mnist(sample_dir)
     start = random_weights(spec, seed=3)
     results = {}
-    for name in ALL_BACKENDS:
+    for name in TRAINABLE:
         try:
             backend = load(name)
         except pytest.skip.Exception:

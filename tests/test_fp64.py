@@ -14,7 +14,7 @@ from nin_multi.spec import make_spec
 from nin_multi.train import evaluate, spec_for, train, train_epoch
 from nin_multi.weights import load_weights, read_weights_file, save_weights
 
-from conftest import ALL_BACKENDS, load
+from conftest import ALL_BACKENDS, TRAINABLE, load
 from reference import forward as reference_forward
 from reference import random_weights
 from test_backends import to_layout
@@ -23,7 +23,8 @@ FP64_LOGITS_RTOL = 1e-12
 
 
 @pytest.mark.parametrize("size", [224, 227])
-def test_fp64_logits_equal_the_numpy_oracle_to_1e12(backend, size):
+def test_fp64_logits_equal_the_numpy_oracle_to_1e12(trainable_backend, size):
+    backend = trainable_backend  # onnx is float32 only (test_jax_onnx.py: it refuses float64)
     spec = make_spec("chapter", image_size=size)
     w = {k: v.astype(np.float64) for k, v in random_weights(spec, seed=1).items()}
     x = np.random.default_rng(2).random((2, 1, size, size))
@@ -37,7 +38,8 @@ def test_fp64_logits_equal_the_numpy_oracle_to_1e12(backend, size):
     np.testing.assert_allclose(got, ref, rtol=0, atol=FP64_LOGITS_RTOL * scale)
 
 
-def test_fp64_model_keeps_float64_weights_and_widens_float32_exactly(backend):
+def test_fp64_model_keeps_float64_weights_and_widens_float32_exactly(trainable_backend):
+    backend = trainable_backend
     spec = make_spec("mini")
     w32 = random_weights(spec, seed=3)
     model = backend.build_model(spec, dtype="float64")
@@ -48,7 +50,8 @@ def test_fp64_model_keeps_float64_weights_and_widens_float32_exactly(backend):
         np.testing.assert_array_equal(got[k], w32[k].astype(np.float64), err_msg=k)
 
 
-def test_a_precision_needs_its_model_dtype(backend):
+def test_a_precision_needs_its_model_dtype(trainable_backend):
+    backend = trainable_backend
     from nin_multi.errors import ConfigError
 
     spec = make_spec("mini")
@@ -110,7 +113,7 @@ def test_fp64_training_is_one_trajectory_in_every_framework(sample_dir):
     (not exact in binary), batch 32: every pair of frameworks within 1e-9 relative at every step, final
     weights within 1e-9 relative L2, the same test accuracy. Measured: 4e-16 per step, 1e-16 in the
     weights, after all 108 steps."""
-    mods = [load(name) for name in ALL_BACKENDS]
+    mods = [load(name) for name in TRAINABLE]
     cfg = TrainConfig(variant="mini", resize=28, init="kaiming", lr=0.05, batch_size=32, epochs=1, dropout=0.0,
                       precision="fp64", data_dir=str(sample_dir), progress=False)
     spec = spec_for(cfg)
@@ -139,7 +142,8 @@ def test_fp64_training_is_one_trajectory_in_every_framework(sample_dir):
         assert ta[1] == tb[1], (a, b, ta, tb)
 
 
-def test_fp64_run_writes_float64_weights_and_checkpoints(backend, sample_dir, tmp_path):
+def test_fp64_run_writes_float64_weights_and_checkpoints(trainable_backend, sample_dir, tmp_path):
+    backend = trainable_backend
     cfg = TrainConfig(backend=backend.NAME, variant="mini", resize=28, init="kaiming", lr=0.05, batch_size=32,
                       epochs=1, subset=64, test_subset=32, precision="fp64", data_dir=str(sample_dir),
                       out=str(tmp_path / "run"), progress=False)

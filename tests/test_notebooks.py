@@ -16,7 +16,8 @@ from conftest import ROOT, SELECTED, _ASKED
 from test_spec import CHAPTER_NCHW, CHAPTER_NHWC
 
 NOTEBOOKS_DIR = ROOT / "notebooks"
-NOTEBOOKS = {"torch": "nin_pytorch.ipynb", "tensorflow": "nin_tensorflow.ipynb", "mxnet": "nin_mxnet.ipynb"}
+NOTEBOOKS = {"torch": "nin_pytorch.ipynb", "tensorflow": "nin_tensorflow.ipynb", "mxnet": "nin_mxnet.ipynb",
+             "jax": "nin_jax.ipynb"}
 CELL_TIMEOUT = 600  # seconds; a quick-mode notebook takes about 30 s on 2 CPU cores
 
 
@@ -108,7 +109,7 @@ def test_notebook_runs_in_quick_mode(framework, sample_dir, kernel_path, tmp_pat
     assert "d2l-1st-edition, quick mode: 1 epoch(s), batch 64, 67x67, lr 0.1, xavier init" in printed
 
     walk = _text(_tagged(nb, "shape-walk"))
-    expected = CHAPTER_NHWC if framework == "tensorflow" else CHAPTER_NCHW
+    expected = CHAPTER_NHWC if framework in ("tensorflow", "jax") else CHAPTER_NCHW
     positions = [walk.find(str(shape)) for shape in expected]
     assert -1 not in positions, f"shapes missing from the walk:\n{walk}"
     assert positions == sorted(positions), f"shapes out of order:\n{walk}"

@@ -33,7 +33,8 @@ def mini_config(backend, sample_dir, out, **kw):
 
 
 @pytest.mark.slow
-def test_learns_on_the_real_sample(backend, sample_dir, tmp_path):
+def test_learns_on_the_real_sample(trainable_backend, sample_dir, tmp_path):
+    backend = trainable_backend
     _, history = train(mini_config(backend, sample_dir, tmp_path / "run"), log=quiet)
     losses = [r["train_loss"] for r in history]
     assert losses[0] < 2.4 and losses[-1] < 1.8, losses  # chance is ln 10 = 2.303
@@ -41,7 +42,8 @@ def test_learns_on_the_real_sample(backend, sample_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_bf16_training_still_learns(backend, sample_dir, tmp_path):
+def test_bf16_training_still_learns(trainable_backend, sample_dir, tmp_path):
+    backend = trainable_backend
     cfg = mini_config(backend, sample_dir, tmp_path / "run", precision="bf16")
     if backend.NAME == "mxnet":
         # MXNet's AMP rewrites its operators for the whole process once on: train in a process of its
@@ -58,7 +60,8 @@ def test_bf16_training_still_learns(backend, sample_dir, tmp_path):
     assert history[-1]["train_loss"] < 1.9, [r["train_loss"] for r in history]
 
 
-def test_cli_train_end_to_end(backend, sample_dir, tmp_path, capsys):
+def test_cli_train_end_to_end(trainable_backend, sample_dir, tmp_path, capsys):
+    backend = trainable_backend
     out = tmp_path / "run"
     code = main(["train", "--backend", backend.NAME, "--data-dir", str(sample_dir), "--epochs", "1",
                  "--resize", "67", "--subset", "64", "--test-subset", "32", "--batch-size", "32",
@@ -87,9 +90,10 @@ def test_cli_summary_prints_the_chapter_walk(backend, capsys):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp64"])
-def test_resume_equals_uninterrupted(backend, sample_dir, tmp_path, precision):
+def test_resume_equals_uninterrupted(trainable_backend, sample_dir, tmp_path, precision):
     """Exact, not close: data order from (seed, epoch), restored dropout state, and in fp64 checkpoints
     that keep float64 (a float32 checkpoint would round the weights and the runs would part)."""
+    backend = trainable_backend
     kw = dict(subset=320, test_subset=100, epochs=3, precision=precision)
     _, straight = train(mini_config(backend, sample_dir, tmp_path / "a", **kw), log=quiet)
     train(mini_config(backend, sample_dir, tmp_path / "b", **{**kw, "epochs": 1}), log=quiet)

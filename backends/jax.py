@@ -1,0 +1,313 @@
+"""JAX/Flax rendering of the spec: a ``flax.linen`` module that walks ``spec.layers``, NHWC.
+
+Flax is functional, so the "model" here is a small object holding the module and its parameters; the
+Trainer replaces ``model.params`` after each step, which is what ``get_weights`` reads. The rendering
+computes the PyTorch rendering's function exactly: explicit symmetric padding (never "SAME"), "VALID"
+pooling that rounds down, and Flatten through NCHW so dense kernels keep the canonical (in, out)
+layout. Conv kernels are HWIO in Flax, transposed to and from the canonical OIHW at this edge only.
+
+float64 (``dtype="float64"``, ``--precision fp64``) needs JAX's x64 mode, a process-wide switch that
+also changes the default dtype of arrays made without one. It is turned on only when a float64 model is
+built; every array on the float32 path is made with an explicit dtype (parameters, inputs, the dropout
+uniforms, the learning rate), so float32 runs compute the same numbers with x64 on or off.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import flax
+import flax.linen as nn
+import optax
+
+from nin_multi.errors import ConfigError
+from nin_multi.spec import (AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
+                            NiNSpec)
+
+NAME = "jax"
+LAYOUT = "NHWC"
+
+_seed = 0  # configure()'s seed; a Trainer derives its per-step dropout keys from it
+
+
+def configure(threads=None, seed=0):
+    """XLA sizes its CPU thread pool when its backend starts and offers no count, only on or off:
+    ``threads=1`` before the first computation turns multi-threading off; any other count is reported."""
+    global _seed
+    _seed = seed
+    if not threads:
+        return
+    from jax._src import xla_bridge
+    if threads == 1 and not xla_bridge.backends_are_initialized():
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    elif threads != (os.cpu_count() or 1):
+        warnings.warn(f"JAX (XLA) sizes its CPU thread pool itself; --threads {threads} is not applied "
+                      f"(only --threads 1, before the first computation)", RuntimeWarning, stacklevel=2)
+
+
+def device() -> str:
+    d = jax.devices()[0]
+    return "cpu" if d.platform == "cpu" else f"{d.platform}:{d.id}"
+
+
+_CHUNK = 1 << 16
+
+
+@jax.jit
+def _uniform_chunk(key):
+    return jax.random.uniform(key, (_CHUNK,), jnp.float32, -1.0, 1.0)
+
+
+@jax.jit
+def _normal_chunk(key):
+    return jax.random.normal(key, (_CHUNK,), jnp.float32)
+
+
+def _draw(key, shape, init: str, fan_in: int, fan_out: int, dtype):
+    """The torch backend's distributions: ``xavier_uniform_`` (the chapter's) and an untruncated
+    ``kaiming_normal_`` on fan-in (Flax's own ``he_normal`` is truncated; its default, ``lecun_normal``,
+    is what the book's JAX tab keeps). Drawn in fixed-size chunks keyed ``fold_in(key, chunk)``: XLA
+    compiles a random draw per shape (about a second each on a CPU), so drawing each kernel at its own
+    shape made building the chapter's network take ~10 s; two compiled chunk draws serve every shape."""
+    n = int(np.prod(shape))
+    chunk = _uniform_chunk if init == "xavier" else _normal_chunk
+    flat = jnp.concatenate([chunk(jax.random.fold_in(key, i)) for i in range(-(-n // _CHUNK))])[:n]
+    scale = np.sqrt(6 / (fan_in + fan_out)) if init == "xavier" else np.sqrt(2 / fan_in)
+    return (flat.reshape(shape) * np.float32(scale)).astype(dtype)
+
+
+def _dropout(x, rate: float, key, channels: bool = False):
+    """Inverted dropout from float32 uniforms drawn with an explicit dtype: the same masks whether or
+    not x64 mode is on (``flax.linen.Dropout`` draws in the default float dtype, which x64 changes).
+    ``channels``: one draw per image and channel, shared over H and W (``ChannelDropout``)."""
+    keep = 1.0 - rate
+    shape = (x.shape[0], 1, 1, x.shape[3]) if channels else x.shape
+    mask = jax.random.uniform(key, shape, dtype=jnp.float32) < keep
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+class _Block(nn.Module):
+    """A NiN block: one k x k conv, then the 1x1 convs, each followed by ReLU."""
+
+    convs: tuple
+    param_dtype: Any
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        for c in self.convs:
+            x = nn.Conv(c.out_channels, (c.kernel, c.kernel), (c.stride, c.stride),
+                        padding=((c.padding, c.padding), (c.padding, c.padding)),
+                        dtype=self.dtype, param_dtype=self.param_dtype, name=c.name.split(".")[-1])(x)
+            x = nn.relu(x)
+        return x
+
+
+class NiN(nn.Module):
+    """The spec's layers in order; ``__call__`` returns every top-level layer's output (the last is
+    the logits), so the shape walk and the forward pass are one code path."""
+
+    layers: tuple
+    param_dtype: Any = jnp.float32
+    dtype: Any = None  # compute dtype; None: the parameters' (bf16 training sets bfloat16)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        outs = []
+        for layer in self.layers:
+            if isinstance(layer, NiNBlock):
+                x = _Block(layer.convs, self.param_dtype, self.dtype, name=layer.name)(x)
+            elif isinstance(layer, MaxPool):
+                x = nn.max_pool(x, (layer.kernel, layer.kernel), (layer.stride, layer.stride), "VALID")
+            elif isinstance(layer, AvgPool):  # fixed window: global only where the map is kernel x kernel
+                x = nn.avg_pool(x, (layer.kernel, layer.kernel), (layer.stride, layer.stride), "VALID")
+            elif isinstance(layer, (Dropout, ChannelDropout)):
+                if train and layer.rate > 0:
+                    x = _dropout(x, layer.rate, jax.random.fold_in(self.make_rng("dropout"), len(outs)),
+                                 channels=isinstance(layer, ChannelDropout))
+            elif isinstance(layer, GlobalAvgPool):
+                x = x.mean(axis=(1, 2), keepdims=True)
+            elif isinstance(layer, Flatten):
+                x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # CHW order: canonical dense kernels
+            elif isinstance(layer, Dense):
+                x = nn.Dense(layer.out_features, dtype=self.dtype, param_dtype=self.param_dtype,
+                             name=layer.name)(x)
+                x = nn.relu(x) if layer.relu else x
+            else:
+                raise TypeError(f"no Flax rendering for {type(layer).__name__}")
+            outs.append(x)
+        return outs
+
+
+@dataclass
+class Model:
+    """The Flax module and its parameters (a pytree ``{block: {conv: {kernel, bias}}}``)."""
+
+    module: NiN
+    params: Any
+    spec: NiNSpec
+
+    @property
+    def dtype(self):
+        return self.module.param_dtype
+
+
+def _dtype(dtype: str):
+    if dtype == "float64":
+        jax.config.update("jax_enable_x64", True)  # see the module docstring
+        return jnp.float64
+    if dtype != "float32":
+        raise ConfigError(f"unknown parameter dtype {dtype!r}; choose float32 or float64")
+    return jnp.float32
+
+
+def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0, dtype: str = "float32") -> Model:
+    """The parameters are drawn here from the spec's shapes (``NiN.init`` would give Flax's default
+    LeCun-normal kernels, and runs a forward pass to find shapes the spec already knows)."""
+    module = NiN(tuple(spec.layers), _dtype(dtype))
+    key = jax.random.PRNGKey(seed)
+    params = {}
+    for i, p in enumerate(spec.param_layers()):
+        if isinstance(p, Dense):
+            shape, fans, units = (p.in_features, p.out_features), (p.in_features, p.out_features), p.out_features
+            entry = params.setdefault(p.name, {})
+        else:
+            k2 = p.kernel * p.kernel
+            shape, fans = (p.kernel, p.kernel, p.in_channels, p.out_channels), (p.in_channels * k2, p.out_channels * k2)
+            units = p.out_channels
+            block, conv = p.name.split(".")
+            entry = params.setdefault(block, {}).setdefault(conv, {})
+        entry["kernel"] = _draw(jax.random.fold_in(key, i), shape, init, *fans, module.param_dtype)
+        entry["bias"] = jnp.zeros((units,), module.param_dtype)
+    return Model(module, params, spec)
+
+
+_apply = jax.jit(lambda module, params, x, key, train: module.apply({"params": params}, x, train=train,
+                                                                    rngs={"dropout": key}),
+                 static_argnums=(0, 4))
+
+
+def layer_shapes(model: Model, spec: NiNSpec, image_size=224, batch: int = 1):
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    x = jax.ShapeDtypeStruct((batch, h, w, spec.in_channels), model.dtype)
+    outs = jax.eval_shape(lambda p, x: model.module.apply({"params": p}, x), model.params, x)
+    return [(layer.name, tuple(o.shape)) for layer, o in zip(spec.layers, outs)]
+
+
+def count_params(model: Model) -> int:
+    return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(model.params))
+
+
+def _param_entries(model: Model, spec: NiNSpec):
+    """(spec layer, its dict in the params tree) for every layer that owns weights."""
+    for p in spec.param_layers():
+        if isinstance(p, Dense):
+            yield p, model.params[p.name]
+        else:
+            block, conv = p.name.split(".")
+            yield p, model.params[block][conv]
+
+
+def get_weights(model: Model, spec: NiNSpec) -> dict:
+    out = {}
+    for p, entry in _param_entries(model, spec):
+        w = np.asarray(entry["kernel"])
+        out[f"{p.name}.weight"] = w if isinstance(p, Dense) else np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+        out[f"{p.name}.bias"] = np.asarray(entry["bias"])
+    return out
+
+
+def set_weights(model: Model, spec: NiNSpec, weights: dict) -> None:
+    dtype = model.dtype
+    params = jax.tree_util.tree_map(lambda a: a, flax.core.unfreeze(model.params))
+    for p in spec.param_layers():
+        w = np.asarray(weights[f"{p.name}.weight"])
+        entry = params[p.name] if isinstance(p, Dense) else params[p.name.split(".")[0]][p.name.split(".")[1]]
+        entry["kernel"] = jnp.asarray(w if isinstance(p, Dense) else w.transpose(2, 3, 1, 0), dtype)
+        entry["bias"] = jnp.asarray(np.asarray(weights[f"{p.name}.bias"]), dtype)
+    model.params = params
+
+
+def forward(model: Model, x: np.ndarray, training: bool = False) -> np.ndarray:
+    out = _apply(model.module, model.params, jnp.asarray(x, model.dtype), jax.random.PRNGKey(_seed), training)[-1]
+    return np.asarray(out, dtype=np.float64 if model.dtype == jnp.float64 else np.float32)
+
+
+def save_native(model: Model, path) -> None:
+    """Flax's msgpack serialisation of the parameter tree (``flax.serialization.from_bytes`` reads it)."""
+    with open(path, "wb") as f:
+        f.write(flax.serialization.to_bytes(model.params))
+
+
+_COMPUTE = {"fp32": None, "bf16": jnp.bfloat16, "fp64": None}
+
+
+class Trainer:
+    """SGD on cross-entropy: ``jax.value_and_grad`` and ``optax.sgd``, one jitted step (traced once per
+    batch shape: the last batch of an epoch is smaller). The learning rate is an array in the
+    parameters' dtype, so an fp64 update rounds nothing to float32. bf16 computes in bfloat16 over
+    float32 parameters, the loss in float32.
+
+    Dropout keys are ``fold_in(PRNGKey(seed), step)``: a function of the step count alone, so a run
+    resumed from a checkpoint (which stores the step) draws the same masks as one never interrupted.
+    """
+
+    def __init__(self, model: Model, lr: float, precision: str = "fp32", seed: Optional[int] = None):
+        if precision == "fp16":
+            raise ConfigError("--precision fp16 is not offered by the JAX backend (it would need loss scaling, "
+                              "which bf16 does not): use bf16 or fp32")
+        if precision not in _COMPUTE:
+            raise ConfigError(f"unknown precision {precision!r}; choose fp32, bf16 or fp64")
+        if (precision == "fp64") != (model.dtype == jnp.float64):
+            raise ConfigError(f"--precision {precision} needs a {'float64' if precision == 'fp64' else 'float32'} "
+                              f"model, got {np.dtype(model.dtype).name}")
+        self.model = model
+        self.seed = _seed if seed is None else seed
+        self.step = 0
+        self.in_dtype = model.dtype
+        module = model.module.clone(dtype=_COMPUTE[precision]) if _COMPUTE[precision] else model.module
+        self.opt = optax.sgd(jnp.asarray(lr, model.dtype))
+        self.opt_state = self.opt.init(model.params)
+
+        def metrics(params, x, y, train, key):
+            logits = module.apply({"params": params}, x, train=train, rngs={"dropout": key})[-1]
+            logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, (logits.argmax(1) == y).sum()
+
+        def train_step(params, opt_state, x, y, key):
+            (loss, correct), grads = jax.value_and_grad(metrics, has_aux=True)(params, x, y, True, key)
+            updates, opt_state = self.opt.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss, correct
+
+        self._train = jax.jit(train_step)
+        self._eval = jax.jit(lambda params, x, y: metrics(params, x, y, False, jax.random.PRNGKey(0)))
+
+    def _inputs(self, x, y):
+        return jnp.asarray(x, self.in_dtype), jnp.asarray(y, jnp.int32)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        xs, ys = self._inputs(x, y)
+        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), self.step)
+        params, self.opt_state, loss, correct = self._train(self.model.params, self.opt_state, xs, ys, key)
+        self.model.params = params
+        self.step += 1
+        return float(loss) * len(y), int(correct)
+
+    def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        loss, correct = self._eval(self.model.params, *self._inputs(x, y))
+        return float(loss) * len(y), int(correct)
+
+    def extra_state(self) -> dict:
+        """Beyond the weights: plain SGD keeps no optimizer state; the dropout keys' inputs (seed, steps
+        taken) make a resumed run's masks the uninterrupted run's."""
+        return {"jax_seed": np.int64(self.seed), "jax_step": np.int64(self.step)}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.seed, self.step = int(state["jax_seed"]), int(state["jax_step"])
