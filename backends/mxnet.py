@@ -272,3 +272,82 @@ class Trainer:
 
     def load_extra_state(self, state: dict) -> None:
         self.seed, self.step = int(state["mx_seed"]), int(state["mx_step"])
+
+
+# -- data parallelism: the parameter-server kvstore (dist_sync) ----------------------------------------
+def distribute(ctx, cfg, make_model, make_trainer):
+    """A ``dist_sync`` kvstore from the ``DMLC_*`` environment (its scheduler assigns this worker's rank),
+    and a Gluon Trainer on it that updates locally: the server only sums the workers' gradients."""
+    from nin_multi.errors import DistributedError
+
+    if not mx.runtime.Features().is_enabled("DIST_KVSTORE"):
+        raise DistributedError("this MXNet build has no distributed kvstore (DIST_KVSTORE is off): install a "
+                               "wheel built with USE_DIST_KVSTORE=1, such as mxnet 1.9.1 from PyPI")
+    kv = mx.kv.create("dist_sync")
+    ctx.rank = kv.rank
+    if kv.num_workers != ctx.world_size:
+        raise DistributedError(f"the kvstore has {kv.num_workers} workers but DMLC_NUM_WORKER says {ctx.world_size}")
+    model = make_model()
+    trainer = make_trainer(model)
+    return model, _KVStoreEngine(model, trainer, kv, ctx)
+
+
+class _KVStoreEngine:
+    """The server SUMS what the workers push, so each worker backpropagates its examples' summed loss
+    and ``Trainer.step(global batch)`` rescales the sum by 1 / (global batch): one process's update.
+    ``update_on_kvstore=False`` keeps the optimizer on the workers, since a server-side optimizer fixes
+    its rescaling at the first step and the epoch's last batch is shorter. The Gluon Trainer's first
+    step broadcasts rank 0's weights through the kvstore."""
+
+    SUM_KEY = 1 << 20  # beyond the Trainer's parameter indices
+
+    def __init__(self, model, trainer: Trainer, kv, ctx):
+        from nin_multi.distributed import rank_seed
+
+        self.base, self.kv, self.ctx = trainer, kv, ctx
+        self.lr = trainer.trainer.learning_rate
+        optimizer = ExactSGD(learning_rate=self.lr) if trainer.dtype == "float64" else \
+            mx.optimizer.create("sgd", learning_rate=self.lr)
+        trainer.trainer = gluon.Trainer(model.collect_params(), optimizer, kvstore=kv, update_on_kvstore=False)
+        self._rank_seed = rank_seed
+        trainer.seed = rank_seed(trainer.seed, ctx.rank)
+        self._sum_keys: set = set()
+
+    def train_step(self, x, y, total: int) -> tuple[float, int]:
+        b = self.base
+        xs, ys = b._inputs(x, y)
+        state = np.random.SeedSequence((b.seed, b.step)).generate_state(1)[0]
+        mx.random.seed(int(state) & 0x7FFFFFFF, ctx=b.ctx)
+        b.step += 1
+        with autograd.record():
+            logits = b.model(xs)
+            if logits.dtype != np.float64:
+                logits = logits.astype("float32")
+            loss = b.loss(logits, ys)
+        loss.backward()
+        b.trainer.step(total)
+        return b._metrics(logits, loss, y)
+
+    def eval_step(self, x, y) -> tuple[float, int]:
+        return self.base.eval_step(x, y)
+
+    def all_sum(self, values: np.ndarray) -> np.ndarray:
+        key = self.SUM_KEY + len(values)
+        if key not in self._sum_keys:
+            self.kv.init(key, mx.nd.zeros(len(values), dtype="float64"))
+            self._sum_keys.add(key)
+        out = mx.nd.zeros(len(values), dtype="float64")
+        self.kv.push(key, mx.nd.array(values, dtype="float64"))
+        self.kv.pull(key, out=out)
+        return out.asnumpy()
+
+    def extra_state(self) -> dict:
+        """Rank 0's (unmixed) dropout seed: every worker derives its own from it again on resume."""
+        return self.base.extra_state()
+
+    def load_extra_state(self, state: dict) -> None:
+        self.base.load_extra_state(state)
+        self.base.seed = self._rank_seed(self.base.seed, self.ctx.rank)
+
+    def close(self) -> None:
+        pass

@@ -40,7 +40,8 @@ def configure(threads=None, seed=0):
 
 
 def device() -> str:
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
+    # torchrun's LOCAL_RANK: one GPU per worker process on a multi-GPU host
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
 
 
 def _conv_relu(conv: Conv):
@@ -193,3 +194,82 @@ class Trainer:
 
     def load_extra_state(self, state: dict) -> None:
         torch.set_rng_state(torch.from_numpy(np.asarray(state["torch_rng"], dtype=np.uint8)))
+
+
+# -- data parallelism: DistributedDataParallel, launched by torchrun -----------------------------------
+def distribute(ctx, cfg, make_model, make_trainer):
+    """Join torchrun's process group (gloo on CPU, NCCL on CUDA, with the run's timeout), build the model
+    (``make_model()``) and trainer (``make_trainer(model)``), and wrap the model in
+    ``DistributedDataParallel`` (which broadcasts rank 0's weights)."""
+    import datetime
+
+    import torch.distributed as tdist
+
+    from nin_multi.errors import DistributedError
+
+    engine = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(ctx.local_rank)
+    try:
+        tdist.init_process_group(engine, timeout=datetime.timedelta(seconds=ctx.timeout))
+    except (RuntimeError, ValueError) as e:
+        raise DistributedError(f"worker {ctx.rank} could not join the {engine} process group at {ctx.address} "
+                               f"within {ctx.timeout:g} s: {str(e).splitlines()[0]}") from None
+    model = make_model()
+    trainer = make_trainer(model)
+    return model, _DDPEngine(model, trainer, ctx)
+
+
+class _DDPEngine:
+    """One worker's share of a global-batch step: its summed loss times N / (global batch) so that DDP's
+    gradient mean over N workers is the single-process mean over the global batch."""
+
+    def __init__(self, model: nn.Module, trainer: Trainer, ctx):
+        import torch.distributed as tdist
+        from torch.nn.parallel import DistributedDataParallel
+
+        from nin_multi.distributed import rank_seed
+
+        self.base, self.ctx, self.tdist = trainer, ctx, tdist
+        ids = [ctx.local_rank] if torch.cuda.is_available() else None
+        self.ddp = DistributedDataParallel(model, device_ids=ids)
+        self.loss = nn.CrossEntropyLoss(reduction="sum")
+        self.seed = torch.initial_seed()
+        torch.manual_seed(rank_seed(self.seed, ctx.rank))
+
+    def train_step(self, x, y, total: int) -> tuple[float, int]:
+        x, y = self.base._inputs(x, y)
+        self.ddp.train()
+        with self.base.autocast():
+            logits = self.ddp(x)
+        if logits.dtype != torch.float64:
+            logits = logits.float()
+        loss = self.loss(logits, y)
+        self.base.opt.zero_grad(set_to_none=True)
+        (loss * (self.ctx.world_size / total)).backward()
+        self.base.opt.step()
+        return loss.item(), int((logits.argmax(1) == y).sum())
+
+    def eval_step(self, x, y) -> tuple[float, int]:
+        return self.base.eval_step(x, y)
+
+    def all_sum(self, values: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.array(values, np.float64))
+        if torch.cuda.is_available():
+            t = t.to(device())
+        self.tdist.all_reduce(t)
+        return t.cpu().numpy()
+
+    def extra_state(self) -> dict:
+        return self.base.extra_state()
+
+    def load_extra_state(self, state: dict) -> None:
+        from nin_multi.distributed import rank_seed
+
+        self.base.load_extra_state(state)
+        if self.ctx.rank:  # its own dropout stream, derived from the restored one
+            torch.manual_seed(rank_seed(int(torch.randint(2**31 - 1, ())), self.ctx.rank))
+
+    def close(self) -> None:
+        if self.tdist.is_initialized():
+            self.tdist.destroy_process_group()

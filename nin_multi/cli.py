@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import json
 import signal
 import sys
 from contextlib import contextmanager
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue a stopped run from its newest intact checkpoint, with its saved settings "
                         "(--epochs may extend it; --backend continues it in another framework)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="data-parallel workers on this machine, started with the framework's own launcher "
+                        "(torchrun, TF_CONFIG, MXNet's parameter server); --batch-size stays the global batch "
+                        "(default: 1)")
     p.set_defaults(func=cmd_train, backend=None)  # None: torch, or on --resume the run's own backend
 
     p = sub.add_parser("summary", help="print the layer-by-layer shape walk of the framework's model")
@@ -158,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(a) -> int:
     from .train import resume, train
 
+    if a.workers != 1:
+        from nin_multi.backends import canonical_name
+
+        from .distributed import default_out, launch
+
+        backend = canonical_name(a.backend or "torch")
+        if a.resume and not a.backend and (Path(a.resume) / "config.json").is_file():
+            backend = json.loads((Path(a.resume) / "config.json").read_text())["backend"]
+        out = default_out(a.argv, backend)
+        argv = a.argv if any(x in a.argv for x in ("--out", "--resume")) or any(
+            x.startswith(("--out=", "--resume=")) for x in a.argv) else [*a.argv, "--out", out]
+        launch(backend, a.workers, argv, out)
+        return 0
     if a.resume:
         resume(a.resume, epochs=a.epochs, progress_bar=a.progress, backend=a.backend)
         return 0
@@ -283,6 +301,7 @@ def sigterm_as_interrupt():
 def main(argv=None) -> int:
     """Exit status: 0 done, 2 an error (one line on stderr), 3 training diverged, 130 Ctrl-C, 143 SIGTERM."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # ``train --workers`` starts it again per worker
     try:
         with sigterm_as_interrupt():
             return args.func(args)

@@ -77,3 +77,9 @@ class Terminated(KeyboardInterrupt):
     ``except KeyboardInterrupt`` clean-up path treats it like Ctrl-C; the exit status is 128 + 15."""
 
     exit_code = 143
+
+
+class DistributedError(NinMultiError):
+    """A data-parallel run cannot start or continue: a worker died, a port is taken, an engine is missing."""
+
+    exit_code = 4

@@ -15,7 +15,8 @@ from typing import Optional
 from . import data as data_mod
 from .checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
 from .config import TrainConfig, param_dtype
-from .errors import ConfigError, Interrupted, RunDirError, TrainingDivergedError, WeightsError, WriteError
+from .errors import (ConfigError, Interrupted, NinMultiError, RunDirError, TrainingDivergedError, WeightsError,
+                     WriteError)
 from .run import CONFIG, WEIGHTS, Run, default_run_dir, final_line, progress, read_metrics
 from .spec import Dropout, NiNSpec, make_spec
 from .weights import read_weights_file, save_weights
@@ -173,63 +174,128 @@ def restore(run: Run, backend, model, spec, trainer, log=print) -> int:
     return r.epochs_done
 
 
+def build(backend, spec, cfg: TrainConfig, dist):
+    """The model and its trainer; in a distributed run the backend's engine builds them where it needs
+    them (TensorFlow: inside the strategy's scope) and ``ShardedTrainer`` drives its share of each batch."""
+    def make_model():
+        return backend.build_model(spec, cfg.init, cfg.seed, dtype=param_dtype(cfg.precision))
+
+    def make_trainer(model):
+        return backend.Trainer(model, cfg.lr, cfg.precision)
+
+    if not dist.active:
+        model = make_model()
+        return model, make_trainer(model)
+    from .distributed import ShardedTrainer
+
+    model, engine = backend.distribute(dist, cfg, make_model, make_trainer)
+    return model, ShardedTrainer(engine, dist)
+
+
+def _restore_worker(run_dir: Path, backend, model, spec, trainer) -> int:
+    """A worker other than rank 0 (it has no ``Run``): the same checkpoint's weights and state."""
+    r = load_checkpoint(run_dir, spec)
+    if r.path is None:
+        return 0
+    backend.set_weights(model, spec, r.weights)
+    if r.backend in (None, backend.NAME):
+        trainer.load_extra_state(r.state)
+    return r.epochs_done
+
+
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
           log=print) -> tuple[Path, list[dict]]:
     from nin_multi.backends import can_train, get_backend
+
+    from . import distributed
 
     if not can_train(cfg.backend):  # before anything is imported or written
         raise ConfigError(f"{cfg.backend} is inference-only (it computes no gradients): train with torch, "
                           f"tensorflow, mxnet or jax, then evaluate or convert its weights.npz with --backend "
                           f"{cfg.backend}")
+    dist = distributed.from_env()
+    if dist.role != "worker":  # an MXNet scheduler or server: it serves the workers until they finish
+        distributed.serve(dist, cfg.backend)
+        return Path(cfg.out or "."), []
     backend = get_backend(cfg.backend)
     cfg.backend = backend.NAME
     spec = spec_for(cfg)
     ds = load_data(cfg)
+    if dist.active:
+        distributed.check_config(dist, cfg, len(ds.train_images), len(ds.test_images))
+        backend.configure(cfg.threads, cfg.seed)
+        model, trainer = build(backend, spec, cfg, dist)
     title = (f"NiN ({spec.variant}) on {backend.NAME}: lr {cfg.lr:g}, batch {cfg.batch_size}, "
              f"{cfg.resize}x{cfg.resize}, {cfg.precision}, {len(ds.train_images)} train images")
-    run = Run(cfg.out or default_run_dir(backend.NAME), title, overwrite=overwrite, resume=resume, lock=True)
-    cfg.out = str(run.path)
+    run, error = None, None
+    if dist.is_main:  # only rank 0 writes the run directory and the console
+        try:
+            run = Run(cfg.out or default_run_dir(backend.NAME), title, overwrite=overwrite, resume=resume, lock=True)
+            cfg.out = str(run.path)
+        except NinMultiError as e:
+            error = e
+    else:
+        log, cfg.progress = (lambda *a, **k: None), False
+    if dist.active:
+        trainer.agree(error, "the start (worker 0 preparing the run directory)")
+    elif error:
+        raise error
     done = 0  # epochs with a checkpoint on disk
     try:
-        backend.configure(cfg.threads, cfg.seed)
-        model = backend.build_model(spec, cfg.init, cfg.seed, dtype=param_dtype(cfg.precision))
-        trainer = backend.Trainer(model, cfg.lr, cfg.precision)
-        start = done = restore(run, backend, model, spec, trainer, log) if resume else 0
-        ran_on = [r["backend"] for r in run.history if "backend" in r] + [backend.NAME]
-        ran_on = " \u2192 ".join(b for i, b in enumerate(ran_on) if i == 0 or b != ran_on[i - 1])
-        run.title = title.replace(f" on {backend.NAME}:", f" on {ran_on}:", 1)  # e.g. "on torch → tensorflow"
-        run.write_config({**cfg.to_dict(), **grayscale_note(spec)})
+        if not dist.active:
+            backend.configure(cfg.threads, cfg.seed)
+            model, trainer = build(backend, spec, cfg, dist)
+        if run:
+            start = done = restore(run, backend, model, spec, trainer, log) if resume else 0
+        else:
+            start = done = _restore_worker(Path(cfg.out), backend, model, spec, trainer) if resume else 0
+        if dist.active:
+            trainer.check_same_weights(backend.get_weights(model, spec))
+        if run:
+            ran_on = [r["backend"] for r in run.history if "backend" in r] + [backend.NAME]
+            ran_on = " \u2192 ".join(b for i, b in enumerate(ran_on) if i == 0 or b != ran_on[i - 1])
+            run.title = title.replace(f" on {backend.NAME}:", f" on {ran_on}:", 1)  # e.g. "on torch → tensorflow"
+            run.write_config({**cfg.to_dict(), **grayscale_note(spec)})
         if spec.in_channels != data_mod.CHANNELS:
             log(grayscale_note(spec)["input_channels"])
+        workers = (f" x {dist.world_size} workers ({dist.launcher}); --batch-size {cfg.batch_size} is the global "
+                   f"batch, {cfg.batch_size // dist.world_size} per worker" if dist.active else "")
         log(f"training {spec.variant} NiN ({spec.num_params:,} parameters) on {backend.NAME} "
-            f"({backend.device()}), {len(ds.train_images)} training images at {cfg.resize}x{cfg.resize}; "
-            f"run directory {run.path}" + (f"; resuming after epoch {start}" if start else ""))
+            f"({backend.device()}){workers}, {len(ds.train_images)} training images at {cfg.resize}x{cfg.resize}; "
+            f"run directory {cfg.out}" + (f"; resuming after epoch {start}" if start else ""))
+        if dist.active and any(getattr(layer, "rate", 0) for layer in spec.layers):
+            log(f"note: {distributed.DROPOUT_NOTE}")
         for epoch in range(start, cfg.epochs):
             row = {"epoch": epoch + 1, **train_epoch(trainer, ds, cfg, backend.LAYOUT, epoch)}
             row["test_loss"], row["test_acc"] = evaluate(trainer, ds.test_images, ds.test_labels, cfg,
                                                          backend.LAYOUT, "test")
             row["backend"] = backend.NAME
-            # The checkpoint first, holding this epoch's metrics too: metrics files never run ahead of it.
-            save_checkpoint(run.path, spec, backend.get_weights(model, spec), trainer.extra_state(), epoch,
-                            backend.NAME, cfg.to_dict(), run.history + [row])
-            done = epoch + 1
-            run.log_epoch(row)
+            if run:
+                # The checkpoint first, holding this epoch's metrics too: metrics files never run ahead of it.
+                save_checkpoint(run.path, spec, backend.get_weights(model, spec), trainer.extra_state(), epoch,
+                                backend.NAME, cfg.to_dict(), run.history + [row])
+                done = epoch + 1
+                run.log_epoch(row)
             log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, train acc {row['train_acc']:.3f}, "
                 f"test acc {row['test_acc']:.3f}, {row['examples_per_sec']:.1f} examples/sec")
-        save_weights(run.path / WEIGHTS, spec, backend.get_weights(model, spec),
-                     meta={"backend": backend.NAME, "epochs": cfg.epochs, "config": cfg.to_dict()})
+        if run:
+            save_weights(run.path / WEIGHTS, spec, backend.get_weights(model, spec),
+                         meta={"backend": backend.NAME, "epochs": cfg.epochs, "config": cfg.to_dict()})
     except KeyboardInterrupt as e:
         code = getattr(e, "exit_code", 130)
         how = "stopped by SIGTERM" if code == 143 else "interrupted"
         where = f"during epoch {done + 1}" if done < cfg.epochs else f"while writing {WEIGHTS}"
-        raise Interrupted(f"{how} {where}; {_kept(run, done)}", code) from None
+        raise Interrupted(f"{how} {where}; {_kept(run, done) if run else 'rank 0 keeps the run'}", code) from None
     except WriteError as e:
-        raise WriteError(f"{e}; {_kept(run, done)}", e.path, e.errno) from None
+        raise WriteError(f"{e}; {_kept(run, done) if run else ''}", e.path, e.errno) from None
     finally:
-        run.close()
-    if run.history:
+        if run:
+            run.close()
+        if dist.active:
+            trainer.close()
+    if run and run.history:
         log(final_line(run.history[-1], backend.device()))
-    return run.path, run.history
+    return Path(cfg.out), run.history if run else []
 
 
 def _kept(run: Run, done: int) -> str:
