@@ -299,7 +299,7 @@ class _KVStoreEngine:
     its rescaling at the first step and the epoch's last batch is shorter. The Gluon Trainer's first
     step broadcasts rank 0's weights through the kvstore."""
 
-    SUM_KEY = 1 << 20  # beyond the Trainer's parameter indices
+    SUM_KEY = 1000  # beyond the Trainer's parameter indices; keys from 2**20 up came back float32-rounded
 
     def __init__(self, model, trainer: Trainer, kv, ctx):
         from nin_multi.distributed import rank_seed
