@@ -283,6 +283,10 @@ def distribute(ctx, cfg, make_model, make_trainer):
     if not mx.runtime.Features().is_enabled("DIST_KVSTORE"):
         raise DistributedError("this MXNet build has no distributed kvstore (DIST_KVSTORE is off): install a "
                                "wheel built with USE_DIST_KVSTORE=1, such as mxnet 1.9.1 from PyPI")
+    if cfg.precision == "fp64":
+        raise ConfigError("--precision fp64 with several MXNet workers is refused: float64 arrays crossing MXNet "
+                          "1.9.1's parameter server in this driver came back corrupted now and then (a run diverged "
+                          "to inf; others were off by float32-sized errors); use fp32, or fp64 in one process")
     kv = mx.kv.create("dist_sync")
     ctx.rank = kv.rank
     if kv.num_workers != ctx.world_size:
@@ -299,7 +303,7 @@ class _KVStoreEngine:
     its rescaling at the first step and the epoch's last batch is shorter. The Gluon Trainer's first
     step broadcasts rank 0's weights through the kvstore."""
 
-    SUM_KEY = 1000  # beyond the Trainer's parameter indices; keys from 2**20 up came back float32-rounded
+    SUM_KEY = 1000  # beyond the Trainer's parameter indices; keys from 2**20 up gave wrong sums
 
     def __init__(self, model, trainer: Trainer, kv, ctx):
         from nin_multi.distributed import rank_seed
@@ -332,14 +336,17 @@ class _KVStoreEngine:
         return self.base.eval_step(x, y)
 
     def all_sum(self, values: np.ndarray) -> np.ndarray:
+        """In float32, the only dtype seen to cross this parameter server reliably (counts stay exact
+        below 2**24; a loss sum keeps ~7 digits)."""
         key = self.SUM_KEY + len(values)
         if key not in self._sum_keys:
-            self.kv.init(key, mx.nd.zeros(len(values), dtype="float64"))
+            self.kv.init(key, mx.nd.zeros(len(values), dtype="float32"))
+            self.kv._barrier()  # no worker's first push may reach the server before rank 0's init
             self._sum_keys.add(key)
-        out = mx.nd.zeros(len(values), dtype="float64")
-        self.kv.push(key, mx.nd.array(values, dtype="float64"))
+        out = mx.nd.zeros(len(values), dtype="float32")
+        self.kv.push(key, mx.nd.array(values, dtype="float32"))
         self.kv.pull(key, out=out)
-        return out.asnumpy()
+        return out.asnumpy().astype(np.float64)
 
     def extra_state(self) -> dict:
         """Rank 0's (unmixed) dropout seed: every worker derives its own from it again on resume."""

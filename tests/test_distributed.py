@@ -69,6 +69,16 @@ def test_global_batches_that_workers_cannot_share_are_refused():
     check_config(ctx, TrainConfig(batch_size=33), 103, 99)  # the last batch of 4: shares of 2, 1 and 1
 
 
+def test_mxnet_refuses_fp64_with_several_workers(sample_dir, tmp_path):
+    env = {**os.environ, "DMLC_ROLE": "worker", "DMLC_NUM_WORKER": "2", "DMLC_NUM_SERVER": "1",
+           "DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": str(distributed.free_ports(1)[0])}
+    args = cli_args("mxnet", recipe(sample_dir, precision="fp64"), tmp_path / "run")
+    done = subprocess.run([sys.executable, "-m", "nin_multi", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == ConfigError.exit_code
+    assert done.stderr.startswith("nin-multi: error: --precision fp64 with several MXNet workers is refused")
+
+
 def test_strip_workers_keeps_everything_else():
     assert strip_workers(["train", "--workers", "2", "--lr", "0.1", "--workers=3"]) == ["train", "--lr", "0.1"]
 
@@ -111,10 +121,10 @@ def has_fp64(backend) -> bool:
 #: fp32 an example or two of the 100 may flip and the mean losses differ by up to a few percent; in fp64
 #: they agree to 1e-10.
 TOLERANCE = {"fp64": 1e-10, "fp32": 5e-3}
-#: MXNet in fp64 measured 1.3e-9 (PyTorch 8.9e-17, TensorFlow 3.3e-17): some float32-sized error enters
-#: its parameter-server path (with integer keys of 2**20 and above the server's sums were even rounded
-#: to float32); not yet pinned down, so MXNet is held to what it reaches.
-FP64_TOLERANCE = {"mxnet": 1e-8}
+#: MXNet refuses fp64 with several workers (float64 arrays crossing its parameter server in these runs
+#: came back off by float32-sized errors, 1.3e-9 in the weights after 21 steps, and one run diverged),
+#: so its equivalence is checked in fp32.
+FP32_ONLY = {"mxnet"}
 METRIC_TOLERANCE = {"fp64": (0.0, 1e-10), "fp32": (0.03, 5e-2)}  # (accuracy, absolute; loss, relative)
 
 
@@ -169,7 +179,7 @@ def relative_difference(a: dict, b: dict) -> float:
 
 @pytest.mark.slow
 def test_two_workers_equal_one_process(backend, sample_dir, tmp_path, procs):
-    precision = "fp64" if has_fp64(backend) else "fp32"
+    precision = "fp64" if has_fp64(backend) and backend.NAME not in FP32_ONLY else "fp32"
     cfg = recipe(sample_dir, precision=precision)
     _, one = train(TrainConfig(backend=backend.NAME, out=str(tmp_path / "one"), progress=False, **cfg), log=quiet)
     rc, out, err = procs.run([*cli_args(backend.NAME, cfg, tmp_path / "two"), "--workers", "2"])
@@ -179,8 +189,8 @@ def test_two_workers_equal_one_process(backend, sample_dir, tmp_path, procs):
     diff = relative_difference(read_weights(tmp_path / "two" / "weights.npz"),
                                read_weights(tmp_path / "one" / "weights.npz"))
     print(f"{backend.NAME} {precision}: 2 workers vs 1 process after 21 steps: relative weight difference {diff:.2e}")
-    assert diff < (FP64_TOLERANCE.get(backend.NAME, 1e-10) if precision == "fp64" else TOLERANCE[precision])
     acc, loss = METRIC_TOLERANCE[precision]
+    assert diff < TOLERANCE[precision]
     for key in ("test_acc", "train_acc"):
         assert two[0][key] == pytest.approx(one[0][key], abs=acc), key
     for key in ("test_loss", "train_loss"):
