@@ -188,6 +188,9 @@ def build(backend, spec, cfg: TrainConfig, dist):
         return model, make_trainer(model)
     from .distributed import ShardedTrainer
 
+    if not hasattr(backend, "distribute"):
+        raise ConfigError(f"the {backend.NAME} backend has no data-parallel engine yet: train it in one process "
+                          f"(several workers: torch, tensorflow, mxnet)")
     model, engine = backend.distribute(dist, cfg, make_model, make_trainer)
     return model, ShardedTrainer(engine, dist)
 

@@ -160,6 +160,14 @@ class Processes:
 
 
 @pytest.fixture
+def parallel(backend):
+    """The backends with a data-parallel engine; the others are skipped with the reason."""
+    if not hasattr(backend, "distribute"):
+        pytest.skip(f"the {backend.NAME} backend has no data-parallel engine")
+    return backend
+
+
+@pytest.fixture
 def procs():
     p = Processes()
     yield p
@@ -178,7 +186,8 @@ def relative_difference(a: dict, b: dict) -> float:
 
 
 @pytest.mark.slow
-def test_two_workers_equal_one_process(backend, sample_dir, tmp_path, procs):
+def test_two_workers_equal_one_process(parallel, sample_dir, tmp_path, procs):
+    backend = parallel
     precision = "fp64" if has_fp64(backend) and backend.NAME not in FP32_ONLY else "fp32"
     cfg = recipe(sample_dir, precision=precision)
     _, one = train(TrainConfig(backend=backend.NAME, out=str(tmp_path / "one"), progress=False, **cfg), log=quiet)
@@ -236,7 +245,8 @@ def _worker_to_kill(launcher_pid: int):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_stops_the_run_and_it_resumes(backend, sample_dir, tmp_path, procs):
+def test_a_killed_worker_stops_the_run_and_it_resumes(parallel, sample_dir, tmp_path, procs):
+    backend = parallel
     cfg = recipe(sample_dir, subset=320, test_subset=64, epochs=3)
     args = [*cli_args(backend.NAME, cfg, tmp_path / "run"), "--workers", "2"]
     p = procs.start(args)
