@@ -69,9 +69,30 @@ def test_global_batches_that_workers_cannot_share_are_refused():
     check_config(ctx, TrainConfig(batch_size=33), 103, 99)  # the last batch of 4: shares of 2, 1 and 1
 
 
+def test_mxnet_workers_are_refused_until_the_kvstore_fault_is_found(sample_dir, tmp_path):
+    """MXNet's engine gave wrong sums now and then (see distributed.MXNET_GATE): refused before any process
+    starts, whether launched by --workers or by hand through DMLC_ROLE, and nothing is written."""
+    env = {k: v for k, v in os.environ.items() if k != distributed.MXNET_GATE}
+    args = cli_args("mxnet", recipe(sample_dir), tmp_path / "run")
+    done = subprocess.run([sys.executable, "-m", "nin_multi", *args, "--workers", "2"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == DistributedError.exit_code, done.stderr[-2000:]
+    assert done.stderr.startswith("nin-multi: error: several MXNet workers are refused for now")
+    assert f"{distributed.MXNET_GATE}=experimental" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
+    for role in ("worker", "server"):
+        dmlc = {**env, "DMLC_ROLE": role, "DMLC_NUM_WORKER": "2", "DMLC_NUM_SERVER": "1",
+                "DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": str(distributed.free_ports(1)[0])}
+        done = subprocess.run([sys.executable, "-m", "nin_multi", *args], cwd=ROOT, env=dmlc, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == DistributedError.exit_code, (role, done.stderr[-2000:])
+        assert "several MXNet workers are refused for now" in done.stderr
+
+
 def test_mxnet_refuses_fp64_with_several_workers(sample_dir, tmp_path):
-    env = {**os.environ, "DMLC_ROLE": "worker", "DMLC_NUM_WORKER": "2", "DMLC_NUM_SERVER": "1",
-           "DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": str(distributed.free_ports(1)[0])}
+    env = {**os.environ, distributed.MXNET_GATE: "experimental", "DMLC_ROLE": "worker", "DMLC_NUM_WORKER": "2",
+           "DMLC_NUM_SERVER": "1", "DMLC_PS_ROOT_URI": "127.0.0.1",
+           "DMLC_PS_ROOT_PORT": str(distributed.free_ports(1)[0])}
     args = cli_args("mxnet", recipe(sample_dir, precision="fp64"), tmp_path / "run")
     done = subprocess.run([sys.executable, "-m", "nin_multi", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
@@ -161,9 +182,13 @@ class Processes:
 
 @pytest.fixture
 def parallel(backend):
-    """The backends with a data-parallel engine; the others are skipped with the reason."""
+    """The backends with a data-parallel engine; the others are skipped with the reason. MXNet's engine
+    runs only where NIN_MULTI_MXNET_DIST=experimental asks for it (its refusal is tested above)."""
     if not hasattr(backend, "distribute"):
         pytest.skip(f"the {backend.NAME} backend has no data-parallel engine")
+    if backend.NAME == "mxnet" and os.environ.get(distributed.MXNET_GATE) != "experimental":
+        pytest.skip(f"MXNet's kvstore engine is refused unless {distributed.MXNET_GATE}=experimental "
+                    f"(it gave corrupted sums now and then)")
     return backend
 
 
