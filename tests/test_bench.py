@@ -1,20 +1,29 @@
 """``nin-multi bench`` end to end on a tiny setting: it runs, prints its table and writes JSON with the
-expected keys. Speeds are never asserted (they depend on the machine and on whatever else runs on it)."""
+expected keys; its peer paths compute the default path's function. Speeds are never asserted (they depend
+on the machine and on whatever else runs on it)."""
 import argparse
 import json
+import math
 
+import numpy as np
 import pytest
 
 from nin_multi import backends
 from nin_multi import bench
+from nin_multi import data
+from nin_multi import machine
 from nin_multi.errors import ConfigError, NinMultiError
+from nin_multi.spec import make_spec
 
-from conftest import SELECTED
+from conftest import SELECTED, load
 
-TINY = ["--resize", "67", "--batch-size", "8", "--steps", "1", "--warmup", "1"]
+# tiny: the GEMM probe at n=128 and an epoch of 2 batches of 8 + 1 of 4; --no-fast: no compile time
+TINY = ["--resize", "67", "--batch-size", "8", "--steps", "1", "--warmup", "1", "--gemm-size", "128",
+        "--gemm-repeats", "2", "--epoch-images", "20"]
 ROW_KEYS = {"backend", "path", "precision", "layout", "description", "train_img_s", "infer_img_s", "train_step_s",
-            "infer_step_s", "train_steps_s", "infer_steps_s", "ratio_train", "ratio_infer", "ratio_train_range",
-            "ratio_infer_range", "error"}
+            "infer_step_s", "train_steps_s", "infer_steps_s", "first_train_step_s", "ratio_train", "ratio_infer",
+            "ratio_train_range", "ratio_infer_range", "best_peer", "ratio_best_peer_train", "ratio_best_peer_infer",
+            "train_gflops", "infer_gflops", "gemm_gflops", "gemm_fraction_train", "gemm_fraction_infer", "error"}
 
 
 def parse(*argv):
@@ -35,14 +44,17 @@ def test_bench_end_to_end(tmp_path, capsys):
     names = installed_selected()
     out = tmp_path / "out"
     out.mkdir()  # a directory: bench.json goes inside
-    args = parse(*TINY, "--backends", ",".join(names), "--precision", "fp32,bf16", "--json", str(out))
+    args = parse(*TINY, "--no-fast", "--backends", ",".join(names), "--precision", "fp32,bf16", "--json", str(out))
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "bench.json").read_text())
     assert f"wrote {out / 'bench.json'}" in printed
 
-    assert set(report) == {"settings", "environment", "results", "pipeline", "memory", "targets"}
-    assert report["settings"]["backends"] == names and report["settings"]["precisions"] == ["fp32", "bf16"]
+    assert set(report) == {"settings", "environment", "results", "pipeline", "memory", "targets", "machine",
+                           "epochs"}
+    s = report["settings"]
+    assert s["backends"] == names and s["precisions"] == ["fp32", "bf16"]
+    assert (s["gemm_size"], s["gemm_repeats"], s["epoch_images"], s["fast"]) == (128, 2, 20, False)
     rows = report["results"]
     for name in names:
         mine = [(r["path"], r["precision"]) for r in rows if r["backend"] == name]
@@ -51,7 +63,7 @@ def test_bench_end_to_end(tmp_path, capsys):
         assert set(r) == ROW_KEYS
         if r["error"] is None:  # a path may fail on some machine; it is then an error string, not a crash
             assert r["train_img_s"] > 0 and r["infer_img_s"] > 0 and len(r["train_steps_s"]) == 1
-            assert r["ratio_train"] > 0
+            assert r["ratio_train"] > 0 and r["first_train_step_s"] > 0
             low, high = r["ratio_train_range"]
             assert 0 < low <= high
         else:
@@ -61,6 +73,53 @@ def test_bench_end_to_end(tmp_path, capsys):
     # the chapter's plain code must run everywhere: it is what every ratio is measured against
     assert all(r["error"] is None for r in rows if r["path"] == "chapter"), rows
 
+    # the machine: CPU, instruction sets, a GEMM rate per framework and precision, the best of each
+    m = report["machine"]
+    assert m["cpu"]["model"] and set(m["cpu"]["isa"]) == {name for name, _ in machine.ISA_FLAGS}
+    assert {(e["framework"], e["precision"]) for e in m["gemm"]} == {(n, p) for n in names for p in ("fp32", "bf16")}
+    for e in m["gemm"]:
+        assert e["n"] == 128
+        if e["error"] is None:
+            assert len(e["seconds"]) == 2 and e["gflops"] == pytest.approx(2 * 128 ** 3 / min(e["seconds"]) / 1e9)
+    fp32 = [e["gflops"] for e in m["gemm"] if e["precision"] == "fp32" and e["gflops"]]
+    assert fp32 and m["gemm_best"]["fp32"]["gflops"] == max(fp32)
+    spec = make_spec("chapter", image_size=67)
+    assert m["flops_per_step"]["train"] == 3 * m["flops_per_step"]["infer"] == \
+        3 * 2 * sum(i.macs for i in spec.walk(67)) * 8
+
+    # GFLOP/s of each path and its fraction of the GEMM rate at its precision; vs the best peer
+    for r in rows:
+        if r["error"]:
+            continue
+        assert r["train_gflops"] == pytest.approx(m["flops_per_step"]["train"] / r["train_step_s"] / 1e9)
+        assert r["infer_gflops"] == pytest.approx(m["flops_per_step"]["infer"] / r["infer_step_s"] / 1e9)
+        best = m["gemm_best"].get(r["precision"])
+        if best:
+            assert r["gemm_gflops"] == best["gflops"] > 0
+            assert r["gemm_fraction_train"] == pytest.approx(r["train_gflops"] / best["gflops"])
+            assert r["gemm_fraction_train"] > 0
+        peers = [c for c in rows if c["backend"] == r["backend"] and c["error"] is None
+                 and (c["path"] == "chapter" or (c["backend"] in bench.FAST_IS_DEFAULT and c["path"] == "default"
+                                                 and c["precision"] == "fp32"))]
+        top = max(peers, key=lambda c: c["train_img_s"])
+        assert r["best_peer"] == f"{top['path']} {top['precision']}"
+        assert r["ratio_best_peer_train"] == pytest.approx(r["train_img_s"] / top["train_img_s"])
+
+    # end to end: two epochs per default path, each split into its parts, against the step rate
+    assert [(e["backend"], e["precision"]) for e in report["epochs"]] == \
+        [(n, p) for n in names for p in ("fp32", "bf16")]
+    for e in report["epochs"]:
+        step = next(r for r in rows if (r["backend"], r["path"], r["precision"]) ==
+                    (e["backend"], "default", e["precision"]))
+        if e["error"] or step["error"]:
+            continue
+        assert e["images"] == 20 and e["step_img_s"] == step["train_img_s"] and len(e["epochs"]) == 2
+        for ep in e["epochs"]:
+            assert ep["steps"] == len(ep["step_seconds"]) == 3 and ep["img_s"] == pytest.approx(20 / ep["seconds"])
+            assert ep["ratio_to_step"] == pytest.approx(ep["img_s"] / step["train_img_s"])
+            assert ep["outside_steps_s"] == pytest.approx(ep["seconds"] - sum(ep["step_seconds"]))
+            assert all(math.isfinite(ep[k]) for k in ("first_step_excess_s", "last_step_excess_s"))
+
     layouts = {bench.LAYOUTS[n] for n in names}
     assert {p["layout"] for p in report["pipeline"]} == layouts
     for p in report["pipeline"]:
@@ -69,14 +128,41 @@ def test_bench_end_to_end(tmp_path, capsys):
     for m in report["memory"]:
         assert len(m["chunks"]) == 3 and all(c["max_rss_mb"] > 0 for c in m["chunks"])
         assert isinstance(m["within_target"], bool)
-    assert any("pipeline" in t["name"] for t in report["targets"])
+    names_of_targets = [t["name"] for t in report["targets"]]
+    assert any("pipeline" in n for n in names_of_targets)
+    assert any("GEMM rate" in n for n in names_of_targets) and any("best peer" in n for n in names_of_targets)
+    assert sum("step rate" in n for n in names_of_targets) == len(report["epochs"])
     assert all(t["met"] in (True, False, None) and t["detail"] for t in report["targets"])
 
-    # the table: one line per row, then the pipeline and memory lines, then the targets
+    # the table: the machine lines, one line per row, then the pipeline, epoch and memory lines, the targets
+    assert "CPU: " in printed and "GEMM fp32: " in printed and "devices: " in printed
     for name in names:
         assert sum(line.startswith(name + " ") for line in printed.splitlines()) == 3
-    assert "train img/s" in printed and all(f"pipeline {layout}" in printed for layout in layouts)
+        assert f"epoch {name} fp32 (20 images: 2 batches of 8 + 1 of 4" in printed
+    assert "train img/s" in printed and "vs peer" in printed and "% GEMM" in printed
+    assert all(f"pipeline {layout}" in printed for layout in layouts)
     assert f"memory {names[0]}" in printed and "\ntargets\n" in printed
+
+
+def test_bench_fast_path_row(tmp_path, capsys):
+    """A framework's one-switch fast path gets a row and counts among the peers (Gluon's hybridize():
+    no compile time, so this runs in the quick suite; torch.compile and XLA are in the slow tests below)."""
+    if "mxnet" not in installed_selected():
+        pytest.skip("needs MXNet")
+    args = parse(*TINY, "--backends", "mxnet", "--chunks", "0", "--gemm-size", "0", "--epoch-images", "0",
+                 "--json", str(tmp_path / "b.json"))
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "b.json").read_text())
+    rows = report["results"]
+    assert [(r["path"], r["precision"]) for r in rows] == [("chapter", "fp32"), ("fast", "fp32"), ("default", "fp32")]
+    assert all(r["error"] is None for r in rows), rows
+    top = max(rows[:2], key=lambda r: r["train_img_s"])
+    assert rows[2]["best_peer"] == f"{top['path']} fp32"
+    assert rows[2]["ratio_best_peer_train"] == pytest.approx(rows[2]["train_img_s"] / top["train_img_s"])
+    assert all(r["gemm_fraction_train"] is None for r in rows)  # no GEMM probe: no fraction, no crash
+    assert report["machine"]["gemm"] == [] and report["epochs"] == []
+    assert "mxnet       fast     Gluon hybridize()" in printed and "GEMM: not measured" in printed
 
 
 def test_a_failing_path_is_an_error_row(tmp_path, capsys):
@@ -85,8 +171,8 @@ def test_a_failing_path_is_an_error_row(tmp_path, capsys):
     if not names:
         pytest.skip("needs TensorFlow or MXNet")
     name = names[-1]
-    args = parse(*TINY, "--backends", name, "--precision", "fp16", "--chunks", "0",
-                 "--json", str(tmp_path / "b.json"))
+    args = parse(*TINY, "--no-fast", "--backends", name, "--precision", "fp16", "--chunks", "0", "--gemm-size", "0",
+                 "--epoch-images", "0", "--json", str(tmp_path / "b.json"))
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "b.json").read_text())
@@ -95,6 +181,8 @@ def test_a_failing_path_is_an_error_row(tmp_path, capsys):
     rows = report["results"]
     assert [(r["path"], r["precision"]) for r in rows] == [("chapter", "fp32"), ("default", "fp16")]
     assert rows[0]["error"] is None and "needs a GPU" in rows[1]["error"]
+    # and what bench says when no GPU is there: every figure is the CPU's
+    assert "no GPU found: every figure is the CPU's" in printed
     assert "error: ConfigError" in printed
 
 
@@ -103,7 +191,8 @@ def test_a_worker_that_cannot_start_is_reported(tmp_path):
     s = bench._settings(parse(*TINY, "--backends", "torch", "--chunks", "0"))
     s["backends"] = ["caffe"]
     report = bench.run_bench(s, log=lambda msg: None)
-    assert [(r["path"], r["error"] is not None) for r in report["results"]] == [("chapter", True), ("default", True)]
+    assert [(r["path"], r["error"] is not None) for r in report["results"]] == \
+        [("chapter", True), ("fast", True), ("default", True)]
     assert "unknown backend 'caffe'" in report["results"][0]["error"]
     assert report["pipeline"] == [] and "targets" in report
 
@@ -114,6 +203,9 @@ def test_a_worker_that_cannot_start_is_reported(tmp_path):
     (["--warmup", "-1"], "--warmup must be a non-negative integer"),
     (["--resize", "66"], "too small for this network"),
     (["--backends", "caffe"], "unknown backend 'caffe'"),
+    (["--gemm-size", "-1"], "--gemm-size must be a non-negative integer"),
+    (["--gemm-repeats", "0"], "--gemm-repeats must be a positive integer"),
+    (["--epoch-images", "-5"], "--epoch-images must be a non-negative integer"),
 ])
 def test_bad_options(argv, message):
     with pytest.raises(NinMultiError, match=message):
@@ -123,6 +215,7 @@ def test_bad_options(argv, message):
 def test_precisions_run_fp32_first():
     s = bench._settings(parse("--precision", "bf16,fp32,bf16", "--backends", "torch"))
     assert s["precisions"] == ["fp32", "bf16"]
+    assert s["epoch_images"] == 4 * 64 + 32 and s["gemm_size"] == 2048 and s["fast"] is True  # the defaults
     with pytest.raises(ConfigError):
         bench._settings(parse("--precision", "", "--backends", "torch"))
 
@@ -148,3 +241,81 @@ def test_targets_from_a_synthetic_report():
     assert "rounds 1.38-1.58x; the rounds straddle the target" in fp32["detail"]
     assert bf16["met"] is False and "3.75x" in bf16["detail"]
     assert "rounds 3.75-4.40x; the rounds straddle" in bf16["detail"]
+
+
+# -- the peer paths compute the default path's function -------------------------------------------------
+SLOW_PEERS = {("torch", "fast"), ("tensorflow", "fast")}  # torch.compile and XLA compile for 10-60 s each
+PEER_CASES = [pytest.param(name, path, marks=[pytest.mark.slow] if (name, path) in SLOW_PEERS else [],
+                           id=f"{name}-{path}")
+              for path, impls in bench.PEERS.items() for name in impls]
+
+
+@pytest.mark.parametrize("name, path", PEER_CASES)
+def test_peer_path_computes_the_default_function(name, path):
+    """From the same start weights, on the same batch (mini net at 28x28, dropout off so no random masks
+    differ), a peer path and the backend's Trainer report the same loss and count at the first step, the
+    same loss at the second (after one SGD update) and at evaluation, and end with the same weights."""
+    backend = load(name)
+    backend.configure(None, 0)
+    spec = make_spec("mini", dropout=0.0)
+    rng = np.random.default_rng(0)
+    x = data.to_float_batch(rng.integers(0, 256, (8, 28, 28), dtype=np.uint8), 28, backend.LAYOUT)
+    y = rng.integers(0, 10, 8).astype(np.int64)
+    ref_model, peer_model = backend.build_model(spec, seed=0), backend.build_model(spec, seed=0)
+    start = backend.get_weights(ref_model, spec)
+    assert all(np.array_equal(start[k], v) for k, v in backend.get_weights(peer_model, spec).items())
+    ref = bench.make_path_step(backend, ref_model, "default", "fp32")
+    peer = bench.make_path_step(backend, peer_model, path, "fp32")
+    for step in range(2):
+        (ref_loss, ref_correct), (peer_loss, peer_correct) = ref.train_step(x, y), peer.train_step(x, y)
+        assert peer_loss == pytest.approx(ref_loss, rel=1e-5), step
+        assert peer_correct == ref_correct
+    assert peer.eval_step(x, y)[0] == pytest.approx(ref.eval_step(x, y)[0], rel=1e-5)
+    moved = backend.get_weights(ref_model, spec)
+    assert any(not np.allclose(moved[k], start[k]) for k in start)  # the steps did update the weights
+    for k, v in backend.get_weights(peer_model, spec).items():
+        np.testing.assert_allclose(v, moved[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_peer_paths_are_fp32_only():
+    backend = load("torch")
+    model = backend.build_model(make_spec("mini"), seed=0)
+    with pytest.raises(ConfigError, match="the chapter path runs in fp32 only"):
+        bench.make_path_step(backend, model, "chapter", "bf16")
+
+
+def test_derived_figures_from_a_synthetic_report():
+    """GFLOP/s from the step time, its fraction of the GEMM rate at the row's precision, the best peer."""
+    def row(path, precision, seconds):
+        return bench._row("torch", path, precision, train_img_s=64 / seconds, infer_img_s=128 / seconds,
+                          train_step_s=seconds, infer_step_s=seconds / 2, train_steps_s=[seconds],
+                          infer_steps_s=[seconds / 2])
+
+    rows = [row("chapter", "fp32", 4.0), row("fast", "fp32", 2.0), row("default", "fp32", 2.5),
+            row("default", "bf16", 1.0), row("default", "fp16", 1.0)]
+    flops = {"train": 300e9, "infer": 100e9}
+    best = machine.best_gemm([{"framework": "torch", "precision": "fp32", "gflops": 200.0, "op": "mm", "n": 8},
+                              {"framework": "tf", "precision": "fp32", "gflops": 250.0, "op": "mm", "n": 8},
+                              {"framework": "torch", "precision": "bf16", "gflops": None, "op": "mm", "n": 8},
+                              {"framework": "tf", "precision": "bf16", "gflops": 600.0, "op": "mm", "n": 8}])
+    assert best["fp32"]["framework"] == "tf" and best["bf16"]["gflops"] == 600.0 and "fp16" not in best
+    for r in rows:
+        bench._derive(r, rows, flops, best)
+    chapter, fast, default, bf16, fp16 = rows
+    assert default["train_gflops"] == pytest.approx(120.0) and default["infer_gflops"] == pytest.approx(80.0)
+    assert default["gemm_fraction_train"] == pytest.approx(120 / 250) and default["gemm_gflops"] == 250.0
+    assert bf16["gemm_fraction_train"] == pytest.approx(300 / 600)
+    assert fp16["gemm_fraction_train"] is None and fp16["train_gflops"] == pytest.approx(300.0)
+    assert default["best_peer"] == "fast fp32" and default["ratio_best_peer_train"] == pytest.approx(0.8)
+    assert chapter["ratio_best_peer_train"] == pytest.approx(0.5) and default["ratio_train"] == pytest.approx(1.6)
+    report = {"settings": {"backends": ["torch"], "precisions": ["fp32", "bf16"], "resize": 224},
+              "results": rows, "pipeline": [], "memory": [],
+              "epochs": [{"backend": "torch", "precision": "fp32", "error": None,
+                          "epochs": [{"ratio_to_step": 0.5, "first_step_excess_s": 3.0},
+                                     {"ratio_to_step": 0.95, "first_step_excess_s": 0.0}]}]}
+    targets = {t["name"]: t for t in bench.evaluate_targets(report)}
+    assert targets["torch: default fp32 training >= 1x the best peer of its framework"]["met"] is False
+    gemm = targets["fastest bf16 training path >= 70% of the machine's bf16 GEMM rate"]
+    assert gemm["met"] is False and "300 of 600 GFLOP/s (50%)" in gemm["detail"]
+    epoch = targets["torch fp32: an epoch's throughput (after the first) within 10% of the step rate"]
+    assert epoch["met"] is True and "0.95x (first epoch 0.50x" in epoch["detail"]
