@@ -55,6 +55,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +236,8 @@ def run_bench(s: dict, log=None) -> dict:
         e["step_img_s"] = step["train_img_s"] if step else None
         for ep in e.get("epochs", []):
             ep["ratio_to_step"] = ep["img_s"] / e["step_img_s"] if e["step_img_s"] else None
+            # a steady step inside the epoch against one timed alone (interleaved with the peers)
+            ep["step_slowdown"] = ep["steady_step_s"] / step["train_step_s"] if step else None
     log("bench: data pipeline")
     pipeline = measure_pipeline(s, results)
     report = {"settings": s, "environment": environment, "results": results, "pipeline": pipeline,
@@ -501,7 +504,7 @@ def _epoch_targets(epochs: list) -> list[dict]:
     for e in epochs:
         name = (f"{e['backend']} {e['precision']}: an epoch's throughput (after the first) within "
                 f"{1 - TARGET_EPOCH:.0%} of the step rate")
-        done = [ep for ep in e.get("epochs", []) if ep.get("ratio_to_step") is not None]
+        done = [ep for ep in e.get("epochs", []) if ep.get("ratio_to_step") is not None and ep.get("prefetch", True)]
         if not done:
             targets.append({"name": name, "met": False if e.get("error") else None,
                             "detail": f"error: {e['error']}" if e.get("error") else "no step rate to compare with"})
@@ -609,11 +612,14 @@ def epoch_lines(report: dict) -> list[str]:
         parts = []
         for i, ep in enumerate(e["epochs"]):
             ratio = f" = {ep['ratio_to_step']:.2f}x the step rate" if ep.get("ratio_to_step") else ""
-            parts.append(f"{'first' if i == 0 else 'later'} {ep['img_s']:.1f} img/s{ratio} (first step "
+            slow = f", steps {ep['step_slowdown']:.2f}x as long as alone" if ep.get("step_slowdown") else ""
+            label = "first" if i == 0 else "later" if ep.get("prefetch", True) else "no prefetch"
+            parts.append(f"{label} {ep['img_s']:.1f} img/s{ratio} (first step "
                          f"{ep['first_step_excess_s']:+.2f} s, last batch {ep['last_step_excess_s']:+.2f} s, outside "
-                         f"steps {ep['outside_steps_s']:.2f} s)")
+                         f"steps {ep['outside_steps_s']:.2f} s{slow})")
         step = f"steady step {e['step_img_s']:.1f} img/s" if e.get("step_img_s") else "no steady step rate"
-        lines.append(f"{where} ({e['images']} images: {shape}; {step}): " + "; ".join(parts))
+        lines.append(f"{where} ({e['images']} images: {shape}; {step}):")
+        lines += [f"  {part}" for part in parts]
     if lines:
         lines.insert(0, f"end to end (train_epoch, fresh Trainer, at {s['resize']}x{s['resize']}; excess over a "
                         f"steady step's share):")
@@ -905,13 +911,28 @@ class _StepTimer:
         return out
 
 
+@contextmanager
+def _no_prefetch():
+    """``nin_multi.data.batches`` without its background thread, for this worker process only."""
+    from . import data
+
+    batches = data.batches
+    data.batches = lambda *a, **k: batches(*a, **{**k, "prefetch": 0})
+    try:
+        yield
+    finally:
+        data.batches = batches
+
+
 def measure_epochs(backend, spec, s: dict, precision: str, epochs: int = 2) -> dict:
     """``train_epoch`` (the loop of ``nin-multi train``, its data pipeline included) over ``epoch_images``
     random 28x28 images (the pipeline's cost does not depend on the pixels), with a fresh model and
     Trainer, ``epochs`` times. The first epoch pays the first step's tracing or compilation and the first
     short batch; later ones are what each further epoch of a run costs. Each epoch's time is split into
     the steady steps, the excess of its first step and of its last (short) batch over a steady step's
-    share, and the time outside steps (waiting for data, bookkeeping)."""
+    share, and the time outside steps (waiting for data, bookkeeping). One more epoch runs without the
+    pipeline's background thread: if steps inside an epoch are slower than steps run alone (the NumPy
+    resize threads and the framework's threads sharing the cores), it shows here."""
     from types import SimpleNamespace
 
     from .config import TrainConfig
@@ -929,10 +950,12 @@ def measure_epochs(backend, spec, s: dict, precision: str, epochs: int = 2) -> d
         model = backend.build_model(spec, seed=0, dtype=param_dtype(precision))
         timer = _StepTimer(backend.Trainer(model, LR, precision))
         sync = _sync_for(backend, model)
-        for epoch in range(epochs):
+        for epoch in range(epochs + 1):
             timer.steps = []
+            prefetch = epoch < epochs
             t0 = time.perf_counter()
-            train_epoch(timer, ds, cfg, backend.LAYOUT, epoch)
+            with nullcontext() if prefetch else _no_prefetch():
+                train_epoch(timer, ds, cfg, backend.LAYOUT, epoch)
             sync()
             wall = time.perf_counter() - t0
             times = [t for t, _ in timer.steps]
@@ -940,7 +963,7 @@ def measure_epochs(backend, spec, s: dict, precision: str, epochs: int = 2) -> d
             steady = statistics.median(full[1:] if len(full) > 2 else full)
             last_t, last_b = timer.steps[-1]
             out["epochs"].append({
-                "seconds": wall, "img_s": n / wall, "steps": len(times), "step_seconds": times,
+                "prefetch": prefetch, "seconds": wall, "img_s": n / wall, "steps": len(times), "step_seconds": times,
                 "steady_step_s": steady, "first_step_excess_s": times[0] - steady * timer.steps[0][1] / batch,
                 "last_step_excess_s": (last_t - steady * last_b / batch) if len(times) > 1 and last_b != batch
                 else 0.0,
@@ -949,7 +972,8 @@ def measure_epochs(backend, spec, s: dict, precision: str, epochs: int = 2) -> d
         traceback.print_exc()
         out["error"] = _error_text(e)
     if out["epochs"]:
-        parts = ", ".join(f"epoch {i + 1} {e['img_s']:.1f} img/s" for i, e in enumerate(out["epochs"]))
+        parts = ", ".join(f"epoch {i + 1}{'' if e['prefetch'] else ' (no prefetch)'} {e['img_s']:.1f} img/s"
+                          for i, e in enumerate(out["epochs"]))
         _emit("log", message=f"epochs {precision}: {parts}")
     return out
 

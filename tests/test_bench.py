@@ -113,8 +113,10 @@ def test_bench_end_to_end(tmp_path, capsys):
                     (e["backend"], "default", e["precision"]))
         if e["error"] or step["error"]:
             continue
-        assert e["images"] == 20 and e["step_img_s"] == step["train_img_s"] and len(e["epochs"]) == 2
+        assert e["images"] == 20 and e["step_img_s"] == step["train_img_s"]
+        assert [ep["prefetch"] for ep in e["epochs"]] == [True, True, False]  # the last without the data thread
         for ep in e["epochs"]:
+            assert ep["step_slowdown"] == pytest.approx(ep["steady_step_s"] / step["train_step_s"])
             assert ep["steps"] == len(ep["step_seconds"]) == 3 and ep["img_s"] == pytest.approx(20 / ep["seconds"])
             assert ep["ratio_to_step"] == pytest.approx(ep["img_s"] / step["train_img_s"])
             assert ep["outside_steps_s"] == pytest.approx(ep["seconds"] - sum(ep["step_seconds"]))
@@ -139,6 +141,7 @@ def test_bench_end_to_end(tmp_path, capsys):
     for name in names:
         assert sum(line.startswith(name + " ") for line in printed.splitlines()) == 3
         assert f"epoch {name} fp32 (20 images: 2 batches of 8 + 1 of 4" in printed
+    assert "\n  first " in printed and "\n  later " in printed and "\n  no prefetch " in printed
     assert "train img/s" in printed and "vs peer" in printed and "% GEMM" in printed
     assert all(f"pipeline {layout}" in printed for layout in layouts)
     assert f"memory {names[0]}" in printed and "\ntargets\n" in printed
@@ -235,7 +238,8 @@ def test_targets_from_a_synthetic_report():
     assert rows[1]["ratio_train_range"] == pytest.approx([3.3 / 2.4, 3.0 / 1.9])
     report = {"settings": {"backends": ["torch"], "resize": 224}, "results": rows,
               "pipeline": [{"layout": "NCHW", "share_of_train_step": {"torch fp32": 0.01}}], "memory": []}
-    targets = {t["name"].split(" training")[0]: t for t in bench.evaluate_targets(report) if "chapter's code" in t["name"]}
+    targets = {t["name"].split(" training")[0]: t for t in bench.evaluate_targets(report)
+               if "chapter's code" in t["name"]}
     fp32, bf16 = targets["torch: default fp32"], targets["torch: default bf16"]
     assert fp32["met"] is True and "1.50x" in fp32["detail"]  # 3.0 / 2.0 of the medians
     assert "rounds 1.38-1.58x; the rounds straddle the target" in fp32["detail"]
