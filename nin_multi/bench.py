@@ -571,6 +571,10 @@ def format_report(report: dict) -> str:
     lines.append("train x / infer x: vs the chapter path; vs peer: training vs the faster of the chapter and fast "
                  "paths (fp32); GFLOP/s: training, 3 x 2 x forward multiply-adds per image; % GEMM: of the best "
                  "GEMM rate at the row's precision")
+    firsts = [f"{r['backend']} {r['path']} {r['precision']} {r['first_train_step_s']:.1f}" for r in report["results"]
+              if r.get("first_train_step_s") is not None]
+    if firsts:
+        lines.append("first training step, s (tracing or compiling included): " + ", ".join(firsts))
     busy = {k: v for k, v in report["environment"].get("others_cpu_share", {}).items() if v is not None}
     if busy:
         lines.append("CPU time used by other processes meanwhile: "

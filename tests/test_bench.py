@@ -143,6 +143,7 @@ def test_bench_end_to_end(tmp_path, capsys):
         assert f"epoch {name} fp32 (20 images: 2 batches of 8 + 1 of 4" in printed
     assert "\n  first " in printed and "\n  later " in printed and "\n  no prefetch " in printed
     assert "train img/s" in printed and "vs peer" in printed and "% GEMM" in printed
+    assert f"first training step, s (tracing or compiling included): {names[0]} chapter fp32 " in printed
     assert all(f"pipeline {layout}" in printed for layout in layouts)
     assert f"memory {names[0]}" in printed and "\ntargets\n" in printed
 
