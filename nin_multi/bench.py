@@ -510,9 +510,13 @@ def _epoch_targets(epochs: list) -> list[dict]:
                             "detail": f"error: {e['error']}" if e.get("error") else "no step rate to compare with"})
             continue
         later, first = done[-1], done[0]
-        targets.append({"name": name, "met": later["ratio_to_step"] >= TARGET_EPOCH,
-                        "detail": f"{later['ratio_to_step']:.2f}x (first epoch {first['ratio_to_step']:.2f}x: "
-                                  f"its first step {first['first_step_excess_s']:+.2f} s over a steady one)"})
+        # the stricter of the two: against the step rate timed alone, and against its own steady steps
+        own = later.get("ratio_to_own_steps") or later["ratio_to_step"]
+        ratio = min(later["ratio_to_step"], own)
+        targets.append({"name": name, "met": ratio >= TARGET_EPOCH,
+                        "detail": f"{ratio:.2f}x (vs the step rate {later['ratio_to_step']:.2f}x, vs its own steps "
+                                  f"{own:.2f}x; first epoch {first['ratio_to_step']:.2f}x: its first step "
+                                  f"{first['first_step_excess_s']:+.2f} s over a steady one)"})
     return targets
 
 
@@ -617,6 +621,7 @@ def epoch_lines(report: dict) -> list[str]:
         for i, ep in enumerate(e["epochs"]):
             ratio = f" = {ep['ratio_to_step']:.2f}x the step rate" if ep.get("ratio_to_step") else ""
             slow = f", steps {ep['step_slowdown']:.2f}x as long as alone" if ep.get("step_slowdown") else ""
+            slow += f"; {ep['ratio_to_own_steps']:.2f}x its own steps' rate" if ep.get("ratio_to_own_steps") else ""
             label = "first" if i == 0 else "later" if ep.get("prefetch", True) else "no prefetch"
             parts.append(f"{label} {ep['img_s']:.1f} img/s{ratio} (first step "
                          f"{ep['first_step_excess_s']:+.2f} s, last batch {ep['last_step_excess_s']:+.2f} s, outside "
@@ -971,7 +976,9 @@ def measure_epochs(backend, spec, s: dict, precision: str, epochs: int = 2) -> d
                 "steady_step_s": steady, "first_step_excess_s": times[0] - steady * timer.steps[0][1] / batch,
                 "last_step_excess_s": (last_t - steady * last_b / batch) if len(times) > 1 and last_b != batch
                 else 0.0,
-                "outside_steps_s": wall - sum(times)})
+                "outside_steps_s": wall - sum(times),
+                # against what its own steady steps would give: only the epoch's overheads count
+                "ratio_to_own_steps": (n / wall) / (batch / steady)})
     except Exception as e:  # noqa: BLE001 - this measurement's failure is its result
         traceback.print_exc()
         out["error"] = _error_text(e)
