@@ -281,18 +281,26 @@ class Trainer:
         return self._result(self._eval, x, y)
 
     def extra_state(self) -> dict:
-        """Beyond the weights: each Dropout's seed counter (Keras draws stateless masks from it, so a
-        resumed run repeats the uninterrupted one's masks) and the optimizer's variables (step count,
-        learning rate; fp16's loss scale)."""
-        state = {f"optimizer.{i}": v.numpy() for i, v in enumerate(self.opt.variables)}
-        state.update({f"dropout.{name}": g.state.numpy() for name, g in self.seeds.items()})
-        return state
+        return _training_state(self.opt, self.seeds)
 
     def load_extra_state(self, state: dict) -> None:
-        for i, v in enumerate(self.opt.variables):
-            v.assign(np.asarray(state[f"optimizer.{i}"]))
-        for name, g in self.seeds.items():
-            g.state.assign(np.asarray(state[f"dropout.{name}"]))
+        _load_training_state(self.opt, self.seeds, state)
+
+
+def _training_state(opt, seeds: dict) -> dict:
+    """Beyond the weights: each Dropout's seed counter (Keras draws stateless masks from it, so a resumed
+    run repeats the uninterrupted one's masks) and the optimizer's variables (step count, learning rate;
+    fp16's loss scale)."""
+    state = {f"optimizer.{i}": v.numpy() for i, v in enumerate(opt.variables)}
+    state.update({f"dropout.{name}": g.state.numpy() for name, g in seeds.items()})
+    return state
+
+
+def _load_training_state(opt, seeds: dict, state: dict) -> None:
+    for i, v in enumerate(opt.variables):
+        v.assign(np.asarray(state[f"optimizer.{i}"]))
+    for name, g in seeds.items():
+        g.state.assign(np.asarray(state[f"dropout.{name}"]))
 
 
 # -- data parallelism: MultiWorkerMirroredStrategy from TF_CONFIG --------------------------------------
@@ -401,15 +409,10 @@ class _StrategyEngine:
         return self._sum(self._local_copy(tf.constant(values, tf.float64))).numpy()
 
     def extra_state(self) -> dict:
-        state = {f"optimizer.{i}": v.numpy() for i, v in enumerate(self.opt.variables)}
-        state.update({f"dropout.{name}": g.state.numpy() for name, g in self.seeds.items()})
-        return state
+        return _training_state(self.opt, self.seeds)
 
     def load_extra_state(self, state: dict) -> None:
-        for i, v in enumerate(self.opt.variables):
-            v.assign(np.asarray(state[f"optimizer.{i}"]))
-        for name, g in self.seeds.items():
-            g.state.assign(np.asarray(state[f"dropout.{name}"]))
+        _load_training_state(self.opt, self.seeds, state)
         self._reseed()
 
     def close(self) -> None:
