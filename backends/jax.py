@@ -25,6 +25,7 @@ import flax
 import flax.linen as nn
 import optax
 
+from nin_multi.config import check_model_dtype
 from nin_multi.errors import ConfigError
 from nin_multi.spec import (AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec)
@@ -264,9 +265,7 @@ class Trainer:
                               "which bf16 does not): use bf16 or fp32")
         if precision not in _COMPUTE:
             raise ConfigError(f"unknown precision {precision!r}; choose fp32, bf16 or fp64")
-        if (precision == "fp64") != (model.dtype == jnp.float64):
-            raise ConfigError(f"--precision {precision} needs a {'float64' if precision == 'fp64' else 'float32'} "
-                              f"model, got {np.dtype(model.dtype).name}")
+        check_model_dtype(precision, np.dtype(model.dtype).name)
         self.model = model
         self.seed = _seed if seed is None else seed
         self.step = 0

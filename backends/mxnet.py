@@ -14,6 +14,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
+from nin_multi.config import check_model_dtype
 from nin_multi.errors import ConfigError
 from nin_multi.spec import AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec
 
@@ -226,9 +227,7 @@ class Trainer:
         self.model = model
         self.ctx = _ctx()
         self.dtype = _dtype(model)
-        if (precision == "fp64") != (self.dtype == "float64"):
-            raise ConfigError(f"--precision {precision} needs a "
-                              f"{'float64' if precision == 'fp64' else 'float32'} model, got {self.dtype}")
+        check_model_dtype(precision, self.dtype)
         self.seed = _seed if seed is None else seed
         self.step = 0
         self.scaled = _use_amp(model, precision)
@@ -246,7 +245,9 @@ class Trainer:
     def _metrics(self, logits, loss, y: np.ndarray) -> tuple[float, int]:
         return float(loss.sum().asscalar()), int((logits.asnumpy().argmax(1) == y).sum())
 
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    def train_step(self, x: np.ndarray, y: np.ndarray, batch: int | None = None) -> tuple[float, int]:
+        """``batch``: how many examples the summed gradient is averaged over (default: this batch's; in a
+        distributed run the global batch, whose other shares the kvstore adds)."""
         xs, ys = self._inputs(x, y)
         state = np.random.SeedSequence((self.seed, self.step)).generate_state(1)[0]
         mx.random.seed(int(state) & 0x7FFFFFFF, ctx=self.ctx)
@@ -256,7 +257,7 @@ class Trainer:
             loss = self.loss(logits, ys)
             with amp.scale_loss(loss, self.trainer) if self.scaled else nullcontext(loss) as scaled:
                 scaled.backward()
-        self.trainer.step(len(y))
+        self.trainer.step(batch or len(y))
         return self._metrics(logits, loss, y)
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
@@ -318,19 +319,7 @@ class _KVStoreEngine:
         self._sum_keys: set = set()
 
     def train_step(self, x, y, total: int) -> tuple[float, int]:
-        b = self.base
-        xs, ys = b._inputs(x, y)
-        state = np.random.SeedSequence((b.seed, b.step)).generate_state(1)[0]
-        mx.random.seed(int(state) & 0x7FFFFFFF, ctx=b.ctx)
-        b.step += 1
-        with autograd.record():
-            logits = b.model(xs)
-            if logits.dtype != np.float64:
-                logits = logits.astype("float32")
-            loss = b.loss(logits, ys)
-        loss.backward()
-        b.trainer.step(total)
-        return b._metrics(logits, loss, y)
+        return self.base.train_step(x, y, batch=total)
 
     def eval_step(self, x, y) -> tuple[float, int]:
         return self.base.eval_step(x, y)

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from nin_multi.errors import ConfigError
 from nin_multi.spec import (AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec)
+from nin_multi.weights import initial_weights
 
 NAME = "onnx"
 LAYOUT = "NCHW"
@@ -44,28 +45,6 @@ def device() -> str:
 def _refuse_dtype(what: str) -> ConfigError:
     return ConfigError(f"{what}: the onnx backend runs float32 only (onnxruntime's CPU Conv kernel has no "
                        f"float64 or bfloat16 implementation); use --precision fp32, or another backend")
-
-
-def _init_weights(spec: NiNSpec, init: str, seed: int) -> dict:
-    """The other renderings' distributions, drawn in NumPy: Xavier-uniform (fan average) or He-normal on
-    fan-in, untruncated; zero biases."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, shape in spec.weight_shapes().items():
-        if name.endswith(".bias"):
-            out[name] = np.zeros(shape, np.float32)
-            continue
-        if len(shape) == 4:
-            receptive = shape[2] * shape[3]
-            fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
-        else:
-            fan_in, fan_out = shape
-        if init == "xavier":
-            bound = np.sqrt(6 / (fan_in + fan_out))
-            out[name] = rng.uniform(-bound, bound, shape).astype(np.float32)
-        else:
-            out[name] = rng.normal(0, np.sqrt(2 / fan_in), shape).astype(np.float32)
-    return out
 
 
 def make_graph(spec: NiNSpec, weights: dict, every_layer: bool = False) -> onnx.ModelProto:
@@ -155,7 +134,7 @@ def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
 def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0, dtype: str = "float32") -> Model:
     if dtype != "float32":
         raise _refuse_dtype(f"a {dtype} model")
-    return Model(spec, _init_weights(spec, init, seed))
+    return Model(spec, initial_weights(spec, init, seed))  # the NumPy draw reproduce shares too
 
 
 def layer_shapes(model: Model, spec: NiNSpec, image_size=224, batch: int = 1):

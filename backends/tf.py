@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from nin_multi.config import check_model_dtype
 from nin_multi.errors import ConfigError
 from nin_multi.spec import (AvgPool, ChannelDropout, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec)
@@ -237,9 +238,7 @@ class Trainer:
         if precision == "fp16" and device() == "cpu":
             raise ConfigError("--precision fp16 needs a GPU with TensorFlow; on a CPU use bf16 or fp32")
         self.dtype = _dtype(model)
-        if (precision == "fp64") != (self.dtype == "float64"):
-            raise ConfigError(f"--precision {precision} needs a "
-                              f"{'float64' if precision == 'fp64' else 'float32'} model, got {self.dtype}")
+        check_model_dtype(precision, self.dtype)
         self.model = model
         with _floatx(self.dtype):  # Keras losses cast their inputs to the default dtype too
             self.opt = keras.optimizers.SGD(learning_rate=lr)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nin_multi.errors import ConfigError
+from nin_multi.config import check_model_dtype
 from nin_multi.spec import (AvgPool, ChannelDropout, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec)
 
@@ -151,9 +151,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, lr: float, precision: str = "fp32", channels_last: bool = True):
         self.dtype = _dtype(model)
-        if (precision == "fp64") != (self.dtype == torch.float64):
-            raise ConfigError(f"--precision {precision} needs a "
-                              f"{'float64' if precision == 'fp64' else 'float32'} model, got {self.dtype}")
+        check_model_dtype(precision, str(self.dtype).removeprefix("torch."))
         self.model = model
         self.dev = torch.device(device())
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -242,8 +240,7 @@ class _DDPEngine:
         self.ddp.train()
         with self.base.autocast():
             logits = self.ddp(x)
-        if logits.dtype != torch.float64:
-            logits = logits.float()
+        logits = logits.to(self.base.dtype)  # fp32 (fp64) even when autocast computed in bf16
         loss = self.loss(logits, y)
         self.base.opt.zero_grad(set_to_none=True)
         (loss * (self.ctx.world_size / total)).backward()

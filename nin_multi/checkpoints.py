@@ -38,9 +38,6 @@ class Restored:
         """The metrics rows up to this checkpoint, or None for checkpoints written before they held them."""
         return self.meta.get("history")
 
-    def skipped_note(self) -> str:
-        return "; ".join(f"skipped damaged checkpoint {p.name} ({why})" for p, why in self.skipped)
-
 
 def checkpoint_paths(run_dir) -> list[Path]:
     """Oldest first."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import signal
 import sys
 from contextlib import contextmanager
@@ -167,10 +166,11 @@ def cmd_train(a) -> int:
         from nin_multi.backends import canonical_name
 
         from .distributed import default_out, launch
+        from .train import read_run_config
 
         backend = canonical_name(a.backend or "torch")
-        if a.resume and not a.backend and (Path(a.resume) / "config.json").is_file():
-            backend = json.loads((Path(a.resume) / "config.json").read_text())["backend"]
+        if a.resume and not a.backend:  # the run's own framework, read as resume() reads it
+            backend = read_run_config(Path(a.resume))["backend"]
         out = default_out(a.argv, backend)
         argv = a.argv if any(x in a.argv for x in ("--out", "--resume")) or any(
             x.startswith(("--out=", "--resume=")) for x in a.argv) else [*a.argv, "--out", out]
@@ -186,9 +186,8 @@ def cmd_train(a) -> int:
 
 def cmd_summary(a) -> int:
     from nin_multi.backends import get_backend
-    from .spec import make_spec
-
     from .config import param_dtype
+    from .spec import make_spec
 
     apply_recipe(a)
     backend = get_backend(a.backend)

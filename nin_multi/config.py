@@ -18,6 +18,13 @@ def param_dtype(precision: str) -> str:
     return "float64" if precision == "fp64" else "float32"
 
 
+def check_model_dtype(precision: str, dtype: str) -> None:
+    """A Trainer's precision and its model's parameter dtype (a name: "float32", "float64") must agree:
+    the driver builds the model with ``param_dtype(precision)``; anything else is a caller's mistake."""
+    if dtype != param_dtype(precision):
+        raise ConfigError(f"--precision {precision} needs a {param_dtype(precision)} model, got {dtype}")
+
+
 @dataclass
 class TrainConfig:
     backend: str = "torch"

@@ -15,7 +15,7 @@ import io
 import json
 import os
 import secrets
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import WriteError
@@ -92,14 +92,9 @@ def atomic_write(path, text: bool = False, newline=None):
             raise write_error(path, e) from None
     except BaseException:
         if f is not None and not f.closed:
-            try:
+            with suppress(OSError):
                 f.close()
-            except OSError:
-                pass
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _discard(tmp)
         raise
     sync_dir(path.parent)
 
@@ -124,12 +119,15 @@ def atomic_path(path):
         except OSError as e:
             raise write_error(path, e) from None
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _discard(tmp)
         raise
     sync_dir(path.parent)
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temporary file a failed write leaves; its own failure must not hide the first one."""
+    with suppress(OSError):
+        os.unlink(tmp)
 
 
 def sync_dir(path) -> None:

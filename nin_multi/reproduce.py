@@ -28,15 +28,15 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import INITS, TrainConfig, param_dtype
+from .config import TrainConfig, param_dtype
 from .data import num_batches
 from .errors import ConfigError
 from .fileio import save_figure, write_csv, write_json
 from .run import CONFIG, PLOT, WEIGHTS, Run, plot_curves, prepare_dir
-from .spec import ChannelDropout, Conv, Dropout, NiNSpec
+from .spec import ChannelDropout, Dropout, NiNSpec
 from .stats import FP64_AGREEMENT, SEPARATION, first_exceeding, largest_per_epoch, mean_std, relative_difference, welch
 from .train import evaluate, load_data, spec_for, train_epoch
-from .weights import save_weights
+from .weights import initial_weights, save_weights
 
 INITIAL_WEIGHTS = "initial_weights.npz"
 BACKENDS_CSV = "backends.csv"
@@ -48,41 +48,7 @@ SEEDS_CSV = "seeds.csv"
 SEEDS_PLOT = "seeds.png"
 
 
-# -- the shared starting point ----------------------------------------------------------------------------
-def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
-    """Canonical layouts: conv OIHW (fan_in = I*k*k, fan_out = O*k*k), dense (in, out)."""
-    if len(shape) == 4:
-        o, i, kh, kw = shape
-        return i * kh * kw, o * kh * kw
-    i, o = shape
-    return i, o
-
-
-def initial_weights(spec: NiNSpec, init: str = "xavier", seed: int = 0, dtype: str = "float32") -> dict:
-    """The spec's initialisation drawn once in NumPy, in canonical layout, biases zero; rounded to float32
-    and only then cast to ``dtype``, so a float64 run starts from exactly the point a float32 run does.
-
-    ``xavier`` is Glorot uniform, U(-b, b) with b = sqrt(6 / (fan_in + fan_out)) (the chapter's, and
-    PyTorch's ``xavier_uniform_``); ``kaiming`` is He normal, N(0, 2 / fan_in) untruncated (PyTorch's
-    ``kaiming_normal_`` for ReLU). Layers are drawn in forward order from one generator seeded by ``seed``.
-    """
-    if init not in INITS:
-        raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
-    rng = np.random.default_rng(seed)
-    out = {}
-    for p in spec.param_layers():
-        shape = p.weight_shape if isinstance(p, Conv) else (p.in_features, p.out_features)
-        fan_in, fan_out = _fans(shape)
-        if init == "xavier":
-            bound = np.sqrt(6.0 / (fan_in + fan_out))
-            w = rng.uniform(-bound, bound, shape)
-        else:
-            w = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
-        out[f"{p.name}.weight"] = w.astype(np.float32).astype(dtype)
-        out[f"{p.name}.bias"] = np.zeros(shape[0] if isinstance(p, Conv) else shape[1], dtype)
-    return out
-
-
+# -- the shared starting point (the weights: ``weights.initial_weights``) -----------------------------------
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The example order of one epoch, a function of (seed, epoch) only: handed to every backend.
 

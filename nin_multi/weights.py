@@ -14,9 +14,10 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import DamagedFileError, WeightsError
+from .config import INITS
+from .errors import ConfigError, DamagedFileError, WeightsError
 from .fileio import atomic_write
-from .spec import NiNSpec
+from .spec import Conv, NiNSpec
 
 FORMAT = "nin_multi.weights/1"
 LAYOUT = "conv OIHW, dense (in, out), bias (out,)"
@@ -47,7 +48,7 @@ def save_weights(path, spec: NiNSpec, weights: dict, meta: Optional[dict] = None
     The header carries a SHA-256 of every array (``checksum``), verified on load."""
     check_weights(spec, weights)
     path = Path(path)
-    dtype = "float64" if any(np.asarray(v).dtype == np.float64 for v in weights.values()) else "float32"
+    dtype = weights_dtype(weights)
     header = {"format": FORMAT, "layout": LAYOUT, "dtype": dtype, "spec": spec.to_dict(), "meta": meta or {}}
     arrays = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in weights.items()}
     arrays.update({STATE_PREFIX + k: np.asarray(v) for k, v in (state or {}).items()})
@@ -134,3 +135,37 @@ def check_dtype_fits(weights: dict, dtype: str, source: str) -> None:
     if weights_dtype(weights) == "float64" and dtype != "float64":
         raise WeightsError(f"{source} holds float64 weights (from a --precision fp64 run) and a {dtype} model "
                            f"would round them: use --precision fp64")
+
+
+def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """Canonical layouts: conv OIHW (fan_in = I*k*k, fan_out = O*k*k), dense (in, out)."""
+    if len(shape) == 4:
+        o, i, kh, kw = shape
+        return i * kh * kw, o * kh * kw
+    i, o = shape
+    return i, o
+
+
+def initial_weights(spec: NiNSpec, init: str = "xavier", seed: int = 0, dtype: str = "float32") -> dict:
+    """The spec's initialisation drawn once in NumPy, in canonical layout, biases zero; rounded to float32
+    and only then cast to ``dtype``, so a float64 run starts from exactly the point a float32 run does.
+
+    ``xavier`` is Glorot uniform, U(-b, b) with b = sqrt(6 / (fan_in + fan_out)) (the chapter's, and
+    PyTorch's ``xavier_uniform_``); ``kaiming`` is He normal, N(0, 2 / fan_in) untruncated (PyTorch's
+    ``kaiming_normal_`` for ReLU). Layers are drawn in forward order from one generator seeded by ``seed``.
+    """
+    if init not in INITS:
+        raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for p in spec.param_layers():
+        shape = p.weight_shape if isinstance(p, Conv) else (p.in_features, p.out_features)
+        fan_in, fan_out = _fans(shape)
+        if init == "xavier":
+            bound = np.sqrt(6.0 / (fan_in + fan_out))
+            w = rng.uniform(-bound, bound, shape)
+        else:
+            w = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+        out[f"{p.name}.weight"] = w.astype(np.float32).astype(dtype)
+        out[f"{p.name}.bias"] = np.zeros(shape[0] if isinstance(p, Conv) else shape[1], dtype)
+    return out
