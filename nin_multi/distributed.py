@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -37,7 +39,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import ConfigError, DistributedError
+from .errors import ConfigError, DistributedError, NinMultiError
 
 TIMEOUT_ENV = "NIN_MULTI_DIST_TIMEOUT"
 #: Seconds a worker waits for the others in one collective (a step's gradient exchange, the start)
@@ -206,10 +208,23 @@ class Watchdog:
 
     @contextmanager
     def guard(self, what: str):
+        """Bound ``what`` in time, and turn the engine's error for a peer that went away (gloo's
+        "Connection closed by peer", a cancelled TensorFlow collective, ...) into one line: with several
+        workers such an error is the echo of another worker's failure, which the launcher reports."""
         with self._lock:
             self._deadline, self._what = time.monotonic() + self.ctx.timeout, what
         try:
             yield
+        except (NinMultiError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - the engines raise their own types (RuntimeError, tf.errors...)
+            # TensorFlow's message opens with a heading and the Python stack that defined the failed node
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().endswith(":")
+                     and not ln.strip().startswith(("File ", "Detected at node"))]
+            cause = (lines or ["no message"])[0][:200]
+            raise DistributedError(f"worker {self.ctx.rank} of {self.ctx.world_size} failed during {what}, most "
+                                   f"likely because another worker stopped ({type(e).__name__}: {cause}); continue "
+                                   f"from the last checkpoint with --resume") from None
         finally:
             with self._lock:
                 self._deadline = None
@@ -345,6 +360,17 @@ class Launch:
             time.sleep(0.2)
 
 
+def _torchrun_failure(report: Path, name: str, rc: int) -> tuple[str, int]:
+    """(worker N, its status) from ``nin_multi.torchrun``'s report, else torchrun's own."""
+    try:
+        failed = json.loads(report.read_text())
+        return f"worker {int(failed['rank'])}", int(failed["status"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return name, rc
+    finally:
+        shutil.rmtree(report.parent, ignore_errors=True)
+
+
 def _describe(rc: int) -> str:
     if rc < 0:
         try:
@@ -392,14 +418,20 @@ def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
     env.setdefault("PYTHONUNBUFFERED", "1")
     run = Launch()
     names: list[str] = []
+    report = None
     if backend == "torch":
         port = int(os.environ.get("MASTER_PORT", 0)) or free_ports(1)[0]
         check_port("127.0.0.1", port, "torchrun's rendezvous", "MASTER_PORT")
-        run.start("torchrun", [py, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node",
+        report = Path(tempfile.mkdtemp(prefix="nin-multi-torchrun-")) / "failure.json"
+        # torchrun would set 1 with a banner; the cores shared out is what it means
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+        run.start("torchrun", [py, "-m", "nin_multi.torchrun", "--nnodes", "1", "--nproc-per-node",
                                str(workers), "--master-addr", "127.0.0.1", "--master-port", str(port),
-                               "--max-restarts", "0", "--monitor-interval", "0.5", *train[1:]], env)
+                               "--max-restarts", "0", "--monitor-interval", "0.5", *train[1:]],
+                  {**env, "NIN_MULTI_TORCHRUN_REPORT": str(report)})
         names = ["torchrun"]
     elif backend == "tensorflow":
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # a lost peer is one line below, not pages of gRPC errors
         ports = free_ports(workers)
         cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
         for i in range(workers):
@@ -430,8 +462,12 @@ def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
                                f"--workers {workers}") from None
     finally:
         run.stop()
+        if report is not None and failure is None:
+            shutil.rmtree(report.parent, ignore_errors=True)
     if failure is not None:
         name, rc = failure
+        if report is not None:  # torchrun names the worker that failed first
+            name, rc = _torchrun_failure(report, name, rc)
         raise DistributedError(f"{name} {_describe(rc)}, so the {workers}-worker {backend} run was stopped (every "
                                f"process ended); the last completed epoch's checkpoint is in {run_dir}: continue "
                                f"with --resume {run_dir} --workers {workers}")

@@ -290,9 +290,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         code = getattr(e, "exit_code", 130)
         how = "stopped by SIGTERM" if code == 143 else "interrupted"
         where = f"during epoch {done + 1}" if done < cfg.epochs else f"while writing {WEIGHTS}"
-        raise Interrupted(f"{how} {where}; {_kept(run, done) if run else 'rank 0 keeps the run'}", code) from None
+        kept = _kept(run, done, dist.world_size) if run else "rank 0 keeps the run"
+        raise Interrupted(f"{how} {where}; {kept}", code) from None
     except WriteError as e:
-        raise WriteError(f"{e}; {_kept(run, done) if run else ''}", e.path, e.errno) from None
+        raise WriteError(f"{e}; {_kept(run, done, dist.world_size) if run else ''}", e.path, e.errno) from None
     finally:
         if run:
             run.close()
@@ -303,9 +304,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     return Path(cfg.out), run.history if run else []
 
 
-def _kept(run: Run, done: int) -> str:
-    """What a stopped run leaves behind and how to continue it."""
+def _kept(run: Run, done: int, workers: int = 1) -> str:
+    """What a stopped run leaves behind and how to continue it (with as many workers as it had)."""
     if not done and not (run.path / CONFIG).is_file():
         return f"nothing was kept in {run.path}"
     kept = f"the checkpoint of epoch {done} and the metrics up to it are" if done else "its settings are"
-    return f"{kept} in {run.path}: continue with nin-multi train --resume {run.path}"
+    again = f" --workers {workers}" if workers > 1 else ""
+    return f"{kept} in {run.path}: continue with nin-multi train --resume {run.path}{again}"

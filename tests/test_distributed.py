@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,21 +133,33 @@ def has_fp64(backend) -> bool:
     return "dtype" in inspect.signature(backend.build_model).parameters
 
 
-#: In fp32 two workers compute each step's gradient as two half-batch gradients added: the same
-#: arithmetic as one process accumulating two halves, which itself differs from the whole-batch step by
-#: rounding, and this recipe's first steps amplify it: after 20 steps the whole-model relative difference
-#: is 2.1e-4 for one PyTorch process accumulating halves and 2.1e-4 for two workers (1e-17 in fp64).
-#: A wrong gradient convention (a mean of means, a sum not rescaled) changes the update by a factor.
-#: (Measured per step in every backend: the losses agree to ~1e-7 for the first 9 steps, then the
-#: recipe's plateau at 2.30 amplifies the difference to 1e-3..1e-2 by step 13.) The metrics follow: in
-#: fp32 an example or two of the 100 may flip and the mean losses differ by up to a few percent; in fp64
-#: they agree to 1e-10.
-TOLERANCE = {"fp64": 1e-10, "fp32": 5e-3}
+#: Two workers compute each step's gradient as two half-batch gradients added: one process's arithmetic
+#: up to rounding. In fp64 that rounding stays at 1e-17..1e-15. In fp32 how far it grows depends on the
+#: dynamics: the learning recipe above (He init, lr 0.05) first collapses to the 2.30 plateau, where any
+#: difference is amplified (one PyTorch process adding two half-batch gradients ends 2.4e-4 away from the
+#: whole-batch step after 21 steps, the same as two workers), and so does the chapter's (Xavier, lr 0.1)
+#: for TensorFlow's draw of the weights (1.4e-4). At a tenth of the chapter's rate, rounding is not
+#: amplified (measured, 2 workers vs 1 process after 21 steps: PyTorch 1.1e-8, TensorFlow 5.1e-8) while a
+#: wrong gradient convention still shows: a gradient twice too large moves the weights 3.4e-4 away.
+TOLERANCE = {"fp64": 1e-10, "fp32": 1e-5}
+METRIC_TOLERANCE = {"fp64": (0.0, 1e-10), "fp32": (0.0, 1e-5)}  # (accuracy, absolute; loss, relative)
+
+
+def fp32_recipe(sample_dir, **kw):
+    """The chapter's init (Xavier) at a tenth of its learning rate on the mini net, no dropout: see TOLERANCE."""
+    return recipe(sample_dir, **dict(dict(init="xavier", lr=0.01, precision="fp32"), **kw))
+
+
+def exact_recipe(backend, sample_dir, **kw):
+    """The learning recipe in fp64 where the engine takes float64, else the chapter's in fp32."""
+    if has_fp64(backend) and backend.NAME not in FP32_ONLY:
+        return recipe(sample_dir, precision="fp64", **kw)
+    return fp32_recipe(sample_dir, **kw)
+
+
 #: MXNet refuses fp64 with several workers (float64 arrays crossing its parameter server in these runs
-#: came back off by float32-sized errors, 1.3e-9 in the weights after 21 steps, and one run diverged),
-#: so its equivalence is checked in fp32.
+#: came back off by float32-sized errors), so its runs are fp32.
 FP32_ONLY = {"mxnet"}
-METRIC_TOLERANCE = {"fp64": (0.0, 1e-10), "fp32": (0.03, 5e-2)}  # (accuracy, absolute; loss, relative)
 
 
 def cli_args(backend_name, cfg: dict, out) -> list:
@@ -210,25 +223,30 @@ def relative_difference(a: dict, b: dict) -> float:
     return (num / sum(float(np.sum(np.asarray(b[k], np.float64) ** 2)) for k in b)) ** 0.5
 
 
+def check_same_training(run: Path, one: Path, precision: str, what: str) -> None:
+    """The weights and every epoch's metrics of a distributed run equal one process's."""
+    diff = relative_difference(read_weights(run / "weights.npz"), read_weights(one / "weights.npz"))
+    print(f"{what}, {precision}: relative weight difference from one process {diff:.2e}")
+    assert diff < TOLERANCE[precision]
+    acc, loss = METRIC_TOLERANCE[precision]
+    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (run, one)]
+    assert [r["epoch"] for r in rows[0]] == [r["epoch"] for r in rows[1]]
+    for two, single in zip(*rows):
+        for key in ("test_acc", "train_acc"):
+            assert two[key] == pytest.approx(single[key], abs=acc), key
+        for key in ("test_loss", "train_loss"):
+            assert two[key] == pytest.approx(single[key], rel=loss), key
+
+
 @pytest.mark.slow
-def test_two_workers_equal_one_process(parallel, sample_dir, tmp_path, procs):
+def test_two_workers_equal_one_process_in_fp32(parallel, sample_dir, tmp_path, procs):
     backend = parallel
-    precision = "fp64" if has_fp64(backend) and backend.NAME not in FP32_ONLY else "fp32"
-    cfg = recipe(sample_dir, precision=precision)
-    _, one = train(TrainConfig(backend=backend.NAME, out=str(tmp_path / "one"), progress=False, **cfg), log=quiet)
+    cfg = fp32_recipe(sample_dir)
+    train(TrainConfig(backend=backend.NAME, out=str(tmp_path / "one"), progress=False, **cfg), log=quiet)
     rc, out, err = procs.run([*cli_args(backend.NAME, cfg, tmp_path / "two"), "--workers", "2"])
     assert rc == 0, err[-3000:]
     assert "x 2 workers" in out and "16 per worker" in out
-    two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    diff = relative_difference(read_weights(tmp_path / "two" / "weights.npz"),
-                               read_weights(tmp_path / "one" / "weights.npz"))
-    print(f"{backend.NAME} {precision}: 2 workers vs 1 process after 21 steps: relative weight difference {diff:.2e}")
-    acc, loss = METRIC_TOLERANCE[precision]
-    assert diff < TOLERANCE[precision]
-    for key in ("test_acc", "train_acc"):
-        assert two[0][key] == pytest.approx(one[0][key], abs=acc), key
-    for key in ("test_loss", "train_loss"):
-        assert two[0][key] == pytest.approx(one[0][key], rel=loss), key
+    check_same_training(tmp_path / "two", tmp_path / "one", "fp32", f"{backend.NAME}: 2 workers, 21 steps")
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
 
 
@@ -270,15 +288,18 @@ def _worker_to_kill(launcher_pid: int):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_stops_the_run_and_it_resumes(parallel, sample_dir, tmp_path, procs):
+def test_a_killed_worker_stops_the_run_and_it_resumes_exactly(parallel, sample_dir, tmp_path, procs):
+    """Two epochs of 21 steps on two workers, one of them SIGKILLed after the first checkpoint, resumed on
+    two workers: the launcher ends every process with one line (no traceback), and the resumed run ends
+    with one uninterrupted process's weights and metrics (fp64 where the engine takes it: 1e-10)."""
     backend = parallel
-    cfg = recipe(sample_dir, subset=320, test_subset=64, epochs=3)
+    cfg = exact_recipe(backend, sample_dir, epochs=2)
     args = [*cli_args(backend.NAME, cfg, tmp_path / "run"), "--workers", "2"]
     p = procs.start(args)
     first = tmp_path / "run" / "checkpoints" / "epoch-0001.npz"
     deadline = time.monotonic() + TIMEOUT
     while not first.exists() and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.1)
     victim = _worker_to_kill(p.pid)
     assert victim is not None and p.poll() is None, p.communicate()[1][-3000:]
     os.kill(victim, signal.SIGKILL)
@@ -286,14 +307,16 @@ def test_a_killed_worker_stops_the_run_and_it_resumes(parallel, sample_dir, tmp_
     _, err = p.communicate(timeout=60)
     assert time.monotonic() - killed < 30  # the launcher stops every process at once
     assert p.returncode == DistributedError.exit_code
-    assert f"so the 2-worker {backend.NAME} run was stopped (every process ended)" in err
-    assert f"continue with --resume {tmp_path / 'run'} --workers 2" in err
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("nin-multi: error: worker ") and " was killed by SIGKILL, so the 2-worker " in last, err
+    assert f"continue with --resume {tmp_path / 'run'} --workers 2" in last
     rc, out, err = procs.run(["train", "--resume", str(tmp_path / "run"), "--workers", "2", "--no-progress"])
     assert rc == 0, err[-3000:]
     assert "resuming after epoch" in out
-    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in history] == [1, 2, 3]
-    assert (tmp_path / "run" / "weights.npz").is_file()
+    train(TrainConfig(backend=backend.NAME, out=str(tmp_path / "one"), progress=False, **cfg), log=quiet)
+    check_same_training(tmp_path / "run", tmp_path / "one", cfg.get("precision", "fp32"),
+                        f"{backend.NAME}: 2 workers, killed and resumed, 2 x 21 steps")
 
 
 def test_without_a_launcher_a_lone_worker_gives_up_within_the_timeout(sample_dir, tmp_path, procs):

@@ -1,0 +1,44 @@
+"""``torchrun`` for ``train --workers N``: PyTorch's own launcher (its argument parser, rendezvous and
+elastic agent, ``torch.distributed.run.run``), minus the uncaught ``ChildFailedError`` that the
+``torchrun`` command turns into a page of traceback when a worker dies.
+
+A failed worker is written to ``$NIN_MULTI_TORCHRUN_REPORT`` (JSON: its rank and exit status, negative
+for a signal, as ``subprocess`` reports them), so that ``distributed.launch`` can name it in its one
+line, as it does for TensorFlow's and MXNet's workers; this process then exits with status 1. The
+agent's own log lines (which rank failed, with its pid) stay on stderr above that line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+REPORT_ENV = "NIN_MULTI_TORCHRUN_REPORT"
+
+
+def main(argv: list[str]) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as e:
+        # the cause rather than its echoes: a worker killed by a signal before one that then lost its peer
+        # (the agent sends SIGTERM to the rest once one fails, and a worker that lost its peer exits 4)
+        rank, failure = min(e.failures.items(), key=lambda kv: (kv[1].exitcode == -signal.SIGTERM,
+                                                                kv[1].exitcode == 4, kv[1].timestamp, kv[0]))
+        report = os.environ.get(REPORT_ENV)
+        if report:
+            with open(report, "w") as f:
+                json.dump({"rank": rank, "status": failure.exitcode}, f)  # negative: a signal
+        return 1
+    except SignalException as e:  # the launcher stopping us: the workers are already gone
+        return 128 + int(e.sigval)
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.exit(main(sys.argv[1:]))
