@@ -29,7 +29,31 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _keep_freed_memory() -> bool:
+    """Make glibc's malloc serve every allocation from its heap and keep what is freed.
+
+    PyTorch's CPU allocator is plain ``malloc``, and glibc hands each block over 32 MiB to ``mmap`` and
+    returns it to the kernel on ``free``: a training step at 224x224 allocated 1.4 GiB of activations and
+    gradients that way and page-faulted all of it again on every step (353,000 faults per step measured),
+    ~17% of the step. MXNet's storage pool and TensorFlow's BFC allocator keep their memory (1,568 faults
+    per MXNet step); PyTorch's tuning guide suggests jemalloc or tcmalloc through LD_PRELOAD for the
+    same reason. This is that remedy without a preload: no ``mmap`` (M_MMAP_MAX 0) and no trimming of the
+    heap's top below 1 GiB (M_TRIM_THRESHOLD), so a step reuses the previous step's pages. The process
+    keeps its peak memory, as the other frameworks do. Only where the C library is glibc."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2**30))  # M_MMAP_MAX, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def configure(threads=None, seed=0):
+    _keep_freed_memory()
     # Set explicitly: another framework in the process (MXNet) may have lowered the OpenMP thread count.
     # Never more threads than usable cores by default: oneDNN's bf16 (AMX) weight-gradient kernels
     # synchronise their threads by spinning, so two threads sharing one core made a bf16 step ~18x
