@@ -301,8 +301,10 @@ class _KVStoreEngine:
     """The server SUMS what the workers push, so each worker backpropagates its examples' summed loss
     and ``Trainer.step(global batch)`` rescales the sum by 1 / (global batch): one process's update.
     ``update_on_kvstore=False`` keeps the optimizer on the workers, since a server-side optimizer fixes
-    its rescaling at the first step and the epoch's last batch is shorter. The Gluon Trainer's first
-    step broadcasts rank 0's weights through the kvstore."""
+    its rescaling at the first step and the epoch's last batch is shorter.
+
+    Rank 0's weights are broadcast through the kvstore by ``_start()`` before the first forward pass,
+    not by the Gluon Trainer's lazy initialisation inside its first ``step()``: see ``_start``."""
 
     SUM_KEY = 1000  # beyond the Trainer's parameter indices; keys from 2**20 up gave wrong sums
 
@@ -317,11 +319,44 @@ class _KVStoreEngine:
         self._rank_seed = rank_seed
         trainer.seed = rank_seed(trainer.seed, ctx.rank)
         self._sum_keys: set = set()
+        self._started = False
+
+    def _start(self) -> None:
+        """Every worker takes rank 0's weights from the kvstore, and has them, before its first forward.
+
+        Left to itself, Gluon's Trainer (MXNet 1.9.1) initialises the kvstore lazily inside its first
+        ``step()``, after that step's gradients were computed on each worker's own weights:
+        ``_init_params`` broadcasts each parameter (``kv.init`` by rank 0, then an asynchronous ``pull``
+        into the weights) and ``_allreduce_grads`` then issues the gradients' ``pushpull`` on the SAME keys
+        at once. The pull writes the weight's buffer and the pushpull the gradient's, so MXNet's engine does
+        not order them, and the dist_sync server keeps one value per key and replaces it with the gradient
+        sum as soon as every worker's gradient has arrived. A pull that reaches the server after that gets
+        the gradient sum instead of the weights: now and then, on one worker, some parameter became
+        sum(g) - lr * sum(g) / batch, and the run diverged (the workers, whose weights then differ, went on
+        without noticing). Here the same two calls of the Trainer (``_init_kvstore``, ``_init_params``)
+        run before the first forward pass, on the weights every worker has after a resume, and each worker
+        waits for its pulls (``wait_to_read``) before it pushes any gradient, so the server overwrites a
+        key only once every worker has its weights. The Trainer then finds its kvstore initialised and
+        never broadcasts again."""
+        trainer = self.base.trainer
+        if not trainer._kv_initialized:
+            trainer._init_kvstore()
+        if trainer._params_to_init:
+            trainer._init_params()
+        assert not trainer._params_to_init, "a parameter with a deferred shape would be broadcast in step()"
+        for param in self.base.model.collect_params().values():
+            for data in param.list_data():
+                data.wait_to_read()
+        self._started = True
 
     def train_step(self, x, y, total: int) -> tuple[float, int]:
+        if not self._started:
+            self._start()
         return self.base.train_step(x, y, batch=total)
 
     def eval_step(self, x, y) -> tuple[float, int]:
+        if not self._started:
+            self._start()
         return self.base.eval_step(x, y)
 
     def all_sum(self, values: np.ndarray) -> np.ndarray:
