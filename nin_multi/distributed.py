@@ -47,6 +47,11 @@ DEFAULT_TIMEOUT = 300.0
 #: parameter server returned corrupted gradient sums now and then (fp32 and fp64 runs diverged to inf at
 #: random steps; bare push/pull scripts summed exactly). Set it to "experimental" to run the engine anyway.
 MXNET_GATE = "NIN_MULTI_MXNET_DIST"
+#: The environment ``--workers`` gives MXNet's parameter server: glibc then fills every allocation with
+#: zeros (perturb byte 255 fills with its complement; tcache off, since its fast path skips the fill).
+#: MXNet 1.9.1's server object never initialises its ``multi_precision_`` flag; left to the allocator's
+#: garbage the flag is nearly always set, and the server then stores and sums float64 in float32.
+MXNET_SERVER_TUNABLES = "glibc.malloc.tcache_count=0:glibc.malloc.perturb=255"
 DMLC_VARS = ("DMLC_ROLE", "DMLC_NUM_WORKER", "DMLC_NUM_SERVER", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT")
 DROPOUT_NOTE = ("dropout masks differ per worker (each draws its own for its share of the batch), so with "
                 "dropout a distributed run matches one process in distribution, not bit for bit")
@@ -412,7 +417,8 @@ def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
         dmlc = {**env, "DMLC_NUM_WORKER": str(workers), "DMLC_NUM_SERVER": "1", "DMLC_PS_ROOT_URI": "127.0.0.1",
                 "DMLC_PS_ROOT_PORT": str(port), "DMLC_NODE_HOST": "127.0.0.1"}
         run.start("scheduler", train, {**dmlc, "DMLC_ROLE": "scheduler"})
-        run.start("server", train, {**dmlc, "DMLC_ROLE": "server"})
+        tunables = ":".join(t for t in (env.get("GLIBC_TUNABLES"), MXNET_SERVER_TUNABLES) if t)
+        run.start("server", train, {**dmlc, "DMLC_ROLE": "server", "GLIBC_TUNABLES": tunables})
         for i in range(workers):
             run.start(f"worker {i}", train, {**dmlc, "DMLC_ROLE": "worker"})
             names.append(f"worker {i}")

@@ -89,17 +89,6 @@ def test_mxnet_workers_are_refused_until_the_kvstore_fault_is_found(sample_dir, 
         assert "several MXNet workers are refused for now" in done.stderr
 
 
-def test_mxnet_refuses_fp64_with_several_workers(sample_dir, tmp_path):
-    env = {**os.environ, distributed.MXNET_GATE: "experimental", "DMLC_ROLE": "worker", "DMLC_NUM_WORKER": "2",
-           "DMLC_NUM_SERVER": "1", "DMLC_PS_ROOT_URI": "127.0.0.1",
-           "DMLC_PS_ROOT_PORT": str(distributed.free_ports(1)[0])}
-    args = cli_args("mxnet", recipe(sample_dir, precision="fp64"), tmp_path / "run")
-    done = subprocess.run([sys.executable, "-m", "nin_multi", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == ConfigError.exit_code
-    assert done.stderr.startswith("nin-multi: error: --precision fp64 with several MXNet workers is refused")
-
-
 def test_strip_workers_keeps_everything_else():
     assert strip_workers(["train", "--workers", "2", "--lr", "0.1", "--workers=3"]) == ["train", "--lr", "0.1"]
 
@@ -142,10 +131,6 @@ def has_fp64(backend) -> bool:
 #: fp32 an example or two of the 100 may flip and the mean losses differ by up to a few percent; in fp64
 #: they agree to 1e-10.
 TOLERANCE = {"fp64": 1e-10, "fp32": 5e-3}
-#: MXNet refuses fp64 with several workers (float64 arrays crossing its parameter server in these runs
-#: came back off by float32-sized errors, 1.3e-9 in the weights after 21 steps, and one run diverged),
-#: so its equivalence is checked in fp32.
-FP32_ONLY = {"mxnet"}
 METRIC_TOLERANCE = {"fp64": (0.0, 1e-10), "fp32": (0.03, 5e-2)}  # (accuracy, absolute; loss, relative)
 
 
@@ -213,7 +198,7 @@ def relative_difference(a: dict, b: dict) -> float:
 @pytest.mark.slow
 def test_two_workers_equal_one_process(parallel, sample_dir, tmp_path, procs):
     backend = parallel
-    precision = "fp64" if has_fp64(backend) and backend.NAME not in FP32_ONLY else "fp32"
+    precision = "fp64" if has_fp64(backend) else "fp32"
     cfg = recipe(sample_dir, precision=precision)
     _, one = train(TrainConfig(backend=backend.NAME, out=str(tmp_path / "one"), progress=False, **cfg), log=quiet)
     rc, out, err = procs.run([*cli_args(backend.NAME, cfg, tmp_path / "two"), "--workers", "2"])
