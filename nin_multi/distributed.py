@@ -45,10 +45,11 @@ TIMEOUT_ENV = "NIN_MULTI_DIST_TIMEOUT"
 #: Seconds a worker waits for the others in one collective (a step's gradient exchange, the start)
 #: before it gives up: long enough for the slowest step of the chapter's 224x224 run on a CPU.
 DEFAULT_TIMEOUT = 300.0
-#: MXNet's engine stays behind this switch until a fault is found: in this driver MXNet 1.9.1's dist_sync
-#: parameter server returned corrupted gradient sums now and then (fp32 and fp64 runs diverged to inf at
-#: random steps; bare push/pull scripts summed exactly). Set it to "experimental" to run the engine anyway.
-MXNET_GATE = "NIN_MULTI_MXNET_DIST"
+#: The environment ``--workers`` gives MXNet's parameter server: glibc then fills every allocation with
+#: zeros (perturb byte 255 fills with its complement; tcache off, since its fast path skips the fill).
+#: MXNet 1.9.1's server object never initialises its ``multi_precision_`` flag; left to the allocator's
+#: garbage the flag is nearly always set, and the server then stores and sums float64 in float32.
+MXNET_SERVER_TUNABLES = "glibc.malloc.tcache_count=0:glibc.malloc.perturb=255"
 DMLC_VARS = ("DMLC_ROLE", "DMLC_NUM_WORKER", "DMLC_NUM_SERVER", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT")
 DROPOUT_NOTE = ("dropout masks differ per worker (each draws its own for its share of the batch), so with "
                 "dropout a distributed run matches one process in distribution, not bit for bit")
@@ -285,8 +286,8 @@ class ShardedTrainer:
 
     def check_same_weights(self, weights: dict) -> None:
         """Every worker must start from the same weights (same seed, same checkpoint): compare a
-        fingerprint of each tensor with the workers' sum of them, to 1e-6 of the largest (MXNet's
-        parameter server brings float64 sums back with float32-sized errors; another seed differs by O(1))."""
+        fingerprint of each tensor with the workers' sum of them, to 1e-6 of the largest (an MXNet server
+        started without MXNET_SERVER_TUNABLES sums float64 in float32; another seed differs by O(1))."""
         names = sorted(weights)
         mine = np.array([float(np.sum(np.asarray(weights[k], np.float64) * (1 + np.arange(weights[k].size)
                                                                             .reshape(weights[k].shape) % 7)))
@@ -392,20 +393,8 @@ def strip_workers(argv: list[str]) -> list[str]:
     return out
 
 
-def check_engine(backend: str) -> None:
-    """Refuse, before any process starts, an engine known to give wrong results (see ``MXNET_GATE``)."""
-    if backend == "mxnet" and os.environ.get(MXNET_GATE) != "experimental":
-        raise DistributedError(
-            "several MXNet workers are refused for now: in this driver MXNet 1.9.1's dist_sync parameter server "
-            "returned corrupted gradient sums now and then (runs diverged to inf at random steps), a fault not "
-            f"yet found; train MXNet in one process, or set {MXNET_GATE}=experimental to run its kvstore engine "
-            "anyway")
-
-
 def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
     """``train --workers N``: the framework's own N-worker setup on 127.0.0.1, for one run directory."""
-    if workers > 1:
-        check_engine(backend)
     if from_env().active:
         raise ConfigError("--workers starts its own workers; it cannot be used inside a torchrun, TF_CONFIG or "
                           "DMLC launch (leave it out there)")
@@ -444,7 +433,8 @@ def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
         dmlc = {**env, "DMLC_NUM_WORKER": str(workers), "DMLC_NUM_SERVER": "1", "DMLC_PS_ROOT_URI": "127.0.0.1",
                 "DMLC_PS_ROOT_PORT": str(port), "DMLC_NODE_HOST": "127.0.0.1"}
         run.start("scheduler", train, {**dmlc, "DMLC_ROLE": "scheduler"})
-        run.start("server", train, {**dmlc, "DMLC_ROLE": "server"})
+        tunables = ":".join(t for t in (env.get("GLIBC_TUNABLES"), MXNET_SERVER_TUNABLES) if t)
+        run.start("server", train, {**dmlc, "DMLC_ROLE": "server", "GLIBC_TUNABLES": tunables})
         for i in range(workers):
             run.start(f"worker {i}", train, {**dmlc, "DMLC_ROLE": "worker"})
             names.append(f"worker {i}")
@@ -491,7 +481,6 @@ def serve(ctx: Context, backend: str) -> None:
     if canonical_name(backend) != "mxnet":
         raise DistributedError(f"DMLC_ROLE={ctx.role} is a role of MXNet's parameter server; it needs "
                                f"--backend mxnet, not {backend}")
-    check_engine("mxnet")
     if ctx.role == "scheduler":
         host, port = ctx.address.rsplit(":", 1)
         check_port(host, int(port), "the MXNet scheduler", "DMLC_PS_ROOT_PORT")

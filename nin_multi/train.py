@@ -222,8 +222,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         return Path(cfg.out or "."), []
     backend = get_backend(cfg.backend)
     cfg.backend = backend.NAME
-    if dist.active:
-        distributed.check_engine(backend.NAME)
     spec = spec_for(cfg)
     ds = load_data(cfg)
     if dist.active:

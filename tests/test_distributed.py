@@ -70,35 +70,22 @@ def test_global_batches_that_workers_cannot_share_are_refused():
     check_config(ctx, TrainConfig(batch_size=33), 103, 99)  # the last batch of 4: shares of 2, 1 and 1
 
 
-def test_mxnet_workers_are_refused_until_the_kvstore_fault_is_found(sample_dir, tmp_path):
-    """MXNet's engine gave wrong sums now and then (see distributed.MXNET_GATE): refused before any process
-    starts, whether launched by --workers or by hand through DMLC_ROLE, and nothing is written."""
-    env = {k: v for k, v in os.environ.items() if k != distributed.MXNET_GATE}
-    args = cli_args("mxnet", recipe(sample_dir), tmp_path / "run")
-    done = subprocess.run([sys.executable, "-m", "nin_multi", *args, "--workers", "2"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == DistributedError.exit_code, done.stderr[-2000:]
-    assert done.stderr.startswith("nin-multi: error: several MXNet workers are refused for now")
-    assert f"{distributed.MXNET_GATE}=experimental" in done.stderr and "Traceback" not in done.stderr
-    assert not (tmp_path / "run").exists()
-    for role in ("worker", "server"):
-        dmlc = {**env, "DMLC_ROLE": role, "DMLC_NUM_WORKER": "2", "DMLC_NUM_SERVER": "1",
-                "DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": str(distributed.free_ports(1)[0])}
-        done = subprocess.run([sys.executable, "-m", "nin_multi", *args], cwd=ROOT, env=dmlc, capture_output=True,
-                              text=True, timeout=120)
-        assert done.returncode == DistributedError.exit_code, (role, done.stderr[-2000:])
-        assert "several MXNet workers are refused for now" in done.stderr
-
-
-def test_mxnet_refuses_fp64_with_several_workers(sample_dir, tmp_path):
-    env = {**os.environ, distributed.MXNET_GATE: "experimental", "DMLC_ROLE": "worker", "DMLC_NUM_WORKER": "2",
-           "DMLC_NUM_SERVER": "1", "DMLC_PS_ROOT_URI": "127.0.0.1",
-           "DMLC_PS_ROOT_PORT": str(distributed.free_ports(1)[0])}
+def test_mxnet_fp64_workers_refuse_a_server_that_rounds_float64(sample_dir, tmp_path, procs):
+    """MXNet 1.9.1's server leaves its multi-precision flag uninitialised (distributed.MXNET_SERVER_TUNABLES):
+    a server whose allocations glibc fills with 0xfe sets it and sums float64 in float32. An fp64 worker
+    finds out before training (one line, nothing written); ``--workers`` gives its server zero-filled memory."""
+    port = distributed.free_ports(1)[0]
+    dmlc = {**os.environ, "DMLC_NUM_WORKER": "1", "DMLC_NUM_SERVER": "1", "DMLC_PS_ROOT_URI": "127.0.0.1",
+            "DMLC_PS_ROOT_PORT": str(port), "DMLC_NODE_HOST": "127.0.0.1"}
     args = cli_args("mxnet", recipe(sample_dir, precision="fp64"), tmp_path / "run")
-    done = subprocess.run([sys.executable, "-m", "nin_multi", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == ConfigError.exit_code
-    assert done.stderr.startswith("nin-multi: error: --precision fp64 with several MXNet workers is refused")
+    procs.start(args, env={**dmlc, "DMLC_ROLE": "scheduler"})
+    procs.start(args, env={**dmlc, "DMLC_ROLE": "server",
+                           "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0:glibc.malloc.perturb=1"})
+    rc, _, err = procs.run(args, timeout=120, env={**dmlc, "DMLC_ROLE": "worker"})
+    assert rc == DistributedError.exit_code, err[-2000:]
+    assert err.startswith("nin-multi: error: --precision fp64: this MXNet parameter server rounds float64 to float32")
+    assert distributed.MXNET_SERVER_TUNABLES in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_strip_workers_keeps_everything_else():
@@ -151,15 +138,10 @@ def fp32_recipe(sample_dir, **kw):
 
 
 def exact_recipe(backend, sample_dir, **kw):
-    """The learning recipe in fp64 where the engine takes float64, else the chapter's in fp32."""
-    if has_fp64(backend) and backend.NAME not in FP32_ONLY:
+    """The learning recipe in fp64 where the backend has float64 models, else the fp32 one."""
+    if has_fp64(backend):
         return recipe(sample_dir, precision="fp64", **kw)
     return fp32_recipe(sample_dir, **kw)
-
-
-#: MXNet refuses fp64 with several workers (float64 arrays crossing its parameter server in these runs
-#: came back off by float32-sized errors), so its runs are fp32.
-FP32_ONLY = {"mxnet"}
 
 
 def cli_args(backend_name, cfg: dict, out) -> list:
@@ -195,13 +177,9 @@ class Processes:
 
 @pytest.fixture
 def parallel(backend):
-    """The backends with a data-parallel engine; the others are skipped with the reason. MXNet's engine
-    runs only where NIN_MULTI_MXNET_DIST=experimental asks for it (its refusal is tested above)."""
+    """The backends with a data-parallel engine; the others are skipped with the reason."""
     if not hasattr(backend, "distribute"):
         pytest.skip(f"the {backend.NAME} backend has no data-parallel engine")
-    if backend.NAME == "mxnet" and os.environ.get(distributed.MXNET_GATE) != "experimental":
-        pytest.skip(f"MXNet's kvstore engine is refused unless {distributed.MXNET_GATE}=experimental "
-                    f"(it gave corrupted sums now and then)")
     return backend
 
 
