@@ -86,15 +86,12 @@ DESCRIPTIONS = {
 #: Backends whose default path is the framework's one-switch fast path itself (no "fast" row): JAX's
 #: ``jax.jit`` of the whole step. Its default fp32 row counts among its peers.
 FAST_IS_DEFAULT = frozenset({"jax"})
-TARGET_DEFAULT = 1.5     # default fp32 training step vs the chapter's code
-TARGET_BF16 = 4.0        # bf16 training step vs the chapter's code (PyTorch, TensorFlow)
 TARGET_PIPELINE = 0.05   # data pipeline time per batch / training step time
 TARGET_MEMORY = 0.05     # growth allowed from the first chunk to the last
 TARGET_PEER = 1.0        # default fp32 training vs the best peer of its own framework
 TARGET_SPREAD = 1.25     # slowest default path vs the fastest backend at the same precision
 TARGET_GEMM = 0.70       # the fastest training path's GFLOP/s vs the machine's GEMM rate (fp32, bf16)
 TARGET_EPOCH = 0.90      # an epoch's throughput (warm: every epoch after the first) vs the step rate
-BF16_TARGET_BACKENDS = ("torch", "tensorflow")
 
 
 # -- command line ---------------------------------------------------------------------------------------
@@ -413,27 +410,6 @@ def evaluate_targets(report: dict) -> list[dict]:
         return next((r for r in results if (r["backend"], r["path"], r["precision"]) == (backend, path, precision)),
                     None)
 
-    def ratio_target(backend, precision, need):
-        name = f"{backend}: default {precision} training >= {need:g}x the chapter's code"
-        r = find(backend, "default", precision)
-        ref = find(backend, "chapter", "fp32")
-        if r is None:
-            return {"name": name, "met": None, "detail": f"not measured (add {precision} to --precision)"}
-        if r.get("error") or ref is None or ref.get("error"):
-            return {"name": name, "met": False,
-                    "detail": f"error: {(r.get('error') or (ref or {}).get('error'))}"}
-        low, high = r["ratio_train_range"] or (r["ratio_train"], r["ratio_train"])
-        straddles = "; the rounds straddle the target" if low < need <= high else ""
-        return {"name": name, "met": r["ratio_train"] >= need,
-                "detail": f"{r['ratio_train']:.2f}x ({r['train_img_s']:.1f} vs {ref['train_img_s']:.1f} img/s; "
-                          f"rounds {low:.2f}-{high:.2f}x{straddles})"}
-
-    for b in s["backends"]:
-        targets.append(ratio_target(b, "fp32", TARGET_DEFAULT))
-    for b in s["backends"]:
-        if b in BF16_TARGET_BACKENDS:
-            targets.append(ratio_target(b, "bf16", TARGET_BF16))
-
     targets += _peer_targets(s, results, find)
 
     shares = [(f"{p['layout']} vs {k}", v) for p in report["pipeline"] for k, v in p["share_of_train_step"].items()]
@@ -472,8 +448,14 @@ def _peer_targets(s: dict, results: list, find) -> list[dict]:
         elif r.get("error") or r.get("ratio_best_peer_train") is None:
             targets.append({"name": name, "met": False, "detail": f"error: {r.get('error') or 'no peer ran'}"})
         else:
+            path, precision = r["best_peer"].split()
+            top = find(b, path, precision)
+            low, high = _round_ratios(top["train_steps_s"], r["train_steps_s"]) or (r["ratio_best_peer_train"],) * 2
+            straddles = "; the rounds straddle the target" if low < TARGET_PEER <= high else ""
             targets.append({"name": name, "met": r["ratio_best_peer_train"] >= TARGET_PEER,
-                            "detail": f"{r['ratio_best_peer_train']:.2f}x the {r['best_peer']} path"})
+                            "detail": f"{r['ratio_best_peer_train']:.2f}x the {r['best_peer']} path "
+                                      f"({r['train_img_s']:.1f} vs {top['train_img_s']:.1f} img/s; rounds "
+                                      f"{low:.2f}-{high:.2f}x{straddles})"})
     for precision in s.get("precisions", ()):
         rows = [r for r in results if r["path"] == "default" and r["precision"] == precision and not r.get("error")]
         name = f"every backend's default {precision} training within {TARGET_SPREAD:g}x of the fastest backend's"
