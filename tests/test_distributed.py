@@ -267,11 +267,11 @@ def _worker_to_kill(launcher_pid: int):
 
 @pytest.mark.slow
 def test_a_killed_worker_stops_the_run_and_it_resumes_exactly(parallel, sample_dir, tmp_path, procs):
-    """Two epochs of 21 steps on two workers, one of them SIGKILLed after the first checkpoint, resumed on
+    """Two epochs of 11 steps on two workers, one of them SIGKILLed after the first checkpoint, resumed on
     two workers: the launcher ends every process with one line (no traceback), and the resumed run ends
     with one uninterrupted process's weights and metrics (fp64 where the engine takes it: 1e-10)."""
     backend = parallel
-    cfg = exact_recipe(backend, sample_dir, epochs=2)
+    cfg = exact_recipe(backend, sample_dir, epochs=2, subset=352)  # 2 x 11 steps, the last of 32
     args = [*cli_args(backend.NAME, cfg, tmp_path / "run"), "--workers", "2"]
     p = procs.start(args)
     first = tmp_path / "run" / "checkpoints" / "epoch-0001.npz"
@@ -294,7 +294,7 @@ def test_a_killed_worker_stops_the_run_and_it_resumes_exactly(parallel, sample_d
     assert "resuming after epoch" in out
     train(TrainConfig(backend=backend.NAME, out=str(tmp_path / "one"), progress=False, **cfg), log=quiet)
     check_same_training(tmp_path / "run", tmp_path / "one", cfg.get("precision", "fp32"),
-                        f"{backend.NAME}: 2 workers, killed and resumed, 2 x 21 steps")
+                        f"{backend.NAME}: 2 workers, killed and resumed, 2 x 11 steps")
 
 
 def test_without_a_launcher_a_lone_worker_gives_up_within_the_timeout(sample_dir, tmp_path, procs):

@@ -94,7 +94,7 @@ def test_resume_equals_uninterrupted(trainable_backend, sample_dir, tmp_path, pr
     """Exact, not close: data order from (seed, epoch), restored dropout state, and in fp64 checkpoints
     that keep float64 (a float32 checkpoint would round the weights and the runs would part)."""
     backend = trainable_backend
-    kw = dict(subset=320, test_subset=100, epochs=3, precision=precision)
+    kw = dict(subset=192, test_subset=64, epochs=3, precision=precision)  # 3 x 6 steps
     _, straight = train(mini_config(backend, sample_dir, tmp_path / "a", **kw), log=quiet)
     train(mini_config(backend, sample_dir, tmp_path / "b", **{**kw, "epochs": 1}), log=quiet)
     _, resumed = resume(tmp_path / "b", epochs=3, log=quiet)
