@@ -165,16 +165,16 @@ def cmd_train(a) -> int:
     if a.workers != 1:
         from nin_multi.backends import canonical_name
 
-        from .distributed import default_out, launch
+        from .distributed import launch
+        from .run import default_run_dir
         from .train import read_run_config
 
         backend = canonical_name(a.backend or "torch")
         if a.resume and not a.backend:  # the run's own framework, read as resume() reads it
             backend = read_run_config(Path(a.resume))["backend"]
-        out = default_out(a.argv, backend)
-        argv = a.argv if any(x in a.argv for x in ("--out", "--resume")) or any(
-            x.startswith(("--out=", "--resume=")) for x in a.argv) else [*a.argv, "--out", out]
-        launch(backend, a.workers, argv, out)
+        given = a.resume or a.out  # every worker must be given the same run directory
+        out = given or str(default_run_dir(backend))
+        launch(backend, a.workers, a.argv if given else [*a.argv, "--out", out], out)
         return 0
     if a.resume:
         resume(a.resume, epochs=a.epochs, progress_bar=a.progress, backend=a.backend)

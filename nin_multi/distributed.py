@@ -39,6 +39,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import torchrun
 from .errors import ConfigError, DistributedError, NinMultiError
 
 TIMEOUT_ENV = "NIN_MULTI_DIST_TIMEOUT"
@@ -198,8 +199,6 @@ class Watchdog:
     own (gloo's, TensorFlow's collective timeout) but MXNet's parameter server waits forever for a worker
     that died, so every backend gets this bound as well."""
 
-    EXIT_CODE = 4
-
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self._deadline: Optional[float] = None
@@ -242,7 +241,7 @@ class Watchdog:
                                  f"died or hangs; stopping (continue from the last checkpoint with --resume; "
                                  f"${TIMEOUT_ENV} sets the bound)\n")
                 sys.stderr.flush()
-                os._exit(self.EXIT_CODE)
+                os._exit(DistributedError.exit_code)
 
 
 class ShardedTrainer:
@@ -368,8 +367,6 @@ def _torchrun_failure(report: Path, name: str, rc: int) -> tuple[str, int]:
         return f"worker {int(failed['rank'])}", int(failed["status"])
     except (OSError, ValueError, KeyError, TypeError):
         return name, rc
-    finally:
-        shutil.rmtree(report.parent, ignore_errors=True)
 
 
 def _describe(rc: int) -> str:
@@ -383,7 +380,7 @@ def _describe(rc: int) -> str:
 
 def strip_workers(argv: list[str]) -> list[str]:
     out, skip = [], False
-    for i, a in enumerate(argv):
+    for a in argv:
         if skip:
             skip = False
         elif a == "--workers":
@@ -417,7 +414,7 @@ def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
         run.start("torchrun", [py, "-m", "nin_multi.torchrun", "--nnodes", "1", "--nproc-per-node",
                                str(workers), "--master-addr", "127.0.0.1", "--master-port", str(port),
                                "--max-restarts", "0", "--monitor-interval", "0.5", *train[1:]],
-                  {**env, "NIN_MULTI_TORCHRUN_REPORT": str(report)})
+                  {**env, torchrun.REPORT_ENV: str(report)})
         names = ["torchrun"]
     elif backend == "tensorflow":
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # a lost peer is one line below, not pages of gRPC errors
@@ -452,26 +449,15 @@ def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
                                f"--workers {workers}") from None
     finally:
         run.stop()
-        if report is not None and failure is None:
+        if report is not None:
+            if failure is not None:  # torchrun names the worker that failed first
+                failure = _torchrun_failure(report, *failure)
             shutil.rmtree(report.parent, ignore_errors=True)
     if failure is not None:
         name, rc = failure
-        if report is not None:  # torchrun names the worker that failed first
-            name, rc = _torchrun_failure(report, name, rc)
         raise DistributedError(f"{name} {_describe(rc)}, so the {workers}-worker {backend} run was stopped (every "
                                f"process ended); the last completed epoch's checkpoint is in {run_dir}: continue "
                                f"with --resume {run_dir} --workers {workers}")
-
-
-def default_out(argv: list[str], backend: str) -> Optional[str]:
-    """The run directory the launcher gives every worker (they must agree on one)."""
-    from .run import default_run_dir
-    for i, a in enumerate(argv):
-        if a in ("--out", "--resume") and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(("--out=", "--resume=")):
-            return a.split("=", 1)[1]
-    return str(Path(default_run_dir(backend)))
 
 
 def serve(ctx: Context, backend: str) -> None:

@@ -22,13 +22,17 @@ def main(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    from nin_multi.errors import DistributedError
+
     try:
         run(parse_args(argv))
     except ChildFailedError as e:
         # the cause rather than its echoes: a worker killed by a signal before one that then lost its peer
-        # (the agent sends SIGTERM to the rest once one fails, and a worker that lost its peer exits 4)
+        # (the agent sends SIGTERM to the rest once one fails, and a worker that lost its peer exits with
+        # DistributedError's status)
         rank, failure = min(e.failures.items(), key=lambda kv: (kv[1].exitcode == -signal.SIGTERM,
-                                                                kv[1].exitcode == 4, kv[1].timestamp, kv[0]))
+                                                                kv[1].exitcode == DistributedError.exit_code,
+                                                                kv[1].timestamp, kv[0]))
         report = os.environ.get(REPORT_ENV)
         if report:
             with open(report, "w") as f:

@@ -4,7 +4,6 @@ The multi-process tests start real launchers (torchrun, TF_CONFIG workers, MXNet
 and workers) on 127.0.0.1 through ``train --workers 2``; every process runs under a timeout and is
 killed (its whole process group) if the test fails.
 """
-import inspect
 import json
 import os
 import signal
@@ -116,10 +115,6 @@ def recipe(sample_dir, **kw):
                      test_subset=100, epochs=1, dropout=0.0, data_dir=str(sample_dir)), **kw)
 
 
-def has_fp64(backend) -> bool:
-    return "dtype" in inspect.signature(backend.build_model).parameters
-
-
 #: Two workers compute each step's gradient as two half-batch gradients added: one process's arithmetic
 #: up to rounding. In fp64 that rounding stays at 1e-17..1e-15. In fp32 how far it grows depends on the
 #: dynamics: the learning recipe above (He init, lr 0.05) first collapses to the 2.30 plateau, where any
@@ -135,13 +130,6 @@ METRIC_TOLERANCE = {"fp64": (0.0, 1e-10), "fp32": (0.0, 1e-5)}  # (accuracy, abs
 def fp32_recipe(sample_dir, **kw):
     """The chapter's init (Xavier) at a tenth of its learning rate on the mini net, no dropout: see TOLERANCE."""
     return recipe(sample_dir, **dict(dict(init="xavier", lr=0.01, precision="fp32"), **kw))
-
-
-def exact_recipe(backend, sample_dir, **kw):
-    """The learning recipe in fp64 where the backend has float64 models, else the fp32 one."""
-    if has_fp64(backend):
-        return recipe(sample_dir, precision="fp64", **kw)
-    return fp32_recipe(sample_dir, **kw)
 
 
 def cli_args(backend_name, cfg: dict, out) -> list:
@@ -269,9 +257,9 @@ def _worker_to_kill(launcher_pid: int):
 def test_a_killed_worker_stops_the_run_and_it_resumes_exactly(parallel, sample_dir, tmp_path, procs):
     """Two epochs of 11 steps on two workers, one of them SIGKILLed after the first checkpoint, resumed on
     two workers: the launcher ends every process with one line (no traceback), and the resumed run ends
-    with one uninterrupted process's weights and metrics (fp64 where the engine takes it: 1e-10)."""
+    with one uninterrupted process's weights and metrics (fp64: within 1e-10)."""
     backend = parallel
-    cfg = exact_recipe(backend, sample_dir, epochs=2, subset=352)  # 2 x 11 steps, the last of 32
+    cfg = recipe(sample_dir, precision="fp64", epochs=2, subset=352)  # 2 x 11 steps, the last of 32
     args = [*cli_args(backend.NAME, cfg, tmp_path / "run"), "--workers", "2"]
     p = procs.start(args)
     first = tmp_path / "run" / "checkpoints" / "epoch-0001.npz"
@@ -293,7 +281,7 @@ def test_a_killed_worker_stops_the_run_and_it_resumes_exactly(parallel, sample_d
     assert rc == 0, err[-3000:]
     assert "resuming after epoch" in out
     train(TrainConfig(backend=backend.NAME, out=str(tmp_path / "one"), progress=False, **cfg), log=quiet)
-    check_same_training(tmp_path / "run", tmp_path / "one", cfg.get("precision", "fp32"),
+    check_same_training(tmp_path / "run", tmp_path / "one", "fp64",
                         f"{backend.NAME}: 2 workers, killed and resumed, 2 x 11 steps")
 
 
