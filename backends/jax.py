@@ -26,6 +26,7 @@ import flax.linen as nn
 import optax
 
 from nin_multi.config import check_model_dtype
+from nin_multi.optim import SGDSettings, resolve
 from nin_multi.errors import ConfigError
 from nin_multi.spec import (AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec)
@@ -250,16 +251,20 @@ _COMPUTE = {"fp32": None, "bf16": jnp.bfloat16, "fp64": None}
 
 
 class Trainer:
-    """SGD on cross-entropy: ``jax.value_and_grad`` and ``optax.sgd``, one jitted step (traced once per
-    batch shape: the last batch of an epoch is smaller). The learning rate is an array in the
-    parameters' dtype, so an fp64 update rounds nothing to float32. bf16 computes in bfloat16 over
-    float32 parameters, the loss in float32.
+    """SGD on cross-entropy: ``jax.value_and_grad`` and Optax, one jitted step (traced once per batch
+    shape: the last batch of an epoch is smaller). ``optim`` (default: plain SGD at ``lr``) is
+    ``optax.sgd`` (momentum, Nesterov) after ``optax.add_decayed_weights`` (coupled weight decay), under
+    ``optax.inject_hyperparams`` so that each step is given the schedule's rate, and ``optax.smooth_labels``:
+    Optax's formulas are PyTorch's (nin_multi/optim.py), no correction needed. The learning rate is an
+    array in the parameters' dtype, so an fp64 update rounds nothing to float32. bf16 computes in
+    bfloat16 over float32 parameters, the loss in float32.
 
     Dropout keys are ``fold_in(PRNGKey(seed), step)``: a function of the step count alone, so a run
     resumed from a checkpoint (which stores the step) draws the same masks as one never interrupted.
     """
 
-    def __init__(self, model: Model, lr: float, precision: str = "fp32", seed: Optional[int] = None):
+    def __init__(self, model: Model, lr: float, precision: str = "fp32", seed: Optional[int] = None, *,
+                 optim: Optional[SGDSettings] = None):
         if precision == "fp16":
             raise ConfigError("--precision fp16 is not offered by the JAX backend (it would need loss scaling, "
                               "which bf16 does not): use bf16 or fp32")
@@ -271,17 +276,29 @@ class Trainer:
         self.step = 0
         self.in_dtype = model.dtype
         module = model.module.clone(dtype=_COMPUTE[precision]) if _COMPUTE[precision] else model.module
-        self.opt = optax.sgd(jnp.asarray(lr, model.dtype))
+        self.optim = o = resolve(lr, optim)
+
+        def sgd(learning_rate):
+            step = optax.sgd(learning_rate, momentum=o.momentum or None, nesterov=o.nesterov)
+            return optax.chain(optax.add_decayed_weights(o.weight_decay), step) if o.weight_decay else step
+
+        self.opt = optax.inject_hyperparams(sgd)(learning_rate=jnp.asarray(o.lr_at(0), model.dtype))
         self.opt_state = self.opt.init(model.params)
+
+        def loss_of(logits, y):
+            if not o.label_smoothing:
+                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            target = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[1], dtype=logits.dtype), o.label_smoothing)
+            return optax.softmax_cross_entropy(logits, target).mean()
 
         def metrics(params, x, y, train, key):
             logits = module.apply({"params": params}, x, train=train, rngs={"dropout": key})[-1]
             logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, (logits.argmax(1) == y).sum()
+            return loss_of(logits, y), (logits.argmax(1) == y).sum()
 
-        def train_step(params, opt_state, x, y, key):
+        def train_step(params, opt_state, x, y, key, lr):
             (loss, correct), grads = jax.value_and_grad(metrics, has_aux=True)(params, x, y, True, key)
+            opt_state.hyperparams["learning_rate"] = lr  # the schedule's rate for this step
             updates, opt_state = self.opt.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, loss, correct
 
@@ -294,7 +311,8 @@ class Trainer:
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         xs, ys = self._inputs(x, y)
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), self.step)
-        params, self.opt_state, loss, correct = self._train(self.model.params, self.opt_state, xs, ys, key)
+        lr = jnp.asarray(self.optim.lr_at(self.step), self.in_dtype)
+        params, self.opt_state, loss, correct = self._train(self.model.params, self.opt_state, xs, ys, key, lr)
         self.model.params = params
         self.step += 1
         return float(loss) * len(y), int(correct)
@@ -304,9 +322,16 @@ class Trainer:
         return float(loss) * len(y), int(correct)
 
     def extra_state(self) -> dict:
-        """Beyond the weights: plain SGD keeps no optimizer state; the dropout keys' inputs (seed, steps
-        taken) make a resumed run's masks the uninterrupted run's."""
-        return {"jax_seed": np.int64(self.seed), "jax_step": np.int64(self.step)}
+        """Beyond the weights: the dropout keys' inputs (seed, steps taken) make a resumed run's masks the
+        uninterrupted run's; with momentum, the optimizer state's arrays (plain SGD keeps none)."""
+        state = {"jax_seed": np.int64(self.seed), "jax_step": np.int64(self.step)}
+        if self.optim.momentum:
+            state.update({f"jax_opt.{i}": np.asarray(a) for i, a in enumerate(jax.tree_util.tree_leaves(self.opt_state))})
+        return state
 
     def load_extra_state(self, state: dict) -> None:
         self.seed, self.step = int(state["jax_seed"]), int(state["jax_step"])
+        if "jax_opt.0" in state:
+            leaves, tree = jax.tree_util.tree_flatten(self.opt_state)
+            self.opt_state = jax.tree_util.tree_unflatten(
+                tree, [jnp.asarray(state[f"jax_opt.{i}"], a.dtype) for i, a in enumerate(leaves)])

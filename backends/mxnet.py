@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import warnings
 from contextlib import nullcontext
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from nin_multi.config import check_model_dtype
 from nin_multi.errors import ConfigError
+from nin_multi.optim import SGDSettings, resolve
 from nin_multi.spec import AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec
 
 # MXNet 1.9.1 still reads ``numpy.bool``, an alias NumPy 1.24 removed; restore it before the import
@@ -198,13 +200,19 @@ def _use_amp(model: nn.HybridSequential, precision: str) -> bool:
 
 @mx.optimizer.register
 class ExactSGD(mx.optimizer.Optimizer):
-    """Plain SGD written as NDArray arithmetic, for float64 runs. MXNet's fused ``sgd_update`` operator
-    takes the learning rate and the gradient's rescale factor as 32-bit floats (lr 0.05 becomes
-    0.0500000007), so a float64 update would be off by ~1.5e-8 relative every step; NDArray's scalar
-    operators take doubles. Same meaning as ``sgd`` without momentum: w -= lr * (rescale * g + wd * w)."""
+    """SGD written as NDArray arithmetic, for float64 runs. MXNet's fused ``sgd_update`` and
+    ``sgd_mom_update`` operators take the learning rate, the momentum and the gradient's rescale factor
+    as 32-bit floats (lr 0.05 becomes 0.0500000007), so a float64 update would be off by ~1.5e-8
+    relative every step; NDArray's scalar operators take doubles. The same formulas as ``sgd`` (the
+    velocity holds the learning rate: ``v = m * v - lr * (rescale * g + wd * w); w += v``) and, with
+    ``nesterov``, as ``nag`` (``s = m * s + g'; w -= lr * (g' + m * s)``)."""
+
+    def __init__(self, momentum=0.0, nesterov=False, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum, self.nesterov = momentum, nesterov
 
     def create_state(self, index, weight):
-        return None
+        return mx.nd.zeros(weight.shape, weight.context, dtype=weight.dtype) if self.momentum else None
 
     def update(self, index, weight, grad, state):
         self._update_count(index)
@@ -212,18 +220,31 @@ class ExactSGD(mx.optimizer.Optimizer):
         step = grad * self.rescale_grad
         if wd:
             step = step + wd * weight
-        weight[:] = weight - lr * step
+        if state is None:
+            weight[:] = weight - lr * step
+        elif self.nesterov:
+            state[:] = self.momentum * state + step
+            weight[:] = weight - lr * (step + self.momentum * state)
+        else:
+            state[:] = self.momentum * state - lr * step
+            weight[:] = weight + state
 
 
 class Trainer:
     """SGD on cross-entropy, the book's Gluon loop: ``trainer.step(batch)`` averages the summed gradient.
+    ``optim`` (default: plain SGD at ``lr``) is rendered in Gluon's own optimizer, ``sgd`` with
+    ``momentum`` and ``wd`` (``nag`` for Nesterov), and computes PyTorch's meaning (nin_multi/optim.py):
+    ``set_learning_rate`` each step, and ``sgd``'s velocity, which holds the previous step's rate, is
+    carried over by a momentum of ``m * lr_t / lr_{t-1}`` (``nag`` keeps the rate out of its state and
+    needs no correction); label smoothing is the cross-entropy against ``one_hot``'s smoothed targets.
 
     Dropout masks come from MXNet's global generator, whose state cannot be read back for a checkpoint.
     Instead each step reseeds it from (seed, step number), so the masks are a function of the step count
     alone and a run resumed from a checkpoint draws the same masks as one never interrupted.
     """
 
-    def __init__(self, model: nn.HybridSequential, lr: float, precision: str = "fp32", seed: int | None = None):
+    def __init__(self, model: nn.HybridSequential, lr: float, precision: str = "fp32", seed: int | None = None, *,
+                 optim: SGDSettings | None = None):
         self.model = model
         self.ctx = _ctx()
         self.dtype = _dtype(model)
@@ -231,13 +252,17 @@ class Trainer:
         self.seed = _seed if seed is None else seed
         self.step = 0
         self.scaled = _use_amp(model, precision)
+        self.optim = o = resolve(lr, optim)
+        kwargs = {"learning_rate": o.lr_at(0), "momentum": o.momentum, "wd": o.weight_decay}
         if precision == "fp64":
-            self.trainer = gluon.Trainer(model.collect_params(), ExactSGD(learning_rate=lr))
+            self.trainer = gluon.Trainer(model.collect_params(), ExactSGD(nesterov=o.nesterov, **kwargs))
         else:
-            self.trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": lr})
+            self.trainer = gluon.Trainer(model.collect_params(), "nag" if o.nesterov else "sgd", kwargs)
+        self.carry = o.momentum and not o.nesterov and o.schedule != "constant"  # the velocity holds lr
         if self.scaled:
             amp.init_trainer(self.trainer)
-        self.loss = gluon.loss.SoftmaxCrossEntropyLoss()
+        self.smooth = o.label_smoothing
+        self.loss = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=not self.smooth)
 
     def _inputs(self, x, y):
         return mx.nd.array(x, ctx=self.ctx, dtype=self.dtype), mx.nd.array(y, ctx=self.ctx, dtype=self.dtype)
@@ -254,9 +279,13 @@ class Trainer:
         self.step += 1
         with autograd.record():
             logits = self.model(xs).astype(self.dtype)
-            loss = self.loss(logits, ys)
+            loss = self._loss(logits, ys)
             with amp.scale_loss(loss, self.trainer) if self.scaled else nullcontext(loss) as scaled:
                 scaled.backward()
+        t = self.step - 1
+        self.trainer.set_learning_rate(self.optim.lr_at(t))
+        if self.carry:
+            self.trainer.optimizer.momentum = self.optim.momentum * self.optim.velocity_scale(t)
         self.trainer.step(batch or len(y))
         return self._metrics(logits, loss, y)
 
@@ -264,15 +293,33 @@ class Trainer:
         xs, ys = self._inputs(x, y)
         with autograd.predict_mode():
             logits = self.model(xs).astype(self.dtype)
-        return self._metrics(logits, self.loss(logits, ys), y)
+        return self._metrics(logits, self._loss(logits, ys), y)
+
+    def _loss(self, logits, ys):
+        if not self.smooth:
+            return self.loss(logits, ys)
+        k = logits.shape[1]
+        return self.loss(logits, mx.nd.one_hot(ys, k, on_value=1 - self.smooth + self.smooth / k,
+                                               off_value=self.smooth / k, dtype=self.dtype))
 
     def extra_state(self) -> dict:
-        """What a checkpoint needs beyond the weights: plain SGD keeps no state; the dropout seeds'
-        inputs (seed, steps taken) stand in for the generator state MXNet cannot export."""
-        return {"mx_seed": np.int64(self.seed), "mx_step": np.int64(self.step)}
+        """What a checkpoint needs beyond the weights: the dropout seeds' inputs (seed, steps taken) stand
+        in for the generator state MXNet cannot export; with momentum, the Trainer's saved states (bytes)."""
+        state = {"mx_seed": np.int64(self.seed), "mx_step": np.int64(self.step)}
+        if self.optim.momentum:
+            with tempfile.TemporaryDirectory() as d:
+                self.trainer.save_states(os.path.join(d, "states"))
+                with open(os.path.join(d, "states"), "rb") as f:
+                    state["mx_optimizer"] = np.frombuffer(f.read(), np.uint8)
+        return state
 
     def load_extra_state(self, state: dict) -> None:
         self.seed, self.step = int(state["mx_seed"]), int(state["mx_step"])
+        if "mx_optimizer" in state:
+            with tempfile.TemporaryDirectory() as d:
+                with open(os.path.join(d, "states"), "wb") as f:
+                    f.write(np.asarray(state["mx_optimizer"], np.uint8).tobytes())
+                self.trainer.load_states(os.path.join(d, "states"))
 
 
 # -- data parallelism: the parameter-server kvstore (dist_sync) ----------------------------------------

@@ -20,6 +20,7 @@ import numpy as np
 
 from nin_multi.config import check_model_dtype
 from nin_multi.errors import ConfigError
+from nin_multi.optim import SGDSettings, resolve
 from nin_multi.spec import (AvgPool, ChannelDropout, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec)
 
@@ -229,40 +230,62 @@ def _dtype_policy(model: keras.Model, policy):
 
 
 class Trainer:
-    """SGD on cross-entropy with ``tf.GradientTape``. Each step is traced once, here, for any batch
-    and image size (the last batch is smaller), under the precision's dtype policy: bf16/fp16 compute,
-    fp32 weights, the loss in fp32; fp16 with dynamic loss scaling, on GPUs only; fp64 all in float64,
-    the optimizer's learning rate included."""
+    """SGD on cross-entropy with ``tf.GradientTape`` and Keras's ``SGD`` (momentum, Nesterov) as ``optim``
+    sets them (default: plain SGD at ``lr``), made to compute PyTorch's meaning (nin_multi/optim.py):
+    the schedule's rate is assigned to the optimizer's learning-rate variable each step, the velocity
+    (which holds the previous rate) is scaled by the rates' ratio first, the coupled weight decay is
+    an L2 term added to the loss (Keras's own ``weight_decay`` is decoupled), and label
+    smoothing is ``CategoricalCrossentropy``'s. Each step is traced once, here, for any batch and image
+    size (the last batch is smaller), under the precision's dtype policy: bf16/fp16 compute, fp32
+    weights, the loss in fp32; fp16 with dynamic loss scaling, on GPUs only; fp64 all in float64, the
+    optimizer's learning rate included."""
 
-    def __init__(self, model: keras.Model, lr: float, precision: str = "fp32"):
+    def __init__(self, model: keras.Model, lr: float, precision: str = "fp32", *, optim: SGDSettings | None = None):
         if precision == "fp16" and device() == "cpu":
             raise ConfigError("--precision fp16 needs a GPU with TensorFlow; on a CPU use bf16 or fp32")
         self.dtype = _dtype(model)
         check_model_dtype(precision, self.dtype)
         self.model = model
+        self.optim = o = resolve(lr, optim)
+        self.updates = 0
         with _floatx(self.dtype):  # Keras losses cast their inputs to the default dtype too
-            self.opt = keras.optimizers.SGD(learning_rate=lr)
-            self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            # A NumPy double: SGD casts a Python float momentum through float32 (0.9 -> 0.899999976, measured)
+            self.opt = keras.optimizers.SGD(learning_rate=o.lr_at(0), momentum=np.float64(o.momentum),
+                                            nesterov=o.nesterov)
+            self.loss = (keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=o.label_smoothing)
+                         if o.label_smoothing else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        # Coupled decay as the L2 term whose gradient is wd * w. Not keras.regularizers.L2: it multiplies by
+        # its factor as a Python float, which TensorFlow rounds to float32 (5e-12 apart in fp64, measured).
+        self.l2 = tf.constant(o.weight_decay / 2, self.dtype) if o.weight_decay else None
         if precision == "fp16":
             self.opt = keras.optimizers.LossScaleOptimizer(self.opt)
         self.opt.build(model.trainable_variables)
+        sgd = getattr(self.opt, "inner_optimizer", self.opt)
+        self.velocities = sgd.momentums if o.schedule != "constant" else []
         self.seeds = {layer.name: layer.seed_generator for layer in model.layers
                       if isinstance(layer, keras.layers.Dropout) and layer.rate > 0}
         sig = (tf.TensorSpec((None, None, None, model.input_shape[-1]), self.dtype),
                tf.TensorSpec((None,), tf.int64))
+        rates = (tf.TensorSpec((), self.dtype), tf.TensorSpec((), self.dtype))  # the rate, the velocity's scale
         with _dtype_policy(model, _POLICIES[precision]):
-            self._train = tf.function(self._train_graph, input_signature=sig).get_concrete_function()
+            self._train = tf.function(self._train_graph, input_signature=sig + rates).get_concrete_function()
             self._eval = tf.function(self._eval_graph, input_signature=sig).get_concrete_function()
 
     def _metrics(self, logits, y):
-        return self.loss(y, logits), tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == y, tf.int32))
+        target = tf.one_hot(y, tf.shape(logits)[1], dtype=logits.dtype) if self.optim.label_smoothing else y
+        return self.loss(target, logits), tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == y, tf.int32))
 
-    def _train_graph(self, x, y):
+    def _train_graph(self, x, y, lr, scale):
         variables = self.model.trainable_variables
+        self.opt.learning_rate.assign(lr)
+        for v in self.velocities:
+            v.assign(v * scale)
         with tf.GradientTape() as tape:
             logits = tf.cast(self.model(x, training=True), self.dtype)
             loss, correct = self._metrics(logits, y)
-            scaled = self.opt.scale_loss(loss)
+            objective = loss + self.l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables]) \
+                if self.l2 is not None else loss
+            scaled = self.opt.scale_loss(objective)
         self.opt.apply(tape.gradient(scaled, variables), variables)
         return loss, correct
 
@@ -274,7 +297,11 @@ class Trainer:
         return float(loss) * len(y), int(correct)
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        return self._result(self._train, x, y)
+        o, t = self.optim, self.updates
+        loss, correct = self._train(tf.constant(x, self.dtype), tf.constant(y), tf.constant(o.lr_at(t), self.dtype),
+                                    tf.constant(o.velocity_scale(t), self.dtype))
+        self.updates += 1
+        return float(loss) * len(y), int(correct)
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         return self._result(self._eval, x, y)
@@ -284,6 +311,7 @@ class Trainer:
 
     def load_extra_state(self, state: dict) -> None:
         _load_training_state(self.opt, self.seeds, state)
+        self.updates = int(self.opt.iterations.numpy())
 
 
 def _training_state(opt, seeds: dict) -> dict:

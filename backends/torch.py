@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nin_multi.config import check_model_dtype
+from nin_multi.optim import SGDSettings, resolve
 from nin_multi.spec import (AvgPool, ChannelDropout, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec)
 
@@ -169,19 +170,27 @@ def save_native(model: nn.Module, path) -> None:
 
 
 class Trainer:
-    """SGD on cross-entropy. Channels-last memory layout by default: the same numbers (fp32 rounding
-    aside), measured 1.5x faster on CPU convolutions; bf16/fp16 via autocast, loss kept in fp32; fp64
-    all in float64 (``torch.optim.SGD`` applies the learning rate as a Python float, a double)."""
+    """SGD on cross-entropy: ``torch.optim.SGD`` (momentum, Nesterov, weight decay) and
+    ``CrossEntropyLoss(label_smoothing)`` as ``optim`` sets them (default: plain SGD at ``lr``), the
+    schedule's rate set in the optimizer's parameter group before each update; PyTorch's formulas are
+    the meaning every backend computes (nin_multi/optim.py). Channels-last memory layout by default: the
+    same numbers (fp32 rounding aside), measured 1.5x faster on CPU convolutions; bf16/fp16 via autocast,
+    loss kept in fp32; fp64 all in float64 (``torch.optim.SGD`` applies the learning rate as a Python
+    float, a double)."""
 
-    def __init__(self, model: nn.Module, lr: float, precision: str = "fp32", channels_last: bool = True):
+    def __init__(self, model: nn.Module, lr: float, precision: str = "fp32", channels_last: bool = True, *,
+                 optim: SGDSettings | None = None):
         self.dtype = _dtype(model)
         check_model_dtype(precision, str(self.dtype).removeprefix("torch."))
         self.model = model
         self.dev = torch.device(device())
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        self.opt = torch.optim.SGD(model.parameters(), lr=lr)
-        self.loss = nn.CrossEntropyLoss()
+        self.optim = o = resolve(lr, optim)
+        self.opt = torch.optim.SGD(model.parameters(), lr=o.lr_at(0), momentum=o.momentum, nesterov=o.nesterov,
+                                   weight_decay=o.weight_decay)
+        self.updates = 0
+        self.loss = nn.CrossEntropyLoss(label_smoothing=o.label_smoothing)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.autocast = (lambda: torch.autocast(self.dev.type, dtype=dtype)) if dtype else nullcontext
         self.scaler = torch.amp.GradScaler(self.dev.type, enabled=precision == "fp16")
@@ -198,8 +207,11 @@ class Trainer:
         loss = self.loss(logits.to(self.dtype), y)  # fp32 (fp64) even when autocast computed in bf16
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        for group in self.opt.param_groups:
+            group["lr"] = self.optim.lr_at(self.updates)
         self.scaler.step(self.opt)
         self.scaler.update()
+        self.updates += 1
         return loss.item() * len(y), int((logits.argmax(1) == y).sum())
 
     @torch.no_grad()
@@ -211,11 +223,22 @@ class Trainer:
         return self.loss(logits, y).item() * len(y), int((logits.argmax(1) == y).sum())
 
     def extra_state(self) -> dict:
-        """What a checkpoint needs beyond the weights: plain SGD keeps no state, the dropout RNG does."""
-        return {"torch_rng": torch.get_rng_state().numpy()}
+        """What a checkpoint needs beyond the weights: the dropout RNG, the updates taken (the schedule's
+        position) and the momentum buffers, in parameter order."""
+        state = {"torch_rng": torch.get_rng_state().numpy(), "torch_updates": np.int64(self.updates)}
+        for i, p in enumerate(self.model.parameters()):
+            buf = self.opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                state[f"torch_momentum.{i}"] = buf.detach().cpu().numpy()
+        return state
 
     def load_extra_state(self, state: dict) -> None:
         torch.set_rng_state(torch.from_numpy(np.asarray(state["torch_rng"], dtype=np.uint8)))
+        self.updates = int(state.get("torch_updates", 0))
+        for i, p in enumerate(self.model.parameters()):
+            if f"torch_momentum.{i}" in state:
+                buf = torch.empty_like(p)  # the parameter's memory format (channels-last)
+                self.opt.state[p]["momentum_buffer"] = buf.copy_(torch.from_numpy(np.array(state[f"torch_momentum.{i}"])))
 
 
 # -- data parallelism: DistributedDataParallel, launched by torchrun -----------------------------------

@@ -47,6 +47,13 @@ def add_recipe_args(p: argparse.ArgumentParser, dropout: bool = True) -> None:
     if dropout:
         p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: 0.5, the chapter's)")
     p.add_argument("--seed", type=int, default=0, help="seed for init, data order and dropout (default: 0)")
+    p.add_argument("--momentum", type=float, help="SGD momentum, PyTorch's meaning in every framework (default: 0)")
+    p.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum")
+    p.add_argument("--weight-decay", type=float, help="L2 weight decay added to the gradient (default: 0)")
+    p.add_argument("--label-smoothing", type=float, help="cross-entropy against smoothed labels (default: 0)")
+    p.add_argument("--schedule", choices=("constant", "cosine", "linear"),
+                   help="learning-rate schedule with --lr as its peak; linear is one-cycle (default: constant)")
+    p.add_argument("--warmup", type=float, help="epochs of linear warm-up before the schedule decays (default: 0)")
     p.add_argument("--subset", type=int, default=None, help="train on the first N training images only")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
 
@@ -65,7 +72,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 #: The options a recipe sets (``nin_multi/recipes.py``); a typed flag always wins over the recipe.
-RECIPE_KEYS = ("variant", "in_channels", "lr", "epochs", "batch_size", "resize", "init", "precision")
+RECIPE_KEYS = ("variant", "in_channels", "lr", "epochs", "batch_size", "resize", "init", "precision", "momentum",
+               "nesterov", "weight_decay", "label_smoothing", "schedule", "warmup")
 
 
 def add_recipe_preset_arg(p: argparse.ArgumentParser) -> None:
@@ -106,8 +114,9 @@ def config_from_args(a: argparse.Namespace, **overrides) -> TrainConfig:
     """A ``TrainConfig`` from the parsed options a command has; the rest keep the chapter's defaults."""
     apply_recipe(a)
     kwargs = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(a, f.name)}
-    if kwargs.get("epochs") is None:
-        kwargs.pop("epochs", None)
+    for key in RECIPE_KEYS:  # neither typed nor set by the recipe: TrainConfig's (the chapter's) default
+        if kwargs.get(key) is None:
+            kwargs.pop(key, None)
     kwargs.update(overrides)
     return TrainConfig(**kwargs)
 
@@ -275,7 +284,7 @@ def cmd_convert(a) -> int:
 
 #: Modules of ``nin_multi`` that add subcommands: each has ``register(subparsers)``. They import their
 #: frameworks lazily, so ``--help`` stays fast.
-COMMAND_MODULES: list[str] = ["reproduce", "exercises", "bench"]
+COMMAND_MODULES: list[str] = ["reproduce", "exercises", "bench", "sweep.command"]
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from . import optim
 from .errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
@@ -46,6 +47,13 @@ class TrainConfig:
     recipe: Optional[str] = None       # the named source whose settings filled the untyped options
     dropout: Optional[float] = None    # None: the variant's own (0.5 in the chapter)
     progress: bool = True
+    # The optimizer beyond the chapter's plain SGD (nin_multi/optim.py says what each means everywhere).
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    schedule: str = "constant"        # or "cosine", "linear" (one-cycle), from --lr as the peak
+    warmup: float = 0.0               # epochs of linear warm-up before the schedule's decay
 
     def __post_init__(self):
         self.validate()
@@ -69,6 +77,10 @@ class TrainConfig:
             raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout!r}")
+        optim.check(self.lr, self.momentum, self.nesterov, self.weight_decay, self.label_smoothing, self.schedule,
+                    self.warmup)
+        if self.warmup >= self.epochs:
+            raise ConfigError(f"--warmup {self.warmup:g} epochs leaves nothing of --epochs {self.epochs} to decay over")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

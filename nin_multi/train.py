@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Optional
 
 from . import data as data_mod
+from . import optim
 from .checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
 from .config import TrainConfig, param_dtype
 from .errors import (ConfigError, Interrupted, NinMultiError, RunDirError, TrainingDivergedError, WeightsError,
                      WriteError)
+from .recipes import get_recipe
 from .run import CONFIG, WEIGHTS, Run, default_run_dir, final_line, progress, read_metrics
 from .spec import Dropout, NiNSpec, make_spec
 from .weights import read_weights_file, save_weights
@@ -174,18 +176,23 @@ def restore(run: Run, backend, model, spec, trainer, log=print) -> int:
     return r.epochs_done
 
 
-def build(backend, spec, cfg: TrainConfig, dist):
+def build(backend, spec, cfg: TrainConfig, dist, n_train: int):
     """The model and its trainer; in a distributed run the backend's engine builds them where it needs
     them (TensorFlow: inside the strategy's scope) and ``ShardedTrainer`` drives its share of each batch."""
+    settings = optim.from_config(cfg, data_mod.num_batches(n_train, cfg.batch_size))
+
     def make_model():
         return backend.build_model(spec, cfg.init, cfg.seed, dtype=param_dtype(cfg.precision))
 
     def make_trainer(model):
-        return backend.Trainer(model, cfg.lr, cfg.precision)
+        return backend.Trainer(model, cfg.lr, cfg.precision, optim=settings)
 
     if not dist.active:
         model = make_model()
         return model, make_trainer(model)
+    if not settings.plain:
+        raise ConfigError("--workers trains with the chapter's plain SGD only (no --momentum, --weight-decay, "
+                          "--label-smoothing or --schedule): train this recipe in one process")
     from .distributed import ShardedTrainer
 
     if not hasattr(backend, "distribute"):
@@ -227,7 +234,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     if dist.active:
         distributed.check_config(dist, cfg, len(ds.train_images), len(ds.test_images))
         backend.configure(cfg.threads, cfg.seed)
-        model, trainer = build(backend, spec, cfg, dist)
+        model, trainer = build(backend, spec, cfg, dist, len(ds.train_images))
     title = (f"NiN ({spec.variant}) on {backend.NAME}: lr {cfg.lr:g}, batch {cfg.batch_size}, "
              f"{cfg.resize}x{cfg.resize}, {cfg.precision}, {len(ds.train_images)} train images")
     run, error = None, None
@@ -247,7 +254,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     try:
         if not dist.active:
             backend.configure(cfg.threads, cfg.seed)
-            model, trainer = build(backend, spec, cfg, dist)
+            model, trainer = build(backend, spec, cfg, dist, len(ds.train_images))
         if run:
             start = done = restore(run, backend, model, spec, trainer, log) if resume else 0
         else:
@@ -268,11 +275,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
             f"run directory {cfg.out}" + (f"; resuming after epoch {start}" if start else ""))
         if dist.active and any(getattr(layer, "rate", 0) for layer in spec.layers):
             log(f"note: {distributed.DROPOUT_NOTE}")
+        clock = _Clock(run.history[-1].get("wall_seconds", 0.0) if run and run.history else 0.0)
         for epoch in range(start, cfg.epochs):
             row = {"epoch": epoch + 1, **train_epoch(trainer, ds, cfg, backend.LAYOUT, epoch)}
             row["test_loss"], row["test_acc"] = evaluate(trainer, ds.test_images, ds.test_labels, cfg,
                                                          backend.LAYOUT, "test")
             row["backend"] = backend.NAME
+            row["wall_seconds"] = clock.read()
             if run:
                 # The checkpoint first, holding this epoch's metrics too: metrics files never run ahead of it.
                 save_checkpoint(run.path, spec, backend.get_weights(model, spec), trainer.extra_state(), epoch,
@@ -299,7 +308,37 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
             trainer.close()
     if run and run.history:
         log(final_line(run.history[-1], backend.device()))
+        for line in time_to_accuracy_lines(run.history, get_recipe(cfg.recipe) if cfg.recipe else None):
+            log(line)
     return Path(cfg.out), run.history if run else []
+
+
+class _Clock:
+    """Wall seconds of training (every train and test pass, from the first step), continued on resume."""
+
+    def __init__(self, before: float):
+        self.before, self.t0 = before, time.perf_counter()
+
+    def read(self) -> float:
+        return self.before + time.perf_counter() - self.t0
+
+
+def time_to_accuracy_lines(history: list[dict], recipe=None) -> list[str]:
+    """What the user waited for: the wall time to the best test accuracy so far and, for a recipe made
+    to reach an accuracy (``fast``), the time to that accuracy."""
+    timed = [r for r in history if "wall_seconds" in r]
+    if not timed:
+        return []
+    best = max(timed, key=lambda r: r["test_acc"])  # the first epoch that reached the best
+    lines = [f"best test acc {best['test_acc']:.3f} at epoch {best['epoch']}, after {best['wall_seconds']:.1f} s "
+             f"of training (train and test passes)"]
+    if recipe is not None and recipe.target:
+        hit = next((r for r in timed if r["test_acc"] >= recipe.target), None)
+        lines.append(f"test acc {recipe.target:g} (the {recipe.name} recipe's target) reached at epoch "
+                     f"{hit['epoch']}, after {hit['wall_seconds']:.1f} s" if hit else
+                     f"test acc {recipe.target:g} (the {recipe.name} recipe's target) not reached in "
+                     f"{timed[-1]['wall_seconds']:.1f} s")
+    return lines
 
 
 def _kept(run: Run, done: int, workers: int = 1) -> str:

@@ -1,0 +1,122 @@
+"""Time to accuracy, measured: train settings around a recipe on a validation split carved from the
+training images, and record how long each takes to reach a validation accuracy.
+
+The test images are never looked at here, so choosing the ``fast`` recipe's settings by these numbers
+does not tune them to the 500 test images of the sample; the chosen recipe's test accuracy is then
+reported once, by ``train``. Beside each wall time the table keeps the process's CPU seconds and the
+share of the machine's CPU that other processes used meanwhile: on a shared machine a setting can look
+slow only because something else ran.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import time
+from typing import Callable, Iterable
+
+from .. import data as data_mod
+from .. import optim
+from ..config import TrainConfig, param_dtype
+from ..errors import ConfigError
+from ..train import evaluate, spec_for, train_epoch
+
+#: What the sweep varies, one at a time around the base recipe unless a full grid is asked for.
+FACTORS = ("resize", "batch_size", "lr", "epochs", "precision")
+#: The share of the training images held out for validation: the last ones, a fixed split.
+VALIDATION = 0.1
+
+
+def validation_split(ds: data_mod.FashionMNIST, fraction: float = VALIDATION) -> data_mod.FashionMNIST:
+    """The training images split in two: the first ``1 - fraction`` to train on, the last ``fraction`` in
+    the place of the test split (the test images are dropped)."""
+    n_val = int(round(len(ds.train_images) * fraction))
+    if not 0 < n_val < len(ds.train_images):
+        raise ConfigError(f"a validation share of {fraction} leaves no images on one side of the split")
+    cut = len(ds.train_images) - n_val
+    return data_mod.FashionMNIST(ds.train_images[:cut], ds.train_labels[:cut], ds.train_images[cut:],
+                                 ds.train_labels[cut:], f"{ds.source} (training images: last {n_val} held out)")
+
+
+def settings_around(base: dict, values: dict[str, list], grid: bool = False) -> list[dict]:
+    """The settings to measure: ``base`` first, then each factor's other values one at a time (or, with
+    ``grid``, every combination)."""
+    if grid:
+        out = [{}]
+        for key, vs in values.items():
+            out = [{**o, key: v} for o in out for v in vs]
+        return [{**base, **o} for o in out]
+    out = [dict(base)]
+    for key, vs in values.items():
+        out += [{**base, key: v} for v in vs if v != base.get(key)]
+    return out
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy (Linux's /proc/stat, less idle and iowait)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _own_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def time_to_accuracy(backend, cfg: TrainConfig, ds: data_mod.FashionMNIST, target: float,
+                     log: Callable[[str], None] = print) -> dict:
+    """Train ``cfg`` on ``ds`` (its test split being the validation images), evaluating after every epoch;
+    the wall seconds from the first step to the first epoch whose validation accuracy reaches ``target``."""
+    spec = spec_for(cfg)
+    backend.configure(cfg.threads, cfg.seed)
+    model = backend.build_model(spec, cfg.init, cfg.seed, dtype=param_dtype(cfg.precision))
+    settings = optim.from_config(cfg, data_mod.num_batches(len(ds.train_images), cfg.batch_size))
+    trainer = backend.Trainer(model, cfg.lr, cfg.precision, optim=settings)
+    wall0, cpu0, busy0 = time.perf_counter(), _own_seconds(), _busy_seconds()
+    curve, reached = [], None
+    for epoch in range(cfg.epochs):
+        stats = train_epoch(trainer, ds, cfg, backend.LAYOUT, epoch)
+        _, acc = evaluate(trainer, ds.test_images, ds.test_labels, cfg, backend.LAYOUT, "validation")
+        wall = time.perf_counter() - wall0
+        curve.append(round(acc, 4))
+        log(f"  epoch {epoch + 1}: train loss {stats['train_loss']:.3f}, validation acc {acc:.3f}, {wall:.1f} s")
+        if reached is None and acc >= target:
+            reached = (epoch + 1, wall)
+    wall, cpu, busy = time.perf_counter() - wall0, _own_seconds() - cpu0, _busy_seconds()
+    others = None if busy is None or busy0 is None else max(0.0, (busy - busy0 - cpu) / (wall * (os.cpu_count() or 1)))
+    return {"epoch_reached": reached[0] if reached else None, "seconds_to_target": reached[1] if reached else None,
+            "best_val_acc": max(curve), "final_val_acc": curve[-1], "val_acc": curve, "wall_seconds": wall,
+            "cpu_seconds": cpu, "others_cpu_share": others}
+
+
+def run_sweep(backend, base: TrainConfig, settings: Iterable[dict], ds: data_mod.FashionMNIST, target: float,
+              log: Callable[[str], None] = print) -> list[dict]:
+    """Every setting in turn, each a fresh model from the same seed, on the same split."""
+    rows = []
+    for s in settings:
+        cfg = dataclasses.replace(base, **s)
+        log(f"{describe(s)}:")
+        rows.append({**{k: getattr(cfg, k) for k in FACTORS}, **time_to_accuracy(backend, cfg, ds, target, log)})
+    return rows
+
+
+def describe(s: dict) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {s[k]}" for k in FACTORS if k in s)
+
+
+def table(rows: list[dict], target: float) -> str:
+    """A Markdown table, fastest to the target first (settings that never reached it last)."""
+    head = (f"| resize | batch | peak lr | epochs | precision | s to val acc {target:g} (epoch) | best val acc "
+            f"| wall s | CPU s | others' CPU |\n|---|---|---|---|---|---|---|---|---|---|")
+    order = sorted(rows, key=lambda r: (r["seconds_to_target"] is None, r["seconds_to_target"] or r["wall_seconds"]))
+    lines = [head]
+    for r in order:
+        hit = f"{r['seconds_to_target']:.1f} ({r['epoch_reached']})" if r["seconds_to_target"] else "not reached"
+        share = "?" if r["others_cpu_share"] is None else f"{r['others_cpu_share']:.0%}"
+        lines.append(f"| {r['resize']} | {r['batch_size']} | {r['lr']:g} | {r['epochs']} | {r['precision']} | {hit} "
+                     f"| {r['best_val_acc']:.3f} | {r['wall_seconds']:.1f} | {r['cpu_seconds']:.1f} | {share} |")
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""``nin-multi sweep``: the command line of the time-to-accuracy sweep (the measuring is in ``sweep``)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+
+
+def _list(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}")
+    return parse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="time to a validation accuracy for settings around a recipe (tunes on a "
+                                     "validation split of the training images, never the test images)")
+    p.add_argument("--backend", "-b", default="torch", help="the framework that trains (default: torch)")
+    p.add_argument("--recipe", default="fast", help="the settings varied around (default: fast)")
+    p.add_argument("--target", type=float, default=None,
+                   help="validation accuracy to time (default: the recipe's target, 0.80 for fast)")
+    p.add_argument("--resize", type=_list(int), default=[], metavar="N,N", help="image sizes to try")
+    p.add_argument("--batch-size", type=_list(int), default=[], metavar="N,N", help="batch sizes to try")
+    p.add_argument("--lr", type=_list(float), default=[], metavar="X,X", help="peak learning rates to try")
+    p.add_argument("--epochs", type=_list(int), default=[], metavar="N,N", help="epoch counts (the schedule's length)")
+    p.add_argument("--precision", type=_list(str), default=[], metavar="P,P", help="fp32, bf16")
+    p.add_argument("--grid", action="store_true", help="every combination (default: one factor at a time)")
+    p.add_argument("--data-dir", default=None, help="the Fashion-MNIST files (default: $NIN_MULTI_DATA_DIR or the cache)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core)")
+    p.add_argument("--out", default=None, help="also write the rows as JSON lines and the table as Markdown here "
+                                               "(a directory)")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(a) -> int:
+    from nin_multi.backends import can_train, get_backend
+
+    from .. import sweep
+    from ..config import TrainConfig
+    from ..data import load_fashion_mnist
+    from ..recipes import get_recipe
+
+    recipe = get_recipe(a.recipe)
+    target = a.target if a.target is not None else recipe.target
+    if target is None or not 0 < target <= 1:
+        raise ConfigError(f"--target must be an accuracy in (0, 1]; the {recipe.name} recipe states none")
+    if not can_train(a.backend):
+        raise ConfigError(f"{a.backend} is inference-only: sweep with torch, tensorflow, mxnet or jax")
+    base = TrainConfig(**recipe.settings, backend=a.backend, threads=a.threads, recipe=recipe.name, progress=False)
+    values = {k: v for k, v in (("resize", a.resize), ("batch_size", a.batch_size), ("lr", a.lr),
+                                ("epochs", a.epochs), ("precision", a.precision)) if v}
+    settings = sweep.settings_around({k: getattr(base, k) for k in sweep.FACTORS}, values, a.grid)
+    for s in settings:  # every setting checked before the first one trains
+        TrainConfig(**{**recipe.settings, **s})
+    backend = get_backend(a.backend)
+    ds = sweep.validation_split(load_fashion_mnist(a.data_dir))
+    print(f"{len(settings)} settings on {backend.NAME}, {len(ds.train_images)} training and {len(ds.test_images)} "
+          f"validation images (the test images are not used)")
+    rows = sweep.run_sweep(backend, base, settings, ds, target)
+    text = sweep.table(rows, target)
+    print(text)
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (out / "sweep.md").write_text(text + "\n")
+    return 0
