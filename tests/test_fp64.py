@@ -151,3 +151,45 @@ def test_fp64_run_writes_float64_weights_and_checkpoints(trainable_backend, samp
     for f in ("weights.npz", "checkpoints/epoch-0001.npz"):
         _, w = load_weights(tmp_path / "run" / f)
         assert {v.dtype for v in w.values()} == {np.dtype(np.float64)}, f
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("features", [
+    dict(momentum=0.9, weight_decay=5e-4, label_smoothing=0.1, schedule="linear", warmup=0.25),
+    dict(momentum=0.9, nesterov=True, weight_decay=1e-3, label_smoothing=0.2, schedule="cosine", warmup=0.1),
+], ids=["momentum-linear", "nesterov-cosine"])
+def test_fp64_one_trajectory_with_momentum_decay_schedule_and_smoothing(sample_dir, features):
+    """The same with the ``fast`` recipe's optimizer: momentum (Nesterov), coupled weight decay, warm-up
+    and a decaying rate that changes every step, label smoothing, each in the framework's own optimizer
+    (Keras's and Gluon's velocity, which holds the previous rate, corrected by the rates' ratio). 20 steps
+    of the real sample: every pair within 1e-9 relative at every step and in the final weights. Measured:
+    2e-16 per step, 4e-17 in the weights."""
+    from nin_multi import optim
+
+    mods = [load(name) for name in TRAINABLE]
+    cfg = TrainConfig(variant="mini", resize=28, init="kaiming", lr=0.05, batch_size=32, epochs=1, dropout=0.0,
+                      precision="fp64", data_dir=str(sample_dir), progress=False, subset=640, **features)
+    spec = spec_for(cfg)
+    ds = load_fashion_mnist(sample_dir).subset(640, 64)
+    settings = optim.from_config(cfg, 20)
+    assert len({settings.lr_at(t) for t in range(20)}) > 15  # a rate that changes every step
+    start = {k: v.astype(np.float64) for k, v in initial_weights(spec, cfg.init, cfg.seed).items()}
+    order = epoch_order(len(ds.train_images), cfg.seed, 0)
+    runs = {}
+    for m in mods:
+        m.configure(None, 0)
+        model = m.build_model(spec, cfg.init, cfg.seed, dtype="float64")
+        m.set_weights(model, spec, start)
+        steps = []
+        train_epoch(m.Trainer(model, cfg.lr, "fp64", optim=settings), ds, cfg, m.LAYOUT, 0, order=order,
+                    step_losses=steps)
+        runs[m.NAME] = np.array(steps), m.get_weights(model, spec)
+    for a, b in itertools.combinations(runs, 2):
+        (sa, wa), (sb, wb) = runs[a], runs[b]
+        moved = np.sqrt(sum(np.sum((wa[k] - start[k]) ** 2) for k in wa)) / np.sqrt(sum(np.sum(start[k] ** 2)
+                                                                                    for k in start))
+        assert len(sa) == 20 and sa[-5:].mean() < sa[:5].mean() and moved > 1e-3  # a real trajectory
+        np.testing.assert_allclose(sa, sb, rtol=1e-9, atol=0, err_msg=f"{a} vs {b}")
+        diff = np.sqrt(sum(np.sum((wa[k] - wb[k]) ** 2) for k in wa)) / np.sqrt(sum(np.sum(wb[k] ** 2) for k in wb))
+        print(f"{a} vs {b}: steps {np.max(np.abs(sa - sb) / np.abs(sb)):.1e}, weights {diff:.1e}")
+        assert diff < 1e-9, (a, b, diff)
