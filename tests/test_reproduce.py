@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 
 import nin_multi.reproduce as reproduce_mod
+import nin_multi.reproduce.runner as runner_mod
 from nin_multi.cli import main
 from nin_multi.config import TrainConfig
+from nin_multi.data import batches, epoch_order
 from nin_multi.errors import ConfigError
-from nin_multi.reproduce import epoch_order, initial_weights, parse_seeds, step_drift, step_table
+from nin_multi.reproduce import parse_seeds, step_drift, step_table
 from nin_multi.spec import chapter_spec, make_spec
 from nin_multi.stats import mean_std, welch
-from nin_multi.weights import load_weights
+from nin_multi.weights import initial_weights, load_weights
 
 from conftest import TRAINABLE, load
 
@@ -71,6 +73,10 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
     assert sorted(a) == list(range(300))
     np.testing.assert_array_equal(a, epoch_order(300, 4, 1))
     assert not np.array_equal(a, epoch_order(300, 4, 2)) and not np.array_equal(a, epoch_order(300, 5, 1))
+    # It is the order train's shuffled batches follow by default: reproduce's curves are train's.
+    images, labels = np.zeros((300, 2, 2), np.uint8), np.arange(300)
+    seen = np.concatenate([y for _, y in batches(images, labels, 64, 2, "NCHW", shuffle=True, seed=4, epoch=1)])
+    np.testing.assert_array_equal(seen, a)
 
 
 def test_needs_two_backends(tmp_path):
@@ -83,7 +89,7 @@ def test_needs_two_backends(tmp_path):
 def test_backends_agree_from_one_start(sample_dir, tmp_path, capsys, monkeypatch):
     names = installed_backends()
     orders, plots = [], []
-    real_train_epoch, real_plot = reproduce_mod.train_epoch, reproduce_mod.plot_curves
+    real_train_epoch, real_plot = runner_mod.train_epoch, runner_mod.plot_curves
 
     def spy_train_epoch(trainer, ds, cfg, layout, epoch, order=None, **kwargs):
         orders.append((cfg.backend, epoch, np.array(order)))
@@ -93,8 +99,8 @@ def test_backends_agree_from_one_start(sample_dir, tmp_path, capsys, monkeypatch
         plots.append((list(histories), dest))
         return real_plot(histories, dest, title)
 
-    monkeypatch.setattr(reproduce_mod, "train_epoch", spy_train_epoch)
-    monkeypatch.setattr(reproduce_mod, "plot_curves", spy_plot)
+    monkeypatch.setattr(runner_mod, "train_epoch", spy_train_epoch)
+    monkeypatch.setattr(runner_mod, "plot_curves", spy_plot)
     out = tmp_path / "repro"
     code = main(["reproduce", "--backends", ",".join(names), "--data-dir", str(sample_dir), "--variant", "mini",
                  "--resize", "28", "--subset", "256", "--test-subset", "100", "--epochs", "2", "--batch-size",
