@@ -22,8 +22,9 @@ DRIFT_PLOT = "drift.png"
 SEEDS_CSV = "seeds.csv"
 SEEDS_PLOT = "seeds.png"
 
-#: The explanation's sentences. Kernel notes: PyTorch, TensorFlow and MXNet reach oneDNN (each its own
-#: version, layouts and fusions), JAX compiles with XLA's CPU kernels; none sums in the same order.
+#: The explanation's sentences. The kernel note is measured, not assumed: on a CPU PyTorch's convolutions run
+#: in oneDNN too (``aten::mkldnn_convolution`` in its profiler), as TensorFlow's and MXNet's do, each in its
+#: own version and layout; JAX's run in XLA's own CPU kernels (the README's Speed section).
 PROSE = {
     "start": (
         "The backends started from identical weights (their test loss agreed to {start_loss:.1e} before "
@@ -50,16 +51,16 @@ PROSE = {
                   "{threshold:.0e}) at {where} of {steps}."),
     "separated_at": "step {step} ({pair})",
     "rounding": (
-        "What remains is floating-point rounding. The frameworks' kernels (oneDNN in PyTorch, TensorFlow and "
-        "MXNet, each with its own version, layouts and fusions; XLA's in JAX) sum the same products in different "
-        "orders, so activations and gradients differ in their last bits (~1e-7 relative in fp32). Where an "
-        "activation lies that close to ReLU's kink, or two max-pool inputs that close to each other, frameworks "
+        "What remains is floating-point rounding. The frameworks' kernels (on a CPU, oneDNN in PyTorch, TensorFlow "
+        "and MXNet, each with its own version, layouts and fusions, and XLA's own in JAX) sum the same products in "
+        "different orders, so activations and gradients differ in their last bits (~1e-7 relative in fp32). Where "
+        "an activation lies that close to ReLU's kink, or two max-pool inputs that close to each other, frameworks "
         "can take different branches, and that step's gradient differs by far more than rounding. SGD on a "
-        "non-convex loss amplifies every such difference step after step (chaotically: fastest on the plateau "
-        "near loss ln 10 = 2.30, where tiny differences decide which features grow first), so the drift grows "
-        "with the number of steps and the learning rate. No framework is the correct one: past the first steps, "
-        "compare the curves as samples of one training, not digit for digit; --precision fp64 shows the "
-        "trajectories coincide when rounding is taken away."),
+        "non-convex loss amplifies every such difference step after step (chaotically: fastest on the plateau near "
+        "loss ln 10 = 2.30, where tiny differences decide which features grow first), so the drift grows with the "
+        "number of steps and the learning rate. No framework is the correct one: past the first steps, compare the "
+        "curves as samples of one training, not digit for digit; --precision fp64 shows the trajectories coincide "
+        "when rounding is taken away."),
     "significant": ("The backends do NOT train the same at this sample size: {differences}, below the corrected "
                     "level {corrected_alpha:.3g}."),
     "significant_pair": "{pair} {metric} differs by {difference:+.4f} (Welch's t {t:.2f}, df {df:.1f}, p {p:.2g})",
