@@ -326,7 +326,8 @@ class Trainer:
         uninterrupted run's; with momentum, the optimizer state's arrays (plain SGD keeps none)."""
         state = {"jax_seed": np.int64(self.seed), "jax_step": np.int64(self.step)}
         if self.optim.momentum:
-            state.update({f"jax_opt.{i}": np.asarray(a) for i, a in enumerate(jax.tree_util.tree_leaves(self.opt_state))})
+            leaves = jax.tree_util.tree_leaves(self.opt_state)
+            state.update({f"jax_opt.{i}": np.asarray(a) for i, a in enumerate(leaves)})
         return state
 
     def load_extra_state(self, state: dict) -> None:

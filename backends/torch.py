@@ -238,7 +238,8 @@ class Trainer:
         for i, p in enumerate(self.model.parameters()):
             if f"torch_momentum.{i}" in state:
                 buf = torch.empty_like(p)  # the parameter's memory format (channels-last)
-                self.opt.state[p]["momentum_buffer"] = buf.copy_(torch.from_numpy(np.array(state[f"torch_momentum.{i}"])))
+                saved = torch.from_numpy(np.array(state[f"torch_momentum.{i}"]))
+                self.opt.state[p]["momentum_buffer"] = buf.copy_(saved)
 
 
 # -- data parallelism: DistributedDataParallel, launched by torchrun -----------------------------------

@@ -102,10 +102,12 @@ def test_each_feature_is_the_frameworks_own_optimizer():
     torchb = load("torch")
     t = torchb.Trainer(torchb.build_model(spec), 0.05, optim=s)
     g = t.opt.param_groups[0]
-    assert type(t.opt).__name__ == "SGD" and (g["momentum"], g["weight_decay"], g["nesterov"]) == (0.9, 1e-3, False)
+    assert type(t.opt).__name__ == "SGD"
+    assert (g["momentum"], g["weight_decay"], g["nesterov"]) == (0.9, 1e-3, False)
     tfb = load("tensorflow")
     k = tfb.Trainer(tfb.build_model(spec), 0.05, optim=s)
-    assert type(k.opt).__name__ == "SGD" and k.opt.momentum == 0.9 and len(k.velocities) == 2 * len(list(spec.param_layers()))
+    assert type(k.opt).__name__ == "SGD" and k.opt.momentum == 0.9
+    assert len(k.velocities) == 2 * len(list(spec.param_layers()))  # a kernel's and a bias's
     mxb = load("mxnet")
     m = mxb.Trainer(mxb.build_model(spec), 0.05, optim=s)
     assert type(m.trainer.optimizer).__name__ == "SGD" and m.trainer.optimizer.wd == 1e-3 and m.carry

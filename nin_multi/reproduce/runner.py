@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import TrainConfig, param_dtype
-from ..data import epoch_order
+from .. import optim
+from ..data import epoch_order, num_batches
 from ..errors import ConfigError
 from ..fileio import write_json
 from ..run import CONFIG, PLOT, WEIGHTS, Run, default_run_dir, plot_curves, prepare_dir
@@ -65,13 +66,14 @@ def one_start(cfg: TrainConfig, mods: list, spec: NiNSpec, ds, run_dir: Path, lo
         f"one {cfg.init} initialisation (seed {cfg.seed}), one example order per epoch, "
         f"{settings(cfg, spec, n_train).split(': ', 1)[1]}, {n_test} test images; run directory {run_dir}")
     # Every model and trainer first: a setting some framework refuses fails before any training.
-    setups = [_from_start(m, spec, cfg, start) for m in mods]
+    sgd = optim.from_config(cfg, num_batches(n_train, cfg.batch_size))  # one optimizer's settings for all
+    setups = [_from_start(m, spec, cfg, start, sgd) for m in mods]
     results = [_train_backend(m, model, trainer, spec, cfg, ds, Run(run_dir / m.NAME, f"{title}: {m.NAME}"), log)
                for m, model, trainer in setups]
     return _compare(cfg, spec, results, n_train, n_test, run_dir, title)
 
 
-def _from_start(m, spec: NiNSpec, cfg: TrainConfig, start: dict) -> tuple:
+def _from_start(m, spec: NiNSpec, cfg: TrainConfig, start: dict, sgd: optim.SGDSettings) -> tuple:
     """One backend's model holding the shared start exactly, and its trainer."""
     m.configure(cfg.threads, cfg.seed)
     model = m.build_model(spec, cfg.init, cfg.seed, dtype=param_dtype(cfg.precision))
@@ -79,7 +81,7 @@ def _from_start(m, spec: NiNSpec, cfg: TrainConfig, start: dict) -> tuple:
     got = m.get_weights(model, spec)
     if any(not np.array_equal(got[k], start[k]) for k in start):
         raise RuntimeError(f"{m.NAME}: set_weights did not take the shared initial weights exactly")
-    return m, model, m.Trainer(model, cfg.lr, cfg.precision)
+    return m, model, m.Trainer(model, cfg.lr, cfg.precision, optim=sgd)
 
 
 def _train_backend(m, model, trainer, spec: NiNSpec, cfg: TrainConfig, ds, run: Run, log) -> dict:

@@ -30,7 +30,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=_list(int), default=[], metavar="N,N", help="epoch counts (the schedule's length)")
     p.add_argument("--precision", type=_list(str), default=[], metavar="P,P", help="fp32, bf16")
     p.add_argument("--grid", action="store_true", help="every combination (default: one factor at a time)")
-    p.add_argument("--data-dir", default=None, help="the Fashion-MNIST files (default: $NIN_MULTI_DATA_DIR or the cache)")
+    p.add_argument("--data-dir", default=None,
+                   help="the Fashion-MNIST files (default: $NIN_MULTI_DATA_DIR or the cache)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core)")
     p.add_argument("--out", default=None, help="also write the rows as JSON lines and the table as Markdown here "
                                                "(a directory)")
