@@ -94,13 +94,15 @@ def time_to_accuracy(backend, cfg: TrainConfig, ds: data_mod.FashionMNIST, targe
 
 
 def run_sweep(backend, base: TrainConfig, settings: Iterable[dict], ds: data_mod.FashionMNIST, target: float,
-              log: Callable[[str], None] = print) -> list[dict]:
-    """Every setting in turn, each a fresh model from the same seed, on the same split."""
+              log: Callable[[str], None] = print, on_row: Callable[[dict], None] = lambda row: None) -> list[dict]:
+    """Every setting in turn, each a fresh model from the same seed, on the same split; ``on_row`` gets
+    each result as it comes (a long sweep stopped halfway keeps what it measured)."""
     rows = []
     for s in settings:
         cfg = dataclasses.replace(base, **s)
         log(f"{describe(s)}:")
         rows.append({**{k: getattr(cfg, k) for k in FACTORS}, **time_to_accuracy(backend, cfg, ds, target, log)})
+        on_row(rows[-1])
     return rows
 
 

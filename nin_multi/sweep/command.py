@@ -5,7 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, WriteError
+from ..fileio import cause, write_text
 
 
 def _list(kind):
@@ -62,12 +63,22 @@ def cmd_sweep(a) -> int:
     ds = sweep.validation_split(load_fashion_mnist(a.data_dir))
     print(f"{len(settings)} settings on {backend.NAME}, {len(ds.train_images)} training and {len(ds.test_images)} "
           f"validation images (the test images are not used)")
-    rows = sweep.run_sweep(backend, base, settings, ds, target)
+    out = Path(a.out) if a.out else None
+    if out:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError(f"could not create {out}: {cause(e)}", out, e.errno) from None
+    rows = []
+
+    def keep(row: dict) -> None:  # every row on disk as soon as it is measured
+        rows.append(row)
+        if out:
+            write_text(out / "sweep.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+    sweep.run_sweep(backend, base, settings, ds, target, on_row=keep)
     text = sweep.table(rows, target)
     print(text)
-    if a.out:
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (out / "sweep.md").write_text(text + "\n")
+    if out:
+        write_text(out / "sweep.md", text + "\n")
     return 0
