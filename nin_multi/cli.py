@@ -53,7 +53,8 @@ def add_recipe_args(p: argparse.ArgumentParser, dropout: bool = True) -> None:
     p.add_argument("--label-smoothing", type=float, help="cross-entropy against smoothed labels (default: 0)")
     p.add_argument("--schedule", choices=("constant", "cosine", "linear"),
                    help="learning-rate schedule with --lr as its peak; linear is one-cycle (default: constant)")
-    p.add_argument("--warmup", type=float, help="epochs of linear warm-up before the schedule decays (default: 0)")
+    p.add_argument("--warmup-epochs", type=float,
+                   help="epochs of linear warm-up before the schedule decays (default: 0)")
     p.add_argument("--subset", type=int, default=None, help="train on the first N training images only")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
 
@@ -73,7 +74,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 #: The options a recipe sets (``nin_multi/recipes.py``); a typed flag always wins over the recipe.
 RECIPE_KEYS = ("variant", "in_channels", "lr", "epochs", "batch_size", "resize", "init", "precision", "momentum",
-               "nesterov", "weight_decay", "label_smoothing", "schedule", "warmup")
+               "nesterov", "weight_decay", "label_smoothing", "schedule", "warmup_epochs")
 
 
 def add_recipe_preset_arg(p: argparse.ArgumentParser) -> None:

@@ -53,7 +53,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     schedule: str = "constant"        # or "cosine", "linear" (one-cycle), from --lr as the peak
-    warmup: float = 0.0               # epochs of linear warm-up before the schedule's decay
+    warmup_epochs: float = 0.0        # epochs of linear warm-up before the schedule's decay
 
     def __post_init__(self):
         self.validate()
@@ -78,9 +78,10 @@ class TrainConfig:
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout!r}")
         optim.check(self.lr, self.momentum, self.nesterov, self.weight_decay, self.label_smoothing, self.schedule,
-                    self.warmup)
-        if self.warmup >= self.epochs:
-            raise ConfigError(f"--warmup {self.warmup:g} epochs leaves nothing of --epochs {self.epochs} to decay over")
+                    self.warmup_epochs)
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError(f"--warmup-epochs {self.warmup_epochs:g} leaves nothing of --epochs {self.epochs} "
+                              f"to decay over")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -51,7 +51,7 @@ class SGDSettings:
         if not isinstance(self.total_steps, int) or self.total_steps < 1:
             raise ConfigError(f"a schedule needs at least one step, got total_steps {self.total_steps!r}")
         if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps < max(self.total_steps, 2):
-            raise ConfigError(f"--warmup must leave steps for the schedule: {self.warmup_steps} warm-up steps "
+            raise ConfigError(f"--warmup-epochs must leave steps for the schedule: {self.warmup_steps} warm-up steps "
                               f"of {self.total_steps}")
 
     @property
@@ -81,10 +81,10 @@ class SGDSettings:
 
 
 def check(lr, momentum=0.0, nesterov=False, weight_decay=0.0, label_smoothing=0.0, schedule="constant",
-          warmup=0.0) -> None:
+          warmup_epochs=0.0) -> None:
     """Refuse settings no framework can train with, in the words of the command line's options."""
     for name, v in (("lr", lr), ("momentum", momentum), ("weight-decay", weight_decay),
-                    ("label-smoothing", label_smoothing), ("warmup", warmup)):
+                    ("label-smoothing", label_smoothing), ("warmup-epochs", warmup_epochs)):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
             raise ConfigError(f"--{name} must be a non-negative number, got {v!r}")
     if lr <= 0:
@@ -99,14 +99,14 @@ def check(lr, momentum=0.0, nesterov=False, weight_decay=0.0, label_smoothing=0.
         raise ConfigError(f"--weight-decay must be below 1 (5e-4 is usual), got {weight_decay!r}")
     if schedule not in SCHEDULES:
         raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if warmup and schedule == "constant":
-        raise ConfigError("--warmup needs a --schedule (cosine or linear); a constant rate has no warm-up")
+    if warmup_epochs and schedule == "constant":
+        raise ConfigError("--warmup-epochs needs a --schedule (cosine or linear); a constant rate has no warm-up")
 
 
 def from_config(cfg, steps_per_epoch: int) -> SGDSettings:
-    """A run's settings (``TrainConfig``): ``warmup`` is in epochs, the schedule spans ``cfg.epochs``."""
+    """A run's settings (``TrainConfig``): ``warmup_epochs`` become steps, the schedule spans ``cfg.epochs``."""
     total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(int(round(cfg.warmup * steps_per_epoch)), total - 1)
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
     return SGDSettings(cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.label_smoothing, cfg.schedule,
                        warmup, total)
 

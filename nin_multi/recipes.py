@@ -21,7 +21,7 @@ class Recipe:
 
     def describe(self) -> str:
         keys = ("variant", "in_channels", "lr", "epochs", "batch_size", "resize", "init", "precision", "momentum",
-                "nesterov", "weight_decay", "label_smoothing", "schedule", "warmup")
+                "nesterov", "weight_decay", "label_smoothing", "schedule", "warmup_epochs")
         shown = ", ".join(f"{k.replace('_', ' ')} {self.settings[k]}" for k in keys if k in self.settings)
         aim = f"; made to reach test accuracy {self.target:g}" if self.target else ""
         return f"{self.name}: {self.source}; {shown}" + (f"; {self.note}" if self.note else "") + aim
@@ -32,7 +32,7 @@ _CHAPTER = {"variant": "chapter", "in_channels": 1, "resize": 224, "init": "xavi
 #: The ``fast`` recipe's settings, from ``python -m nin_multi.sweep`` on the sample's validation split.
 FAST = {"init": "kaiming", "resize": 67, "batch_size": 32, "lr": 0.02, "epochs": 10, "precision": "fp32",
         "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4, "label_smoothing": 0.1, "schedule": "linear",
-        "warmup": 1.0}
+        "warmup_epochs": 1.0}
 FAST_TARGET = 0.80
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (

@@ -154,8 +154,8 @@ def test_fp64_run_writes_float64_weights_and_checkpoints(trainable_backend, samp
 
 @pytest.mark.slow
 @pytest.mark.parametrize("features", [
-    dict(momentum=0.9, weight_decay=5e-4, label_smoothing=0.1, schedule="linear", warmup=0.25),
-    dict(momentum=0.9, nesterov=True, weight_decay=1e-3, label_smoothing=0.2, schedule="cosine", warmup=0.1),
+    dict(momentum=0.9, weight_decay=5e-4, label_smoothing=0.1, schedule="linear", warmup_epochs=0.25),
+    dict(momentum=0.9, nesterov=True, weight_decay=1e-3, label_smoothing=0.2, schedule="cosine", warmup_epochs=0.1),
 ], ids=["momentum-linear", "nesterov-cosine"])
 def test_fp64_one_trajectory_with_momentum_decay_schedule_and_smoothing(sample_dir, features):
     """The same with the ``fast`` recipe's optimizer: momentum (Nesterov), coupled weight decay, warm-up

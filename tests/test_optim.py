@@ -19,7 +19,7 @@ from reference import random_weights
 from test_backends import to_layout
 from test_training import mini_config
 
-FEATURES = dict(momentum=0.9, weight_decay=5e-4, label_smoothing=0.1, schedule="linear", warmup=1.0)
+FEATURES = dict(momentum=0.9, weight_decay=5e-4, label_smoothing=0.1, schedule="linear", warmup_epochs=1.0)
 
 
 def test_constant_rate_is_the_chapters_plain_sgd():
@@ -47,7 +47,7 @@ def test_cosine_values():
 
 
 def test_from_config_counts_steps_and_warmup_epochs():
-    cfg = TrainConfig(lr=0.02, epochs=10, momentum=0.9, schedule="linear", warmup=1.5)
+    cfg = TrainConfig(lr=0.02, epochs=10, momentum=0.9, schedule="linear", warmup_epochs=1.5)
     s = optim.from_config(cfg, 97)
     assert (s.total_steps, s.warmup_steps, s.momentum, s.lr) == (970, 146, 0.9, 0.02)
     assert optim.from_config(TrainConfig(), 27) == SGDSettings(0.1, total_steps=270)
@@ -60,8 +60,8 @@ def test_from_config_counts_steps_and_warmup_epochs():
     (dict(label_smoothing=1.0), "--label-smoothing must be below 1"),
     (dict(weight_decay=float("nan")), "--weight-decay must be a non-negative number"),
     (dict(schedule="step"), "--schedule must be one of constant, cosine, linear"),
-    (dict(warmup=1.0), "--warmup needs a --schedule"),
-    (dict(schedule="cosine", warmup=10.0), "leaves nothing of --epochs 10"),
+    (dict(warmup_epochs=1.0), "--warmup-epochs needs a --schedule"),
+    (dict(schedule="cosine", warmup_epochs=10.0), "leaves nothing of --epochs 10"),
 ])
 def test_bad_settings_say_which_option(kw, message):
     with pytest.raises(ConfigError, match=message):

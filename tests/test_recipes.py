@@ -37,7 +37,8 @@ def test_each_recipe_sets_its_sources_settings(name):
         EXPECTED[name]
     assert cfg.recipe == name and cfg.init == ("kaiming" if name == "fast" else "xavier")
     if name != "fast":  # the books' plain SGD
-        assert (cfg.momentum, cfg.weight_decay, cfg.label_smoothing, cfg.schedule, cfg.warmup) == (0, 0, 0, "constant", 0)
+        assert (cfg.momentum, cfg.weight_decay, cfg.label_smoothing, cfg.schedule, cfg.warmup_epochs) == \
+            (0, 0, 0, "constant", 0)
 
 
 def test_fast_recipe_is_the_chapters_network_with_an_optimizer_and_a_target():
@@ -46,8 +47,8 @@ def test_fast_recipe_is_the_chapters_network_with_an_optimizer_and_a_target():
     cfg = config_from_args(parse("--recipe", "fast"))
     assert (cfg.variant, cfg.in_channels, cfg.dropout) == ("chapter", 1, None)  # same layers, dropout 0.5
     assert spec_for(cfg) == make_spec("chapter", image_size=cfg.resize)
-    assert (cfg.momentum, cfg.weight_decay, cfg.label_smoothing, cfg.schedule, cfg.warmup) == \
-        (FAST["momentum"], FAST["weight_decay"], FAST["label_smoothing"], FAST["schedule"], FAST["warmup"])
+    assert (cfg.momentum, cfg.weight_decay, cfg.label_smoothing, cfg.schedule, cfg.warmup_epochs) == \
+        (FAST["momentum"], FAST["weight_decay"], FAST["label_smoothing"], FAST["schedule"], FAST["warmup_epochs"])
     assert RECIPES["fast"].target == FAST_TARGET and "test accuracy 0.8" in RECIPES["fast"].describe()
     cfg = config_from_args(parse("--recipe", "fast", "--momentum", "0.5", "--schedule", "cosine"))
     assert (cfg.momentum, cfg.schedule, cfg.lr) == (0.5, "cosine", FAST["lr"])  # typed flags win
