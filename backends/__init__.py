@@ -15,7 +15,11 @@ the parity tests rely on):
                                         model's parameter dtype; set_weights casts to it (the driver
                                         refuses float64 -> float32 before it gets there)
     forward(model, x, training=False)   logits as numpy: float64 from a float64 model, else float32
-    Trainer(model, lr, precision)       .train_step(x, y) / .eval_step(x, y) -> (loss sum, correct count);
+    Trainer(model, lr, precision, *, optim=None)
+                                        optim: a nin_multi.optim.SGDSettings (momentum, Nesterov, weight
+                                        decay, schedule, label smoothing; one meaning in every framework),
+                                        None: plain SGD at lr.
+                                        .train_step(x, y) / .eval_step(x, y) -> (loss sum, correct count);
                                         .extra_state() / .load_extra_state(d): RNG etc. for checkpoints.
                                         precision "fp64" takes a float64 model and float64 batches, and
                                         computes loss, gradients and the SGD update in float64 without

@@ -22,10 +22,11 @@ def test_wheel_installs_the_backends_inside_the_package(tmp_path):
                    "jax_bench"):
         assert f"nin_multi/backends/{module}.py" in names
     for module in ("__init__", "__main__", "command", "runner", "protocol", "worker", "epochs", "pipeline", "load",
-                   "figures", "targets", "report"):
+                   "figures", "targets", "report", "accuracy"):
         assert f"nin_multi/bench/{module}.py" in names  # ``python -m nin_multi.bench`` starts the workers
     for module in ("__init__", "runner", "comparison", "statistics", "plots", "report", "command"):
         assert f"nin_multi/reproduce/{module}.py" in names  # a subpackage ships only when pyproject lists it
+    assert {"nin_multi/optim.py", "nin_multi/sweep/__init__.py", "nin_multi/sweep/command.py"} <= set(names)
     top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
     assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["nin_multi"]
 

@@ -46,6 +46,7 @@ def cmd_sweep(a) -> int:
     from ..config import TrainConfig
     from ..data import load_fashion_mnist
     from ..recipes import get_recipe
+    from ..train import spec_for
 
     recipe = get_recipe(a.recipe)
     target = a.target if a.target is not None else recipe.target
@@ -57,8 +58,8 @@ def cmd_sweep(a) -> int:
     values = {k: v for k, v in (("resize", a.resize), ("batch_size", a.batch_size), ("lr", a.lr),
                                 ("epochs", a.epochs), ("precision", a.precision)) if v}
     settings = sweep.settings_around({k: getattr(base, k) for k in sweep.FACTORS}, values, a.grid)
-    for s in settings:  # every setting checked before the first one trains
-        TrainConfig(**{**recipe.settings, **s})
+    for s in settings:  # every setting checked (the image size against the network too) before one trains
+        spec_for(TrainConfig(**{**recipe.settings, **s}))
     backend = get_backend(a.backend)
     ds = sweep.validation_split(load_fashion_mnist(a.data_dir))
     print(f"{len(settings)} settings on {backend.NAME}, {len(ds.train_images)} training and {len(ds.test_images)} "
