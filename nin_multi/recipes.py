@@ -30,7 +30,7 @@ class Recipe:
 _CHAPTER = {"variant": "chapter", "in_channels": 1, "resize": 224, "init": "xavier", "precision": "fp32"}
 
 #: The ``fast`` recipe's settings, from ``python -m nin_multi.sweep`` on the sample's validation split.
-FAST = {"init": "kaiming", "resize": 67, "batch_size": 32, "lr": 0.02, "epochs": 10, "precision": "fp32",
+FAST = {"init": "kaiming", "resize": 67, "batch_size": 32, "lr": 0.01, "epochs": 10, "precision": "fp32",
         "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4, "label_smoothing": 0.1, "schedule": "linear",
         "warmup_epochs": 1.0}
 FAST_TARGET = 0.80

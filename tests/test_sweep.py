@@ -76,10 +76,10 @@ def test_sweep_writes_rows_as_they_come(sample_dir, tmp_path, monkeypatch, capsy
         "epoch_reached": 1, "seconds_to_target": cfg.lr * 100, "best_val_acc": 0.9, "final_val_acc": 0.9,
         "val_acc": [0.9], "wall_seconds": 5.0, "cpu_seconds": 4.0, "others_cpu_share": 0.0})
     load("torch")
-    code = main(["sweep", "--data-dir", str(sample_dir), "--lr", "0.01,0.04", "--out", str(tmp_path / "s")])
+    code = main(["sweep", "--data-dir", str(sample_dir), "--lr", "0.02,0.04", "--out", str(tmp_path / "s")])
     assert code == 0
     rows = [json.loads(line) for line in (tmp_path / "s" / "sweep.jsonl").read_text().splitlines()]
-    assert [r["lr"] for r in rows] == [0.02, 0.01, 0.04] and all(r["resize"] == 67 for r in rows)
+    assert [r["lr"] for r in rows] == [0.01, 0.02, 0.04] and all(r["resize"] == 67 for r in rows)
     table = (tmp_path / "s" / "sweep.md").read_text()
     assert table.splitlines()[2].startswith("| 67 | 32 | 0.01 |") and "3099 training and 344 validation" in \
         capsys.readouterr().out
