@@ -38,7 +38,7 @@ from .stats import FP64_AGREEMENT, SEPARATION, first_exceeding, largest_per_epoc
 from .train import evaluate, load_data, spec_for, train_epoch
 from .weights import initial_weights, save_weights
 
-INITIAL_WEIGHTS = "initial_weights.npz"
+INITIAL_WEIGHTS = "initial_weights.safetensors"
 BACKENDS_CSV = "backends.csv"
 DRIFT_CSV = "drift.csv"
 REPORT_JSON = "reproduce.json"
@@ -310,7 +310,7 @@ def one_start(cfg: TrainConfig, mods: list, spec: NiNSpec, ds, run_dir: Path, lo
         for epoch in range(cfg.epochs):
             row = {"epoch": epoch + 1, **train_epoch(trainer, ds, bcfg, m.LAYOUT, epoch,
                                                      order=epoch_order(n_train, cfg.seed, epoch),
-                                                     step_losses=step_losses[m.NAME])}
+                                                     step_losses=step_losses[m.NAME], log_step=run.log_step)}
             row["test_loss"], row["test_acc"] = evaluate(trainer, ds.test_images, ds.test_labels, bcfg,
                                                          m.LAYOUT, f"{m.NAME} test")
             run.log_epoch(row)
@@ -320,6 +320,7 @@ def one_start(cfg: TrainConfig, mods: list, spec: NiNSpec, ds, run_dir: Path, lo
         finals[m.NAME] = m.get_weights(model, spec)
         save_weights(run.path / WEIGHTS, spec, finals[m.NAME],
                      meta={"backend": m.NAME, "epochs": cfg.epochs, "config": bcfg.to_dict()})
+        run.close()
         histories[m.NAME] = run.history
         last = run.history[-1]
         seconds = sum(r["seconds"] for r in run.history)

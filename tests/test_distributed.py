@@ -191,7 +191,7 @@ def relative_difference(a: dict, b: dict) -> float:
 
 def check_same_training(run: Path, one: Path, precision: str, what: str) -> None:
     """The weights and every epoch's metrics of a distributed run equal one process's."""
-    diff = relative_difference(read_weights(run / "weights.npz"), read_weights(one / "weights.npz"))
+    diff = relative_difference(read_weights(run / "weights.safetensors"), read_weights(one / "weights.safetensors"))
     print(f"{what}, {precision}: relative weight difference from one process {diff:.2e}")
     assert diff < TOLERANCE[precision]
     acc, loss = METRIC_TOLERANCE[precision]
