@@ -245,7 +245,8 @@ def test_convert_beyond_the_file_size_limit_keeps_the_old_file(backend, torch_ru
     errors, not OSError) is one line, and the previous file stays."""
     dest = tmp_path / ("model" + NATIVE_SUFFIXES[backend.NAME][0])
     dest.write_bytes(b"the previous export")
-    args = ["convert", "--backend", backend.NAME, "--weights", str(torch_run / "weights.safetensors"), "--out", str(dest)]
+    args = ["convert", "--backend", backend.NAME, "--weights", str(torch_run / "weights.safetensors"),
+            "--out", str(dest)]
 
     def limited():
         resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, resource.RLIM_INFINITY))

@@ -72,7 +72,8 @@ def test_converted_onnx_file_is_valid_and_as_accurate_as_its_source(sample_dir, 
     assert _test_acc(capsys.readouterr().out) == torch_acc
 
     path = tmp_path / "model.onnx"
-    assert main(["convert", "--backend", "onnx", "--weights", str(run / "weights.safetensors"), "--out", str(path)]) == 0
+    assert main(["convert", "--backend", "onnx", "--weights", str(run / "weights.safetensors"),
+                 "--out", str(path)]) == 0
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     spec, weights = load_weights(run / "weights.safetensors")
