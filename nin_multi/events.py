@@ -47,6 +47,11 @@ class EventLog:
     written also tells TensorBoard to discard what an earlier attempt logged from that step on."""
 
     def __init__(self, run_dir, resumed: bool = False):
+        # Imported here, not at the first step, so that the import's half second is not timed as training.
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._pb, self._summary, self._record_writer = event_pb2, summary_pb2, RecordWriter
         self.dir, self.resumed = Path(run_dir), resumed
         self.path: Optional[Path] = None
         self.last_step = 0
@@ -79,21 +84,17 @@ class EventLog:
             self._file = None
 
     def _write(self, step: int, scalars: dict) -> None:
-        from tensorboard.compat.proto import event_pb2, summary_pb2
-
         if self._file is None:
             self._open(step)
-        values = [summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars.items()]
-        event = event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values))
+        values = [self._summary.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars.items()]
+        event = self._pb.Event(wall_time=time.time(), step=step, summary=self._summary.Summary(value=values))
         self._guard(self._records.write, event.SerializeToString())
 
     def _open(self, step: int) -> None:
-        from tensorboard.compat.proto import event_pb2
-        from tensorboard.summary.writer.record_writer import RecordWriter
-
+        event_pb2 = self._pb
         self.path = self.dir / f"{PREFIX}.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_files)}"
         self._file = self._guard(open, self.path, "ab")
-        self._records = RecordWriter(self._file)
+        self._records = self._record_writer(self._file)
         first = [event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")]
         if self.resumed:
             first.append(event_pb2.Event(wall_time=time.time(), step=step,
