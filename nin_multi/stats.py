@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 #: Where two trajectories count as separated: ten times fp32's rounding of one loss (~1e-7 relative), ten
 #: orders of magnitude above float64's (~1e-16).
@@ -55,6 +54,8 @@ class Welch:
 
     def smallest_significant(self, alpha: float = 0.05) -> float:
         """The |difference| this test would have called significant at ``alpha`` with these spreads."""
+        from scipy import stats as scipy_stats  # here, not at import: the CLI's start stays fast
+
         if not (self.se > 0 and self.df > 0):
             return 0.0
         return float(scipy_stats.t.isf(alpha / 2, self.df)) * self.se
@@ -68,6 +69,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def welch(a: Sequence[float], b: Sequence[float]) -> Welch:
     """Welch's t-test; needs at least two values on each side."""
+    from scipy import stats as scipy_stats
+
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.size < 2 or b.size < 2:
         raise ValueError(f"Welch's t-test needs at least two values per group, got {a.size} and {b.size}")
