@@ -106,9 +106,9 @@ def load_weights(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict]:
 
 def read_weights_file(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict, dict, dict]:
     """(spec, weights, meta, state): everything a weights or checkpoint file holds, validated."""
-    path = Path(path)
     from safetensors import SafetensorError
 
+    path = Path(path)
     try:
         header, arrays = _read_safetensors(path) if is_safetensors(path) else _read_npz(path)
     except FileNotFoundError:
