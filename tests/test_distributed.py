@@ -21,6 +21,7 @@ from nin_multi.config import TrainConfig
 from nin_multi.distributed import Context, check_config, from_env, strip_workers
 from nin_multi.errors import ConfigError, DistributedError
 from nin_multi.train import train
+from nin_multi.weights import load_weights
 
 from conftest import ROOT
 
@@ -179,8 +180,7 @@ def procs():
 
 
 def read_weights(path) -> dict:
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files if k != "__header__"}
+    return load_weights(path)[1]
 
 
 def relative_difference(a: dict, b: dict) -> float:
