@@ -156,6 +156,11 @@ def restore(run: Run, backend, model, spec, trainer, log=print) -> int:
     if r.path is None:  # stopped before its first checkpoint: start again
         run.set_history([])
         return 0
+    sgd = getattr(trainer, "optim", None)
+    if r.backend not in (None, backend.NAME) and sgd is not None and not sgd.plain:
+        raise ConfigError(f"{run.path} is a {r.backend} run with momentum, weight decay, label smoothing or a "
+                          f"schedule, whose optimizer state does not carry over to another framework: continue it "
+                          f"with --backend {r.backend}")
     backend.set_weights(model, spec, r.weights)
     if r.backend in (None, backend.NAME):
         trainer.load_extra_state(r.state)

@@ -10,6 +10,7 @@ from nin_multi import optim
 from nin_multi.config import TrainConfig
 from nin_multi.errors import ConfigError
 from nin_multi.optim import SGDSettings
+from nin_multi.run import WEIGHTS
 from nin_multi.spec import make_spec
 from nin_multi.train import resume, train
 from nin_multi.weights import load_weights
@@ -124,11 +125,28 @@ def test_resume_with_momentum_and_a_schedule_equals_uninterrupted(trainable_back
     kw = dict(subset=192, test_subset=64, epochs=3, precision="fp64", **FEATURES)
     _, straight = train(mini_config(backend, sample_dir, tmp_path / "a", **kw), log=lambda *_: None)
     train(mini_config(backend, sample_dir, tmp_path / "b", **kw), log=lambda *_: None)
-    for name in ("weights.npz", "checkpoints/epoch-0002.npz", "checkpoints/epoch-0003.npz"):
+    for name in (WEIGHTS, "checkpoints/epoch-0002.npz", "checkpoints/epoch-0003.npz"):
         (tmp_path / "b" / name).unlink()
     _, resumed = resume(tmp_path / "b", log=lambda *_: None)
     assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in straight]
-    _, wa = load_weights(tmp_path / "a" / "weights.npz")
-    _, wb = load_weights(tmp_path / "b" / "weights.npz")
+    _, wa = load_weights(tmp_path / "a" / WEIGHTS)
+    _, wb = load_weights(tmp_path / "b" / WEIGHTS)
     for k in wa:
         np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+
+
+def test_a_run_with_momentum_is_not_continued_in_another_framework(sample_dir, tmp_path, capsys):
+    """Its momentum buffers and schedule position have no meaning in another framework's optimizer: refused
+    with one line that says how to continue it, the run directory untouched."""
+    from nin_multi.cli import main
+
+    load("torch"), load("jax")
+    out = tmp_path / "run"
+    train(mini_config(load("torch"), sample_dir, out, subset=64, test_subset=32, epochs=2, **FEATURES),
+          log=lambda *_: None)
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    code = main(["train", "--resume", str(out), "--backend", "jax", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("nin-multi: error:") and "\n" not in err
+    assert "optimizer state does not carry over to another framework: continue it with --backend torch" in err
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
