@@ -641,7 +641,7 @@ class _TorchChapter:
     """The chapter's PyTorch loop: eager, contiguous NCHW, fp32 (the Trainer with channels-last off)."""
 
     def __init__(self, backend, model):
-        self.inner = backend.Trainer(model, LR, "fp32", channels_last=False)
+        self.inner = type("Contiguous", (backend.Trainer,), {"CHANNELS_LAST": False})(model, LR, "fp32")
         self.train_step, self.eval_step = self.inner.train_step, self.inner.eval_step
 
 

@@ -114,7 +114,8 @@ def config_from_args(a: argparse.Namespace, **overrides) -> TrainConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nin-multi", description=(
-        "Network in Network (Dive into Deep Learning, 8.3) in PyTorch, TensorFlow and MXNet from one spec."))
+        "Network in Network (Dive into Deep Learning, 8.3) from one spec in PyTorch, TensorFlow/Keras, MXNet Gluon, "
+        "JAX/Flax and ONNX."))
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train on Fashion-MNIST with the chapter's recipe")
@@ -166,8 +167,8 @@ def cmd_train(a) -> int:
         from nin_multi.backends import canonical_name
 
         from .distributed import launch
+        from .record import read_run_config
         from .run import default_run_dir
-        from .train import read_run_config
 
         backend = canonical_name(a.backend or "torch")
         if a.resume and not a.backend:  # the run's own framework, read as resume() reads it
@@ -243,15 +244,11 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
-NATIVE_SUFFIXES = {"torch": (".pt", ".pth"), "tensorflow": (".weights.h5",), "mxnet": (".params",),
-                   "jax": (".msgpack",), "onnx": (".onnx",)}
-
-
 def cmd_convert(a) -> int:
-    from nin_multi.backends import canonical_name
+    from nin_multi.backends import canonical_name, capabilities
     from .fileio import atomic_path
 
-    suffixes = NATIVE_SUFFIXES[canonical_name(a.backend)]
+    suffixes = capabilities(a.backend).native_suffixes
     if not a.out.endswith(suffixes):
         raise ConfigError(f"--out for {canonical_name(a.backend)} must end in {' or '.join(suffixes)}, got {a.out}")
     parent = Path(a.out).parent
