@@ -27,7 +27,7 @@ import optax
 
 from nin_multi.config import check_model_dtype
 from nin_multi.errors import ConfigError
-from nin_multi.host import usable_cores
+from nin_multi.machine import usable_cores
 from nin_multi.spec import (AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec, image_hw)
 

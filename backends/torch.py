@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from nin_multi.config import check_model_dtype
-from nin_multi.host import usable_cores
+from nin_multi.machine import usable_cores
 from nin_multi.spec import (AvgPool, ChannelDropout, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec, image_hw)
 

@@ -33,7 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 from nin_multi.backends.torch import Trainer, device
 from nin_multi.cluster import rank_seed
 from nin_multi.errors import DistributedError
-from nin_multi.host import check_port, free_ports, usable_cores
+from nin_multi.host import check_port, free_ports
+from nin_multi.machine import usable_cores
 
 REPORT_ENV = "NIN_MULTI_TORCHRUN_REPORT"
 

@@ -1,23 +1,13 @@
-"""This machine as the frameworks see it: the cores a process may use and the ports free on it.
+"""The ports of this machine: which are free, and one message for a port another program holds.
 
-A leaf module (it imports nothing of the driver), so the backends and their data-parallel engines use it
-too: one way of counting cores, one way of finding and checking ports.
+A leaf module (it imports nothing of the driver): the data-parallel launchers in ``backends/*_dist.py``
+and the driver use it alike.
 """
 from __future__ import annotations
 
-import os
 import socket
 
 from .errors import DistributedError
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (taskset, cpusets, a container's CPU set), which ``os.cpu_count()``
-    ignores: what "every core" means for a thread count."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
-        return os.cpu_count() or 1
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -47,15 +47,8 @@ def test_the_contracts_catch_a_planted_violation(tmp_path):
     assert "backends.onnx -> nin_multi.train" in done.stdout
 
 
-#: Modules whose framework code is being moved to backends/*_bench.py by another branch of the same change:
-#: strict, so each must be taken off this list once its move is merged.
-MOVING = {"nin_multi/bench.py", "nin_multi/machine.py"}
-
-
 def python_files(folder: Path):
-    return [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="framework code moving to backends/"))
-            if p.relative_to(ROOT).as_posix() in MOVING else p
-            for p in sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)]
+    return sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
 
 
 @pytest.mark.parametrize("path", python_files(ROOT / "nin_multi"), ids=lambda p: str(p.relative_to(ROOT)))

@@ -14,8 +14,6 @@ from contextlib import contextmanager
 
 from nin_multi.errors import NinMultiError, Terminated
 
-from .common import add_backends_arg, add_recipe_preset_arg, apply_recipe  # noqa: F401  (bench's options)
-
 #: The commands, in the order ``--help`` lists them; each module of this package registers its own.
 #: They import their frameworks lazily, so ``--help`` stays fast.
 COMMANDS = ("train", "summary", "evaluate", "convert", "reproduce", "resources", "compare", "bench")
