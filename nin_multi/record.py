@@ -93,6 +93,7 @@ class Record:
 
     def __init__(self, run: Optional[Run], path):
         self.run, self.path, self.done = run, Path(path), 0
+        self.log_step = run.log_step if run else None  # every step's loss to the run's event file
 
     @property
     def history(self) -> list[dict]:

@@ -12,6 +12,7 @@ import signal
 import sys
 from contextlib import contextmanager
 
+from nin_multi import __version__
 from nin_multi.errors import NinMultiError, Terminated
 
 #: The commands, in the order ``--help`` lists them; each module of this package registers its own.
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nin-multi", description=(
         "Network in Network (Dive into Deep Learning, 8.3) from one spec in PyTorch, TensorFlow/Keras, "
         "MXNet Gluon, JAX/Flax and ONNX."))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)

@@ -9,7 +9,8 @@ from .common import BACKEND_HELP, DEFAULTS, add_data_args, config_from_args, loa
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="test loss and accuracy of canonical weights (from any backend)")
     p.add_argument("--backend", "-b", default=DEFAULTS.backend, help=f"{BACKEND_HELP} (default: {DEFAULTS.backend})")
-    p.add_argument("--weights", required=True, help="a weights.npz written by train (any backend) or convert")
+    p.add_argument("--weights", required=True,
+                   help="a weights.safetensors (or .npz) written by train (any backend) or convert")
     p.add_argument("--resize", type=int, default=DEFAULTS.resize,
                    help=f"input image size (default: {DEFAULTS.resize})")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
