@@ -7,8 +7,8 @@ from __future__ import annotations
 from frameworks import FRAMEWORKS, src
 
 #: Cell tags the tests look for: the parameter cell (papermill's name) and the cells whose output they check.
-PARAMETERS, SAME_FUNCTION, SHAPE_WALK, CURVES, FINAL_LINE, PARITY = (
-    "parameters", "same-function", "shape-walk", "curves", "final-line", "parity")
+PARAMETERS, SAME_FUNCTION, SHAPE_WALK, BY_HAND, CURVES, FINAL_LINE, PARITY = (
+    "parameters", "same-function", "shape-walk", "sgd-by-hand", "curves", "final-line", "parity")
 MD, CODE = "markdown", "code"
 
 
@@ -45,6 +45,7 @@ def intro(fw: str) -> list[tuple]:
             RUNS_DIR = "runs"  # every training writes its run directory below this one"""), (PARAMETERS,)),
         (CODE, src("""
             import sys
+            import warnings
             from pathlib import Path
 
             try:
@@ -64,6 +65,9 @@ def intro(fw: str) -> list[tuple]:
             from nin_multi.spec import chapter_spec, make_spec
             from nin_multi.train import train
             from nin_multi.weights import load_weights
+
+            # tqdm draws text progress bars here; without ipywidgets it warns first that it will.
+            warnings.filterwarnings("ignore", message="IProgress not found")
 
             FRAMEWORK = "__FW__"
             # Every installed framework is loaded now, PyTorch before TensorFlow (the order that is safe in one
@@ -140,15 +144,27 @@ def network(fw: str) -> list[tuple]:
 
 
 def training(fw: str) -> list[tuple]:
+    f = FRAMEWORKS[fw]
     others = [FRAMEWORKS[o]["title"] for o in FRAMEWORKS if o != fw]
     return [
-        (MD, src("""
+        (MD, src(f"""
             ## Training
 
-            The chapter trains with plain SGD (cross-entropy loss) on Fashion-MNIST and reports the training
-            loss and accuracy and the test accuracy after every epoch. `train` is the package's loop: it draws
-            the batches, runs the framework's training step, and writes the run directory (metrics, a
-            checkpoint per epoch, the weights and `curves.png`)."""), ()),
+            The chapter trains with plain SGD on the cross-entropy loss: for each batch, the loss, its
+            gradient with respect to every weight, and the update *w* ← *w* − lr · ∇*w*. Written in
+            {f['title']} for the model typed out above: five steps on the same 8 training images at 224×224.
+            The learning rate is 0.01, a smaller step than the chapter's 0.1, so that on one repeated batch
+            the loss falls step by step:"""), ()),
+        (CODE, src("""
+            lr = 0.01
+            data = load_fashion_mnist(DATA_DIR)
+            x = to_float_batch(data.train_images[:8], 224, backend.LAYOUT)
+            y = data.train_labels[:8].astype(np.int64)
+            """) + "\n" + f["step"], (BY_HAND,)),
+        (MD, src("""
+            The package's loop, `train`, runs the same step over every batch of every epoch, evaluates on the
+            test set after each epoch, and writes the run directory (metrics, a checkpoint per epoch, the weights
+            and `curves.png`)."""), ()),
         (CODE, src("""
             cfg = TrainConfig(backend=FRAMEWORK, **settings, data_dir=DATA_DIR, progress=False,
                               out=f"{RUNS_DIR}/{FRAMEWORK}-{'quick' if QUICK else RECIPE}")

@@ -64,6 +64,15 @@ TORCH = dict(
             X = layer(X)
             print(f"{type(layer).__name__:<18} output shape: {tuple(X.shape)}")
             assert tuple(X.shape) == shape, (name, tuple(X.shape), shape)"""),
+    step=src("""
+        loss_fn, optimizer = nn.CrossEntropyLoss(), torch.optim.SGD(net.parameters(), lr=lr)
+        net.train()  # dropout on
+        for step in range(5):
+            loss = loss_fn(net(torch.from_numpy(x)), torch.from_numpy(y))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            print(f"step {step + 1}: loss {loss.item():.4f}")"""),
 )
 
 KERAS = dict(
@@ -119,12 +128,21 @@ KERAS = dict(
             X = layer(X, training=False)
             print(f"{type(layer).__name__:<22} output shape: {tuple(X.shape)}")
             assert tuple(X.shape) == shape, (name, tuple(X.shape), shape)"""),
+    step=src("""
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        optimizer = keras.optimizers.SGD(learning_rate=lr)
+        for step in range(5):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, net(x, training=True))  # dropout on
+            grads = tape.gradient(loss, net.trainable_variables)
+            optimizer.apply_gradients(zip(grads, net.trainable_variables))
+            print(f"step {step + 1}: loss {float(loss):.4f}")"""),
 )
 
 GLUON = dict(
     file="nin_mxnet.ipynb",
     title="MXNet Gluon",
-    imports="import mxnet as mx\nfrom mxnet import autograd, nd\nfrom mxnet.gluon import nn",
+    imports="import mxnet as mx\nfrom mxnet import autograd, gluon, nd\nfrom mxnet.gluon import nn",
     idiom=src("""
         In Gluon a block is an `nn.HybridSequential` to which `Conv2D` layers are added; each takes the ReLU as
         its `activation`. Tensors are NCHW. Gluon infers each layer's input channels at the first call, so
@@ -172,12 +190,28 @@ GLUON = dict(
                 X = layer(X)
                 print(f"{type(layer).__name__:<18} output shape: {X.shape}")
                 assert X.shape == shape, (name, X.shape, shape)"""),
+    step=src("""
+        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr})
+        X, Y = nd.array(x), nd.array(y)
+        for step in range(5):
+            with autograd.record():  # dropout on while recording
+                loss = loss_fn(net(X), Y)
+            loss.backward()
+            trainer.step(len(y))  # the gradient of the summed loss, divided by the batch size
+            print(f"step {step + 1}: loss {loss.mean().asscalar():.4f}")"""),
 )
 
 FLAX = dict(
     file="nin_jax.ipynb",
     title="JAX/Flax",
-    imports="from functools import partial\n\nimport flax.linen as nn\nimport jax\nimport jax.numpy as jnp",
+    imports=src("""
+        from functools import partial
+
+        import flax.linen as nn
+        import jax
+        import jax.numpy as jnp
+        import optax"""),
     idiom=src("""
         In Flax a block is a `flax.linen` module; `@nn.compact` lets its `__call__` create the `nn.Conv`
         layers it uses. Flax is functional: a module holds no weights, `init` returns them as a tree that
@@ -262,6 +296,18 @@ FLAX = dict(
             X = layer(X)
             print(f"{name:<8} {type(layer).__name__:<10} output shape: {tuple(X.shape)}")
             assert tuple(X.shape) == shape, (name, tuple(X.shape), shape)"""),
+    step=src("""
+        def loss_fn(params, x, y, key):
+            logits = net.apply({"params": params}, x, training=True, rngs={"dropout": key})  # dropout on
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+        loss_and_grad = jax.jit(jax.value_and_grad(loss_fn))
+        params = book.variables["params"]
+        for step in range(5):
+            loss, grads = loss_and_grad(params, jnp.asarray(x), jnp.asarray(y), jax.random.PRNGKey(step))
+            params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)  # plain SGD
+            print(f"step {step + 1}: loss {float(loss):.4f}")"""),
 )
 
 FRAMEWORKS = {"torch": TORCH, "tensorflow": KERAS, "mxnet": GLUON, "jax": FLAX}

@@ -73,6 +73,10 @@ def check_outputs(nb, framework) -> float:
     assert -1 not in positions, f"shapes missing from the walk:\n{walk}"
     assert positions == sorted(positions), f"shapes out of order:\n{walk}"
 
+    by_hand = _text(_tagged(nb, "sgd-by-hand"))
+    losses = [float(v) for v in re.findall(r"^step \d: loss (\d+\.\d+)$", by_hand, re.MULTILINE)]
+    assert len(losses) == 5, by_hand  # five SGD steps written in the framework, each printing a finite loss
+
     curves = _tagged(nb, "curves")
     assert any("image/png" in o.get("data", {}) for o in curves.outputs), "no training curves displayed"
     assert re.search(r"loss \d\.\d+, train acc 0\.\d+, test acc 0\.\d+\n[\d.]+ examples/sec on \w+",
@@ -102,7 +106,7 @@ def test_stored_outputs_show_the_chapter(framework):
     nb = _read(NOTEBOOKS[framework])
     nbformat.validate(nb)
     assert nb.metadata.kernelspec.name == "python3"
-    for tag in ("parameters", "same-function", "shape-walk", "curves", "final-line", "parity"):
+    for tag in ("parameters", "same-function", "shape-walk", "sgd-by-hand", "curves", "final-line", "parity"):
         _tagged(nb, tag)
     printed = "".join(_text(c) for c in nb.cells if c.cell_type == "code")
     assert "quick setting: {'variant': 'mini', 'resize': 28" in printed  # the label the stored run carries
