@@ -1,4 +1,5 @@
-"""Run bookkeeping shared by every backend: the run directory, metrics files, plot, progress bar.
+"""Run bookkeeping shared by every backend: the run directory, metrics files, plot, TensorBoard events,
+progress bar.
 
 A backend never writes files itself; it hands numbers to a ``Run``, so all three frameworks leave
 the same files behind and a plot from one can be laid over a plot from another.
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import RunDirError
+from .events import EventLog
 from .fileio import save_figure, write_csv, write_json, write_text
 from .lock import LOCK, RunLock
 
@@ -19,7 +21,7 @@ METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 PLOT = "curves.png"
 CONFIG = "config.json"
-WEIGHTS = "weights.npz"
+WEIGHTS = "weights.safetensors"
 FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "examples_per_sec", "seconds", "backend")
 
 
@@ -89,8 +91,10 @@ class Run:
             self.path = prepare_dir(path, overwrite, resume)
         self.title = title
         self.history: list[dict] = []
+        self.events = EventLog(self.path, resumed=resume)
 
     def close(self) -> None:
+        self.events.close()
         if self.lock is not None:
             self.lock.release()
             self.lock = None
@@ -103,12 +107,19 @@ class Run:
         self.history = list(rows)
         self._write_metrics()
 
+    def log_step(self, step: int, loss: float, lr: float) -> None:
+        """One SGD step's mean training loss and learning rate (``step`` counts from 1 over the whole run),
+        to the TensorBoard events."""
+        self.events.log_step(step, loss, lr)
+
     def log_epoch(self, row: dict) -> None:
         """One epoch's metrics to JSON lines (streamable) and CSV (spreadsheet), and replot. Each file is
-        rewritten whole through the durable writer: a failed write leaves the previous version intact."""
+        rewritten whole through the durable writer: a failed write leaves the previous version intact.
+        Then to the TensorBoard events, at the step that ended the epoch."""
         self.history.append(row)
         self._write_metrics()
         plot_curves({self.title: self.history}, self.path / PLOT, self.title)
+        self.events.log_epoch(row)
 
     def _write_metrics(self) -> None:
         # One column order (FIELDS, then any others), however a row was built: rows rebuilt from a

@@ -1,8 +1,18 @@
-"""Framework-neutral weights: one ``.npz`` keyed by the spec's layer names, with the spec inside.
+"""Framework-neutral weights: arrays keyed by the spec's layer names, with the spec inside, in one of two
+containers with the same header:
 
-Layout, declared once: conv kernels OIHW, dense kernels (in, out), biases (out,). A backend whose
-framework stores kernels otherwise (TensorFlow: HWIO) transposes at its own edge. The arrays are float32,
-or float64 from a ``--precision fp64`` run (kept so that its resume stays exact); the header says which.
+- ``.safetensors`` (``weights.safetensors``, what ``train`` writes): the file that ``safetensors.torch``,
+  ``.tensorflow``, ``.flax`` and ``.numpy`` all load, with a bounded header and no pickle. The header is its
+  string metadata: ``format``, ``layout``, ``dtype``, ``checksum`` as they are, ``spec`` and ``meta`` as JSON.
+- ``.npz`` (checkpoints, and weights written before safetensors): a zip of ``.npy`` arrays plus a
+  ``__header__`` member holding the header as JSON. Checkpoints stay here: they are this project's own
+  resume files, never another framework's input, and their header nests the run's config and history.
+
+Which container a file is, is read from its first bytes, not its name. Layout, declared once: conv kernels
+OIHW, dense kernels (in, out), biases (out,): for a network without dense layers these are exactly the
+PyTorch rendering's ``state_dict()``. A backend whose framework stores kernels otherwise (TensorFlow: HWIO)
+transposes at its own edge. The arrays are float32, or float64 from a ``--precision fp64`` run (kept so
+that its resume stays exact); the header says which.
 """
 from __future__ import annotations
 
@@ -23,6 +33,9 @@ FORMAT = "nin_multi.weights/1"
 LAYOUT = "conv OIHW, dense (in, out), bias (out,)"
 _LEGACY_LAYOUT = LAYOUT + ", float32"  # files written before float64 existed: always float32
 DTYPES = ("float32", "float64")
+SAFETENSORS = ".safetensors"
+#: Header entries that safetensors' string-only metadata holds as JSON text.
+_JSON_ENTRIES = ("spec", "meta")
 
 
 def check_weights(spec: NiNSpec, weights: dict, source: str = "weights") -> None:
@@ -53,6 +66,11 @@ def save_weights(path, spec: NiNSpec, weights: dict, meta: Optional[dict] = None
     arrays = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in weights.items()}
     arrays.update({STATE_PREFIX + k: np.asarray(v) for k, v in (state or {}).items()})
     header["checksum"] = checksum(arrays)
+    (_write_safetensors if path.suffix == SAFETENSORS else _write_npz)(path, header, arrays)
+    return path
+
+
+def _write_npz(path: Path, header: dict, arrays: dict) -> None:
     members = {"__header__": np.array(json.dumps(header, sort_keys=True)), **arrays}
     # np.savez's format (an uncompressed zip of .npy files), written here because np.savez leaves its
     # ZipFile open when a write fails, and its finaliser then writes to the closed temporary file.
@@ -60,7 +78,14 @@ def save_weights(path, spec: NiNSpec, weights: dict, meta: Optional[dict] = None
         for name, a in members.items():
             with zf.open(name + ".npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
-    return path
+
+
+def _write_safetensors(path: Path, header: dict, arrays: dict) -> None:
+    import safetensors.numpy
+
+    metadata = {k: json.dumps(v, sort_keys=True) if k in _JSON_ENTRIES else str(v) for k, v in header.items()}
+    with atomic_write(path) as f:
+        f.write(safetensors.numpy.save(arrays, metadata=metadata))
 
 
 def checksum(arrays: dict) -> str:
@@ -81,31 +106,24 @@ def load_weights(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict]:
 
 def read_weights_file(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict, dict, dict]:
     """(spec, weights, meta, state): everything a weights or checkpoint file holds, validated."""
+    from safetensors import SafetensorError
+
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as f:
-            header = json.loads(str(f["__header__"]))
-            arrays = {k: f[k] for k in f.files if k != "__header__"}
+        header, arrays = _read_safetensors(path) if is_safetensors(path) else _read_npz(path)
     except FileNotFoundError:
         raise WeightsError(f"weights file {path} not found") from None
-    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, SafetensorError) as e:
         why = "no nin_multi header" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
         raise DamagedFileError(f"{path} is damaged or not a nin_multi weights file ({why})", why) from None
-    if not isinstance(header, dict):
-        why = "its header is not a JSON object"
-        raise DamagedFileError(f"{path} is damaged or not a nin_multi weights file ({why})", why)
     # Files written before checksums existed have none and are read as before.
     if "checksum" in header and checksum(arrays) != header["checksum"]:
         why = "its arrays do not match the checksum stored with them"
         raise DamagedFileError(f"{path} is damaged: {why}", why)
     weights = {k: v for k, v in arrays.items() if not k.startswith(STATE_PREFIX)}
     state = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
-    if header.get("format") != FORMAT:
-        raise WeightsError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
-    if header.get("layout") not in (LAYOUT, _LEGACY_LAYOUT):
-        raise WeightsError(f"{path}: kernel layout {header.get('layout')!r}, expected {LAYOUT!r}")
     dtype = header.get("dtype", "float32")
-    if dtype not in DTYPES or any(w.dtype != dtype for w in weights.values()):
+    if any(w.dtype != dtype for w in weights.values()):
         why = f"its arrays are not all {dtype}, as its header says"
         raise DamagedFileError(f"{path} is damaged: {why}", why)
     file_spec = NiNSpec.from_dict(header["spec"])
@@ -113,6 +131,58 @@ def read_weights_file(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, di
         raise WeightsError(f"{path} was made for another network: {_first_difference(file_spec, spec)}")
     check_weights(file_spec, weights, str(path))
     return file_spec, weights, header.get("meta", {}), state
+
+
+def is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with its header's length (8 bytes, little-endian) and the header's ``{``;
+    an ``.npz`` with ``PK`` (a zip). A ``.safetensors`` name counts too, so that a damaged one is reported
+    by the safetensors reader, not as a broken zip."""
+    if path.suffix == SAFETENSORS:
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False  # the .npz reader reports it
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _read_npz(path: Path) -> tuple[dict, dict]:
+    with np.load(path, allow_pickle=False) as f:
+        header = json.loads(str(f["__header__"]))
+        check_header(path, header)
+        return header, {k: f[k] for k in f.files if k != "__header__"}
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    """safetensors bounds its own header (100 MB) and checks that the arrays' offsets tile the file
+    before anything is read; arrays are read from the memory map only after the header is checked."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        metadata = f.metadata()
+        if not metadata or "format" not in metadata:
+            raise WeightsError(f"{path} is a safetensors file without nin_multi's metadata (format, spec, "
+                               f"layout, dtype, checksum), so nothing says which network its arrays belong to; "
+                               f"write it with nin_multi.weights.save_weights, or pass that metadata to "
+                               f"safetensors' save_file")
+        header = {k: json.loads(v) if k in _JSON_ENTRIES else v for k, v in metadata.items()}
+        check_header(path, header)
+        return header, {k: f.get_tensor(k) for k in f.keys()}
+
+
+def check_header(path: Path, header) -> None:
+    """The header of either container, checked before any array is read: what a file says it is."""
+    if not isinstance(header, dict):
+        why = "its header is not a JSON object"
+        raise DamagedFileError(f"{path} is damaged or not a nin_multi weights file ({why})", why)
+    if header.get("format") != FORMAT:
+        raise WeightsError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    if header.get("layout") not in (LAYOUT, _LEGACY_LAYOUT):
+        raise WeightsError(f"{path}: kernel layout {header.get('layout')!r}, expected {LAYOUT!r}")
+    if header.get("dtype", "float32") not in DTYPES:
+        why = f"its header names dtype {header.get('dtype')!r}, not one of {', '.join(DTYPES)}"
+        raise DamagedFileError(f"{path} is damaged: {why}", why)
 
 
 def _first_difference(a: NiNSpec, b: NiNSpec) -> str:

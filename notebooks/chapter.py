@@ -177,11 +177,11 @@ def training(fw: str) -> list[tuple]:
         (MD, src(f"""
             ## The same weights in every framework
 
-            The trained weights are saved framework-neutral (`weights.npz`). Loaded into {', '.join(others)}
+            The trained weights are saved framework-neutral (`weights.safetensors`). Loaded into {', '.join(others)}
             (each transposing kernels at its own edge) and into onnxruntime, they give the same logits on the
             same test images up to float32 rounding. A framework that is not installed is skipped."""), ()),
         (CODE, src("""
-            trained_spec, trained = load_weights(run_dir / "weights.npz")  # the spec is stored in the file
+            trained_spec, trained = load_weights(run_dir / "weights.safetensors")  # the spec is stored in it
             images = load_fashion_mnist(DATA_DIR).test_images[:16]
             trained_model = backend.build_model(trained_spec)
             backend.set_weights(trained_model, trained_spec, trained)

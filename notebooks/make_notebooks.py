@@ -103,6 +103,8 @@ def execute(nb, fw: str) -> float:
     """Run every cell in a kernel of this interpreter, in notebooks/, as a reader would; seconds taken."""
     from nbclient import NotebookClient
 
+    # The kernel imports this checkout's package, not another one an editable install may point at.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     start = time.perf_counter()
     NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT,
                    resources={"metadata": {"path": str(HERE)}}).execute()

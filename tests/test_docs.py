@@ -192,3 +192,14 @@ def test_readme_is_short_and_its_links_exist():
     assert "docs/img/first-run.png" in targets
     missing = [t for t in targets if not (ROOT / t).exists()]
     assert not missing, missing
+
+
+def test_readme_shows_what_the_first_run_printed():
+    """The README's first run is the one docs/make_pictures.py made, command and output alike."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    record = (ROOT / "docs" / "img" / "first-run.txt").read_text(encoding="utf-8").splitlines()
+    shown = re.search(r"It prints:\n\n```text\n(.*?)\n```", readme, re.DOTALL)
+    assert shown, "the README shows no output of its first run"
+    assert shown[1].splitlines() == [line for line in record[1:] if line and not line.startswith("#")]
+    command = " ".join(re.search(r"```bash\n(python -m nin_multi train .*?)\n```", readme, re.DOTALL)[1].split())
+    assert command.replace("\\ ", "") + " --no-progress" == record[0].removeprefix("$ ")

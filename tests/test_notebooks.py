@@ -158,6 +158,8 @@ def test_notebook_runs(framework, sample_dir, kernel_path, tmp_path, monkeypatch
     paths = [str(kernel_path), os.environ.get("JUPYTER_PATH")]
     monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(filter(None, paths)))
     monkeypatch.setenv("NIN_MULTI_DATA_DIR", str(sample_dir))
+    # The kernel imports this checkout's package, not another one an editable install may point at.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     nb = _generator().build(framework)
     at = nb.cells.index(_tagged(nb, "parameters")) + 1
     nb.cells.insert(at, nbformat.v4.new_code_cell(SMOKE.format(runs=tmp_path / "runs")))
@@ -168,4 +170,5 @@ def test_notebook_runs(framework, sample_dir, kernel_path, tmp_path, monkeypatch
     printed = "".join(_text(c) for c in nb.cells if c.cell_type == "code")
     assert "'epochs': 1, 'subset': 256, 'test_subset': 128}" in printed
     check_outputs(nb, framework)
-    assert (tmp_path / "runs" / f"{framework}-quick" / "curves.png").is_file()
+    run = tmp_path / "runs" / f"{framework}-quick"
+    assert (run / "curves.png").is_file() and (run / "weights.safetensors").is_file()
