@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .config import TrainConfig
 from .errors import ConfigError
+
+_BOOK_KEYS = ("variant", "in_channels", "lr", "epochs", "batch_size", "resize", "init", "precision")
+#: The options a recipe sets; a typed flag always wins over the recipe. The books' recipes leave the
+#: optimizer's (the last six) at the chapter's plain SGD.
+RECIPE_KEYS = _BOOK_KEYS + ("momentum", "nesterov", "weight_decay", "label_smoothing", "schedule", "warmup_epochs")
+#: The 1st English edition's settings are ``TrainConfig``'s own defaults, read from there.
+_FIRST = {k: getattr(TrainConfig(), k) for k in _BOOK_KEYS}
 
 
 @dataclass(frozen=True)
@@ -20,14 +28,12 @@ class Recipe:
     target: float | None = None  # the test accuracy it is made to reach: train and bench time it
 
     def describe(self) -> str:
-        keys = ("variant", "in_channels", "lr", "epochs", "batch_size", "resize", "init", "precision", "momentum",
-                "nesterov", "weight_decay", "label_smoothing", "schedule", "warmup_epochs")
-        shown = ", ".join(f"{k.replace('_', ' ')} {self.settings[k]}" for k in keys if k in self.settings)
+        shown = ", ".join(f"{k.replace('_', ' ')} {self.settings[k]}" for k in RECIPE_KEYS if k in self.settings)
         aim = f"; made to reach test accuracy {self.target:g}" if self.target else ""
         return f"{self.name}: {self.source}; {shown}" + (f"; {self.note}" if self.note else "") + aim
 
 
-_CHAPTER = {"variant": "chapter", "in_channels": 1, "resize": 224, "init": "xavier", "precision": "fp32"}
+_CHAPTER = {k: _FIRST[k] for k in ("variant", "in_channels", "resize", "init", "precision")}
 
 #: The ``fast`` recipe's settings, from ``python -m nin_multi.sweep`` on the sample's validation split.
 FAST = {"init": "kaiming", "resize": 67, "batch_size": 32, "lr": 0.01, "epochs": 10, "precision": "fp32",
@@ -38,7 +44,7 @@ FAST_TARGET = 0.80
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("d2l-1st-edition",
            "Dive into Deep Learning, 1st English edition (train_ch6, Xavier init)",
-           {**_CHAPTER, "lr": 0.1, "epochs": 10, "batch_size": 128}),
+           _FIRST),
     Recipe("d2l-2nd-edition",
            "Dive into Deep Learning, 2nd edition (Classifier/Trainer API, lazy layers, init_cnn = Xavier)",
            {**_CHAPTER, "lr": 0.05, "epochs": 10, "batch_size": 128}),

@@ -15,11 +15,11 @@ import resource
 import time
 from typing import Callable, Iterable
 
-from .. import data as data_mod
-from .. import optim
-from ..config import TrainConfig, param_dtype
-from ..errors import ConfigError
-from ..train import evaluate, spec_for, train_epoch
+from . import data as data_mod
+from . import optim
+from .config import TrainConfig, param_dtype
+from .errors import ConfigError
+from .train import evaluate, spec_for, train_epoch
 
 #: What the sweep varies, one at a time around the base recipe unless a full grid is asked for.
 FACTORS = ("resize", "batch_size", "lr", "epochs", "precision")

@@ -1,12 +1,12 @@
-"""``nin-multi sweep``: the command line of the time-to-accuracy sweep (the measuring is in ``sweep``)."""
+"""``nin-multi sweep``: the command line of the time-to-accuracy sweep (the measuring is ``nin_multi.sweep``)."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 
-from ..errors import ConfigError, WriteError
-from ..fileio import cause, write_text
+from nin_multi.errors import ConfigError, WriteError
+from nin_multi.fileio import cause, write_text
 
 
 def _list(kind):
@@ -42,11 +42,11 @@ def register(sub) -> None:
 def cmd_sweep(a) -> int:
     from nin_multi.backends import can_train, get_backend
 
-    from .. import sweep
-    from ..config import TrainConfig
-    from ..data import load_fashion_mnist
-    from ..recipes import get_recipe
-    from ..train import spec_for
+    from nin_multi import sweep
+    from nin_multi.config import TrainConfig
+    from nin_multi.data import load_fashion_mnist
+    from nin_multi.recipes import get_recipe
+    from nin_multi.train import spec_for
 
     recipe = get_recipe(a.recipe)
     target = a.target if a.target is not None else recipe.target
