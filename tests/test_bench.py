@@ -54,7 +54,8 @@ def test_bench_end_to_end(tmp_path, capsys):
     assert f"wrote {out / 'bench.json'}" in printed
 
     assert set(report) == {"settings", "environment", "results", "pipeline", "memory", "targets", "machine",
-                           "epochs"}
+                           "epochs", "accuracy"}
+    assert report["accuracy"] == [] and "time to accuracy" not in printed  # only with --time-to-accuracy
     s = report["settings"]
     assert s["backends"] == names and s["precisions"] == ["fp32", "bf16"]
     assert (s["gemm_size"], s["gemm_repeats"], s["epoch_images"], s["fast"]) == (128, 2, 20, False)
