@@ -32,7 +32,7 @@ from .config import TrainConfig, param_dtype
 from .data import num_batches
 from .errors import ConfigError
 from .fileio import save_figure, write_csv, write_json
-from .run import CONFIG, PLOT, WEIGHTS, Run, plot_curves, prepare_dir
+from .run import CONFIG, PLOT, WEIGHTS, Run, plot_curves, prepare_dir, release_dir
 from .spec import ChannelDropout, Dropout, NiNSpec
 from .stats import FP64_AGREEMENT, SEPARATION, first_exceeding, largest_per_epoch, mean_std, relative_difference, welch
 from .train import evaluate, load_data, spec_for, train_epoch
@@ -461,6 +461,7 @@ def reproduce(cfg: TrainConfig, backend_names=None, overwrite: bool = False, log
     if len(seeds) == 1:
         report = one_start(dataclasses.replace(cfg, seed=seeds[0]), mods, spec, ds, run_dir, log)
         log(format_report(report, run_dir))
+        release_dir(run_dir)
         return run_dir, report
 
     names = [m.NAME for m in mods]
@@ -490,6 +491,7 @@ def reproduce(cfg: TrainConfig, backend_names=None, overwrite: bool = False, log
     report["conclusion"] = seeds_conclusion(stats, names, report["n_test"], cfg)
     write_json(run_dir / REPORT_JSON, report)
     log(format_seeds_report(report, run_dir))
+    release_dir(run_dir)
     return run_dir, report
 
 

@@ -18,6 +18,7 @@ from .config import INITS
 from .errors import ConfigError, DamagedFileError, WeightsError
 from .fileio import atomic_write
 from .spec import Conv, NiNSpec
+from .untrusted import MAX_STATE_BYTES, NpzMembers, damaged, header_text, load_json, spec_from_header
 
 FORMAT = "nin_multi.weights/1"
 LAYOUT = "conv OIHW, dense (in, out), bias (out,)"
@@ -80,39 +81,80 @@ def load_weights(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict]:
 
 
 def read_weights_file(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict, dict, dict]:
-    """(spec, weights, meta, state): everything a weights or checkpoint file holds, validated."""
+    """(spec, weights, meta, state): everything a weights or checkpoint file holds, validated before it is
+    read: the header within its limits, the stored network within its bounds, and every member's shape
+    and dtype against them (``untrusted``); only then the arrays, and their checksum."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as f:
-            header = json.loads(str(f["__header__"]))
-            arrays = {k: f[k] for k in f.files if k != "__header__"}
+        members = NpzMembers(path)
     except FileNotFoundError:
         raise WeightsError(f"weights file {path} not found") from None
-    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        why = "no nin_multi header" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
-        raise DamagedFileError(f"{path} is damaged or not a nin_multi weights file ({why})", why) from None
-    if not isinstance(header, dict):
-        why = "its header is not a JSON object"
-        raise DamagedFileError(f"{path} is damaged or not a nin_multi weights file ({why})", why)
+    with members:
+        text = header_text(members)
+        if text is None:
+            raise damaged(path, "no nin_multi header")
+        header = load_json(text, path)
+        if not isinstance(header, dict):
+            raise damaged(path, "its header is not a JSON object")
+        if header.get("format") != FORMAT:
+            raise WeightsError(f"{path}: format {_short(header.get('format'))}, expected {FORMAT!r}")
+        if header.get("layout") not in (LAYOUT, _LEGACY_LAYOUT):
+            raise WeightsError(f"{path}: kernel layout {_short(header.get('layout'))}, expected {LAYOUT!r}")
+        dtype = header.get("dtype", "float32")
+        if dtype not in DTYPES:
+            raise damaged(path, f"its header names the dtype {_short(dtype)}, not one of {', '.join(DTYPES)}")
+        if "spec" not in header:
+            raise damaged(path, "its header holds no network description (spec)")
+        file_spec = spec_from_header(header["spec"], path)
+        if spec is not None and file_spec != spec:
+            raise WeightsError(f"{path} was made for another network: {_first_difference(file_spec, spec)}")
+        _check_members(members, file_spec, dtype)
+        arrays = {k: members.read(k) for k in members.headers if k != "__header__"}
     # Files written before checksums existed have none and are read as before.
     if "checksum" in header and checksum(arrays) != header["checksum"]:
         why = "its arrays do not match the checksum stored with them"
         raise DamagedFileError(f"{path} is damaged: {why}", why)
     weights = {k: v for k, v in arrays.items() if not k.startswith(STATE_PREFIX)}
     state = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
-    if header.get("format") != FORMAT:
-        raise WeightsError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
-    if header.get("layout") not in (LAYOUT, _LEGACY_LAYOUT):
-        raise WeightsError(f"{path}: kernel layout {header.get('layout')!r}, expected {LAYOUT!r}")
-    dtype = header.get("dtype", "float32")
-    if dtype not in DTYPES or any(w.dtype != dtype for w in weights.values()):
-        why = f"its arrays are not all {dtype}, as its header says"
-        raise DamagedFileError(f"{path} is damaged: {why}", why)
-    file_spec = NiNSpec.from_dict(header["spec"])
-    if spec is not None and file_spec != spec:
-        raise WeightsError(f"{path} was made for another network: {_first_difference(file_spec, spec)}")
-    check_weights(file_spec, weights, str(path))
-    return file_spec, weights, header.get("meta", {}), state
+    meta = header.get("meta", {})
+    return file_spec, weights, meta if isinstance(meta, dict) else {}, state
+
+
+def _check_members(members: NpzMembers, spec: NiNSpec, dtype: str) -> None:
+    """Every weight the network has, of its shape and the header's dtype; a bounded training state;
+    nothing else. From the members' ``.npy`` headers alone: no array is read yet."""
+    expected = spec.weight_shapes()
+    names = set(members.headers) - {"__header__"}
+    for name, shape in expected.items():
+        if name not in names:
+            raise DamagedFileError(f"{members.path}: no entry for {name} (expected shape {shape})",
+                                   f"no entry for {name}")
+        members.check(name, shape, dtype)
+    state = sorted(n for n in names if n.startswith(STATE_PREFIX))
+    extra = sorted(names - set(expected) - set(state))
+    if extra:
+        raise DamagedFileError(f"{members.path}: entries {extra[:5]} are not in the spec", "entries not in the spec")
+    state_bytes = sum(members.headers[n][2] for n in state)
+    if state_bytes > MAX_STATE_BYTES:
+        raise damaged(members.path, f"its training state claims {state_bytes:,} bytes, more than the "
+                                    f"{MAX_STATE_BYTES:,} allowed")
+
+
+def written_by_nin_multi(path) -> bool:
+    """Whether ``path`` is a weights or checkpoint file of this format: its header member names it (read
+    within the limits above; no array is read)."""
+    try:
+        with NpzMembers(path) as members:
+            text = header_text(members)
+            header = load_json(text, path) if text is not None else None
+            return isinstance(header, dict) and header.get("format") == FORMAT
+    except (OSError, WeightsError):
+        return False
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _first_difference(a: NiNSpec, b: NiNSpec) -> str:
