@@ -233,8 +233,11 @@ def cmd_evaluate(a) -> int:
     from .train import check_fits_fashion_mnist, evaluate
 
     cfg = config_from_args(a)
-    backend, spec, model = _load_weights_into(a.backend, a.weights, cfg.precision,
-                                              check=lambda spec: check_fits_fashion_mnist(spec, cfg.resize))
+
+    def check(spec):
+        check_fits_fashion_mnist(spec, cfg.resize, cfg.batch_size, cfg.precision)
+
+    backend, spec, model = _load_weights_into(a.backend, a.weights, cfg.precision, check=check)
     ds = load_fashion_mnist(cfg.data_dir).subset(None, cfg.test_subset)
     trainer = backend.Trainer(model, cfg.lr, cfg.precision)
     loss, acc = evaluate(trainer, ds.test_images, ds.test_labels, cfg, backend.LAYOUT, "evaluate")

@@ -19,20 +19,23 @@ from .errors import (ConfigError, Interrupted, NinMultiError, RunDirError, Train
                      WriteError)
 from .run import CONFIG, WEIGHTS, Run, default_run_dir, final_line, progress, read_metrics
 from .spec import Dropout, NiNSpec, make_spec
+from .untrusted import check_memory
 from .weights import read_weights_file, save_weights
 
 
 def spec_for(cfg: TrainConfig) -> NiNSpec:
     spec = make_spec(cfg.variant, cfg.in_channels, cfg.num_classes, cfg.dropout, cfg.resize)
-    check_fits_fashion_mnist(spec, cfg.resize)
+    check_fits_fashion_mnist(spec, cfg.resize, cfg.batch_size, cfg.precision)
     return spec
 
 
-def check_fits_fashion_mnist(spec: NiNSpec, resize: int) -> None:
+def check_fits_fashion_mnist(spec: NiNSpec, resize: int, batch: int = 1, precision: str = "fp32") -> None:
     """Refuse, before loading anything, a network that cannot take Fashion-MNIST at this size: too
-    small an image, another channel count (the images are grayscale), fewer outputs than its 10 classes.
-    ``--in-channels`` and ``--num-classes`` exist for ``summary`` and ``resources``."""
+    small an image, another channel count (the images are grayscale), fewer outputs than its 10 classes,
+    more memory than the machine has. ``--in-channels`` and ``--num-classes`` exist for ``summary`` and
+    ``resources``."""
     spec.walk(resize)
+    check_memory(spec, resize, batch, 8 if precision == "fp64" else 4)
     if spec.in_channels not in (data_mod.CHANNELS, 3):
         raise ConfigError(f"the network takes {spec.in_channels} input channels but Fashion-MNIST images have "
                           f"{data_mod.CHANNELS} (repeated to 3 for an RGB network): train and evaluate need "

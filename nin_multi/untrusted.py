@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import re
 import typing
 import zipfile
@@ -20,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from . import spec as spec_mod
-from .errors import DamagedFileError
+from .errors import ConfigError, DamagedFileError
 
 MAX_HEADER_CHARS = 8 << 20  # a checkpoint's header holds its run's config and metrics: ~200 bytes an epoch
 MAX_JSON_DEPTH = 32  # ours is 5 deep
@@ -290,3 +292,33 @@ def header_text(members: NpzMembers, max_chars: int = MAX_HEADER_CHARS) -> Optio
         raise damaged(members.path, f"its header is {nbytes // 4:,} characters, more than the {max_chars:,} "
                                     f"allowed")
     return str(members.read("__header__"))
+
+
+# -- memory at the requested size -------------------------------------------------------------------------
+def forward_bytes(spec: spec_mod.NiNSpec, image_size, batch: int, itemsize: int = 4) -> int:
+    """A lower bound of what one forward pass holds at once: the weights and the largest pair of one
+    layer's input and output at this batch (the ``resources`` command counts it layer by layer)."""
+    h, w = spec_mod._pair(image_size)
+    previous, peak = batch * spec.in_channels * h * w, 0
+    for info in spec.walk(image_size, batch, complete=False):
+        values = math.prod(info.nchw)
+        peak, previous = max(peak, previous + values), values
+    return (spec.num_params + peak) * itemsize
+
+
+def physical_memory() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None  # not POSIX: left to the framework
+
+
+def check_memory(spec: spec_mod.NiNSpec, image_size, batch: int, itemsize: int = 4) -> None:
+    """Refuse, before anything is allocated, a network and size whose forward pass alone would need more
+    than this machine's memory (a hostile file's spec, or a --resize or --batch-size typed too large)."""
+    need, have = forward_bytes(spec, image_size, batch, itemsize), physical_memory()
+    if have is not None and need > have:
+        h, w = spec_mod._pair(image_size)
+        raise ConfigError(f"at {h}x{w} with a batch of {batch} this network needs at least {need / 2**30:,.1f} "
+                          f"GiB for one forward pass, more than this machine's {have / 2**30:,.1f} GiB of memory: "
+                          f"use a smaller --resize or --batch-size")
