@@ -13,9 +13,11 @@ import os
 import re
 import resource
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -415,3 +417,35 @@ def test_an_idx_header_promising_more_than_any_fashion_mnist_file_is_refused(tmp
     with pytest.raises(DataError, match=r"its header promises \[1073741824, 28, 28\] items = 841,813,590,032 "
                        r"bytes, more than any Fashion-MNIST file \(470,400,160 bytes at most\)"):
         read_idx(path)
+
+
+# -- a live training beside an overwriting reproduce ------------------------------------------------------
+@pytest.mark.slow
+def test_reproduce_overwrite_beside_a_live_training_is_refused_and_deletes_nothing(tmp_path):
+    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR}")
+    load("torch"), load("jax")
+    out = tmp_path / "run"
+    trainer = subprocess.Popen([sys.executable, "-m", "nin_multi", "train", "--backend", "torch", *RUN_ARGS,
+                                "--epochs", "1000", "--data-dir", str(SAMPLE_DIR), "--out", str(out)],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoints" / "epoch-0002.npz").exists():
+            assert trainer.poll() is None and time.monotonic() < deadline, trainer.stderr.read()
+            time.sleep(0.2)
+        os.kill(trainer.pid, signal.SIGSTOP)  # SIGSTOP: it writes nothing while reproduce runs, so the snapshot holds
+        before = snapshot(out)
+        p = subprocess.run([sys.executable, "-m", "nin_multi", "reproduce", "--backends", "torch,jax",
+                            *RUN_ARGS[:-1], "--epochs", "1", "--data-dir", str(SAMPLE_DIR), "--out", str(out),
+                            "--overwrite", "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+        assert p.returncode == 2
+        assert re.fullmatch(rf"run directory {re.escape(str(out))} is in use by another nin-multi process \(pid "
+                            rf"{trainer.pid} on .+, since .+\); wait for it to finish or stop it, or choose another "
+                            rf"--out", one_line(p.stderr)), p.stderr
+        assert snapshot(out) == before
+        os.kill(trainer.pid, signal.SIGCONT)
+        assert trainer.poll() is None
+    finally:
+        trainer.kill()
+        trainer.wait(timeout=30)
