@@ -309,8 +309,10 @@ def distribute(ctx, cfg, make_model, make_trainer):
     created inside ``strategy.scope()``, so the engine keeps its own SGD and step (the single-process
     Trainer's functions are traced outside any replica context and cannot update mirrored variables);
     ``make_trainer`` is not used."""
-    from nin_multi.distributed import check_port
+    from nin_multi.distributed import TF_EXPOSURE, check_port
+    from nin_multi.isolation import refuse_unbound
 
+    refuse_unbound(*TF_EXPOSURE)  # its gRPC server binds every interface; see nin_multi.isolation
     host, port = ctx.address.rsplit(":", 1)
     check_port(host, int(port), "this TensorFlow worker", "TF_CONFIG")
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=ctx.timeout)

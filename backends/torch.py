@@ -232,14 +232,35 @@ def distribute(ctx, cfg, make_model, make_trainer):
     engine = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(ctx.local_rank)
+    timeout = datetime.timedelta(seconds=ctx.timeout)
     try:
-        tdist.init_process_group(engine, timeout=datetime.timedelta(seconds=ctx.timeout))
+        tdist.init_process_group(engine, timeout=timeout, **_own_store(ctx, timeout))
     except (RuntimeError, ValueError) as e:
         raise DistributedError(f"worker {ctx.rank} could not join the {engine} process group at {ctx.address} "
                                f"within {ctx.timeout:g} s: {str(e).splitlines()[0]}") from None
     model = make_model()
     trainer = make_trainer(model)
     return model, _DDPEngine(model, trainer, ctx)
+
+
+def _own_store(ctx, timeout) -> dict:
+    """Launched without torchrun's agent store (``RANK``/``MASTER_ADDR`` set by hand or by another launcher):
+    rank 0's store listens on ``MASTER_ADDR`` alone, not on every interface as ``env://`` would have it."""
+    import torch.distributed as tdist
+
+    from nin_multi.isolation import listening_socket
+
+    from nin_multi.errors import DistributedError
+
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return {}
+    if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
+        raise DistributedError("$RANK and $WORLD_SIZE are set but $MASTER_ADDR or $MASTER_PORT is not: set both "
+                               "(rank 0's address and a free port), or start the workers with torchrun")
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    fd = listening_socket(host, port).detach() if ctx.rank == 0 else None
+    store = tdist.TCPStore(host, port, ctx.world_size, ctx.rank == 0, timeout, master_listen_fd=fd)
+    return {"store": store, "rank": ctx.rank, "world_size": ctx.world_size}
 
 
 class _DDPEngine:

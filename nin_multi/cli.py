@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
 import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import isolation
 from .config import INITS, PRECISIONS, TrainConfig
 from .errors import ConfigError, NinMultiError, Terminated, WriteError
 from .spec import VARIANTS
@@ -132,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel workers on this machine, started with the framework's own launcher "
                         "(torchrun, TF_CONFIG, MXNet's parameter server); --batch-size stays the global batch "
                         "(default: 1)")
+    p.add_argument("--allow-network", action="store_true",
+                   help=f"let a data-parallel engine that cannot be bound to one address (TensorFlow's gRPC "
+                        f"server) listen on every interface of a machine on a network; its workers accept "
+                        f"work from anyone who can reach them, so only on a trusted network (also "
+                        f"${isolation.ALLOW_ENV}=1)")
     p.set_defaults(func=cmd_train, backend=None)  # None: torch, or on --resume the run's own backend
 
     p = sub.add_parser("summary", help="print the layer-by-layer shape walk of the framework's model")
@@ -283,28 +290,37 @@ COMMAND_MODULES: list[str] = ["reproduce", "exercises", "bench"]
 
 @contextmanager
 def sigterm_as_interrupt():
-    """SIGTERM (what schedulers send before preempting a job) raises ``Terminated``, a
-    ``KeyboardInterrupt``: a run stops as on Ctrl-C, keeping its last checkpoint. Only in the main thread
-    (where Python delivers signals); the previous handler is restored afterwards."""
+    """SIGTERM (what schedulers send before preempting a job) and SIGHUP (a closed terminal) raise
+    ``Terminated``, a ``KeyboardInterrupt``: a run stops as on Ctrl-C, keeping its last checkpoint, and a
+    launcher stops its workers. Only in the main thread (where Python delivers signals); the previous
+    handlers are restored afterwards."""
     def handler(signum, frame):
-        raise Terminated()
+        raise Terminated(signum, signal.Signals(signum).name)
 
+    signals = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {s: signal.signal(s, handler) for s in signals}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def main(argv=None) -> int:
-    """Exit status: 0 done, 2 an error (one line on stderr), 3 training diverged, 130 Ctrl-C, 143 SIGTERM."""
+    """Exit status: 0 done, 2 an error (one line on stderr), 3 training diverged, 4 a data-parallel run
+    cannot start or go on, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP."""
+    from . import environment
+
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # ``train --workers`` starts it again per worker
     try:
+        environment.check()  # every variable a run reads, before anything starts
+        if getattr(args, "allow_network", False):  # for this process and every worker it starts
+            os.environ[isolation.ALLOW_ENV] = "1"
         with sigterm_as_interrupt():
             return args.func(args)
     except NinMultiError as e:
@@ -312,7 +328,7 @@ def main(argv=None) -> int:
         return e.exit_code
     except KeyboardInterrupt as e:
         code = getattr(e, "exit_code", 130)
-        print(f"nin-multi: {'stopped by SIGTERM' if code == 143 else 'interrupted'}", file=sys.stderr)
+        print(f"nin-multi: {getattr(e, 'how', 'interrupted')}", file=sys.stderr)
         return code
 
 

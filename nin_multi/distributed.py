@@ -39,7 +39,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import torchrun
+from . import environment, isolation, torchrun
 from .errors import ConfigError, DistributedError, NinMultiError
 
 TIMEOUT_ENV = "NIN_MULTI_DIST_TIMEOUT"
@@ -52,6 +52,8 @@ DEFAULT_TIMEOUT = 300.0
 #: garbage the flag is nearly always set, and the server then stores and sums float64 in float32.
 MXNET_SERVER_TUNABLES = "glibc.malloc.tcache_count=0:glibc.malloc.perturb=255"
 DMLC_VARS = ("DMLC_ROLE", "DMLC_NUM_WORKER", "DMLC_NUM_SERVER", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT")
+#: Set for every process ``--workers`` starts (and inherited by torchrun's workers): it dies with its parent.
+LAUNCHED_ENV = "NIN_MULTI_LAUNCHED"
 DROPOUT_NOTE = ("dropout masks differ per worker (each draws its own for its share of the batch), so with "
                 "dropout a distributed run matches one process in distribution, not bit for bit")
 
@@ -111,8 +113,10 @@ def timeout_from_env(env=None) -> float:
 
 
 def from_env(env=None) -> Context:
-    """The launcher's environment, read once; none of them set: a single process."""
+    """The launcher's environment, read once and checked (``environment.check``); none of them set: a
+    single process."""
     env = os.environ if env is None else env
+    environment.check(env)
     timeout = timeout_from_env(env)
     if "RANK" in env and "WORLD_SIZE" in env:
         return Context("torchrun", _int_env("RANK", env), _int_env("WORLD_SIZE", env),
@@ -325,8 +329,13 @@ class Launch:
     def __init__(self):
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, cmd: list[str], env: dict) -> None:
-        self.procs.append((name, subprocess.Popen(cmd, env=env, start_new_session=True)))
+    def start(self, name: str, cmd: list[str], env: dict, preexec=None) -> subprocess.Popen:
+        """In its own process group, killed with the launcher (``PR_SET_PDEATHSIG``, even by SIGKILL);
+        ``preexec`` runs in the child before it starts ``cmd``."""
+        p = subprocess.Popen(cmd, env={**env, LAUNCHED_ENV: "1"}, start_new_session=True,
+                             preexec_fn=isolation.preexec(preexec))
+        self.procs.append((name, p))
+        return p
 
     def stop(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -411,6 +420,7 @@ def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
         report = Path(tempfile.mkdtemp(prefix="nin-multi-torchrun-")) / "failure.json"
         # torchrun would set 1 with a banner; the cores shared out is what it means
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+        env["GLOO_SOCKET_IFNAME"] = loopback_interface()  # gloo's pairs on loopback, not the host name's address
         run.start("torchrun", [py, "-m", "nin_multi.torchrun", "--nnodes", "1", "--nproc-per-node",
                                str(workers), "--master-addr", "127.0.0.1", "--master-port", str(port),
                                "--max-restarts", "0", "--monitor-interval", "0.5", *train[1:]],
@@ -420,9 +430,18 @@ def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # a lost peer is one line below, not pages of gRPC errors
         ports = free_ports(workers)
         cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        private = isolation.private_network_available()  # TensorFlow listens on every interface: see isolation
+        if private:
+            env[isolation.PRIVATE_ENV] = "1"
+        else:
+            isolation.refuse_unbound(*TF_EXPOSURE)
+        first = None
         for i in range(workers):
             tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-            run.start(f"worker {i}", train, {**env, "TF_CONFIG": tf_config})
+            step = None if not private else (isolation.new_private_network if first is None
+                                             else isolation.join_private_network(first.pid))
+            p = run.start(f"worker {i}", train, {**env, "TF_CONFIG": tf_config}, step)
+            first = first or p
             names.append(f"worker {i}")
     elif backend == "mxnet":
         port = int(os.environ.get("DMLC_PS_ROOT_PORT", 0)) or free_ports(1)[0]
@@ -458,6 +477,24 @@ def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
         raise DistributedError(f"{name} {_describe(rc)}, so the {workers}-worker {backend} run was stopped (every "
                                f"process ended); the last completed epoch's checkpoint is in {run_dir}: continue "
                                f"with --resume {run_dir} --workers {workers}")
+
+
+#: What a TensorFlow worker exposes, for ``isolation.refuse_unbound``.
+TF_EXPOSURE = ("TensorFlow's gRPC worker", "runs any graph it is sent (file reads and writes included)")
+
+
+def loopback_interface() -> str:
+    """The name of the loopback interface (lo on Linux, lo0 on macOS), for gloo's GLOO_SOCKET_IFNAME."""
+    names = [n for _, n in socket.if_nameindex()] if hasattr(socket, "if_nameindex") else []
+    return next((n for n in ("lo", "lo0") if n in names), "lo")
+
+
+def die_with_launcher() -> None:
+    """A worker ``--workers`` started (or torchrun's worker under it) ends when its parent does."""
+    if os.environ.get(LAUNCHED_ENV) == "1":
+        isolation.die_with_parent()
+        if os.getppid() == 1:  # the parent is already gone
+            os._exit(DistributedError.exit_code)
 
 
 def serve(ctx: Context, backend: str) -> None:

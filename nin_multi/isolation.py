@@ -143,3 +143,19 @@ def preexec(*steps: Optional[Callable[[], None]]) -> Callable[[], None]:
             if step is not None:
                 step()
     return run
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host``:``port`` alone, for an engine that takes a bound socket instead
+    of binding every interface itself (PyTorch's ``TCPStore(master_listen_fd=...)``)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    s = socket.socket(family, kind, proto)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(address)
+        s.listen(128)
+    except OSError as e:
+        s.close()
+        raise DistributedError(f"could not listen on {host}:{port}: {e.strerror or e}; choose another port "
+                               f"or address") from None
+    return s

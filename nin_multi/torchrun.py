@@ -17,6 +17,22 @@ import sys
 REPORT_ENV = "NIN_MULTI_TORCHRUN_REPORT"
 
 
+def bind_store_where_told() -> None:
+    """The static rendezvous's store (the agent's on node 0) listens on ``--master-addr`` alone: torchrun
+    creates its ``TCPStore`` without ``master_listen_fd``, and the store then binds every interface."""
+    from torch.distributed import TCPStore
+    from torch.distributed.elastic.rendezvous import static_tcp_rendezvous
+
+    from nin_multi.isolation import listening_socket
+
+    def bound_store(host, port, world_size=None, is_master=False, *args, **kwargs):
+        if is_master and "master_listen_fd" not in kwargs:
+            kwargs["master_listen_fd"] = listening_socket(host, port).detach()
+        return TCPStore(host, port, world_size, is_master, *args, **kwargs)
+
+    static_tcp_rendezvous.TCPStore = bound_store
+
+
 def main(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -24,6 +40,7 @@ def main(argv: list[str]) -> int:
 
     from nin_multi.errors import DistributedError
 
+    bind_store_where_told()
     try:
         run(parse_args(argv))
     except ChildFailedError as e:

@@ -220,6 +220,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                           f"tensorflow, mxnet or jax, then evaluate or convert its weights.npz with --backend "
                           f"{cfg.backend}")
     dist = distributed.from_env()
+    if dist.active:
+        distributed.die_with_launcher()
     if dist.role != "worker":  # an MXNet scheduler or server: it serves the workers until they finish
         distributed.serve(dist, cfg.backend)
         return Path(cfg.out or "."), []
@@ -289,7 +291,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                          meta={"backend": backend.NAME, "epochs": cfg.epochs, "config": cfg.to_dict()})
     except KeyboardInterrupt as e:
         code = getattr(e, "exit_code", 130)
-        how = "stopped by SIGTERM" if code == 143 else "interrupted"
+        how = getattr(e, "how", "interrupted")
         where = f"during epoch {done + 1}" if done < cfg.epochs else f"while writing {WEIGHTS}"
         kept = _kept(run, done, dist.world_size) if run else "rank 0 keeps the run"
         raise Interrupted(f"{how} {where}; {kept}", code) from None
