@@ -463,9 +463,9 @@ def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and run.running():
                 time.sleep(0.2)
-    except KeyboardInterrupt:
-        raise DistributedError(f"interrupted; stopped all {workers} workers; continue with --resume {run_dir} "
-                               f"--workers {workers}") from None
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (the CLI's handlers raise Terminated)
+        raise DistributedError(f"{getattr(e, 'how', 'interrupted')}; stopped all {workers} workers; continue "
+                               f"with --resume {run_dir} --workers {workers}") from None
     finally:
         run.stop()
         if report is not None:

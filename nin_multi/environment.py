@@ -70,22 +70,19 @@ def _interface(v: str) -> Optional[str]:
 
 
 def _tf_config(v: str) -> Optional[str]:
-    """A cluster of host:port addresses and this task's place in it (parsed within a size limit)."""
-    want = 'a JSON cluster: {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}'
+    """Each address of the cluster is host:port (the cluster's shape is ``cluster.from_env``'s to check,
+    within a size limit here)."""
     if len(v) > 1 << 20:
-        return want
+        return "a JSON cluster description of at most 1 MiB"
     try:
-        cfg = json.loads(v)
-        addresses = [a for kind in ("chief", "worker") for a in cfg["cluster"].get(kind, [])]
-        index = cfg["task"]["index"]
+        cluster = json.loads(v)["cluster"]
+        addresses = [a for kind in ("chief", "worker") for a in cluster.get(kind, [])]
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-        return want
-    if not addresses or not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        return want
+        return None  # not a cluster at all: cluster.from_env says what one looks like
     for a in addresses:
         host, _, port = str(a).rpartition(":")
         if _host(host) or _port(port):
-            return f"{want}; {str(a)[:60]!r} is not host:port"
+            return f"a cluster of host:port addresses ({str(a)[:60]!r} is not one)"
     return None
 
 
