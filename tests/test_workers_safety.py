@@ -47,7 +47,8 @@ def descendants(pid: int) -> list[int]:
             continue
     found, todo = [], [pid]
     while todo:
-        kids = [c for c, p in parents.items() if p == todo.pop()]
+        parent = todo.pop()
+        kids = [c for c, p in parents.items() if p == parent]
         found += kids
         todo += kids
     return found
