@@ -255,20 +255,25 @@ def to_float_batch(images: np.ndarray, resize, layout: str = "NCHW", dtype=np.fl
     return np.ascontiguousarray(np.repeat(x, channels, axis) if channels > 1 else x)
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The example order of one epoch, a function of (seed, epoch) only: every backend, a resumed run and
+    ``reproduce`` (which hands it to each framework explicitly) see the same batches."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, resize, layout: str,
             shuffle: bool = False, seed: int = 0, epoch: int = 0, prefetch: int = 2,
             order: Optional[np.ndarray] = None, dtype=np.float32,
             channels: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (x, y) batches; x float32 (or ``dtype``) in ``layout``, y int64. The last batch may be smaller.
 
-    The example order depends only on (seed, epoch), so every backend — and a resumed run — sees the
-    same batches. ``order`` overrides it (``reproduce`` hands one order to all backends). A
-    background thread prepares the next batches while the current step runs; NumPy's matrix products
-    release the GIL, so this overlaps with the framework's own work.
+    Shuffled, the example order is ``epoch_order(n, seed, epoch)``; ``order`` overrides it. A background
+    thread prepares the next batches while the current step runs; NumPy's matrix products release the GIL,
+    so this overlaps with the framework's own work.
     """
     n = len(images)
     if order is None:
-        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        order = epoch_order(n, seed, epoch) if shuffle else np.arange(n)
     starts = range(0, n, batch_size)
 
     def make(i):

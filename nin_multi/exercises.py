@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .fileio import save_figure, write_csv
+from .fileio import write_csv
+from .plotting import colours, figure
 from .spec import VARIANTS, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec, _pair, \
     make_spec
 
@@ -90,7 +91,7 @@ def layer_costs(spec: NiNSpec, image_size=224) -> list[LayerCost]:
                 n_in, n_out = _size(shape), _size(out)
                 rows.append(LayerCost(
                     conv.name, _conv_kind(conv), out, conv.params,
-                    oh * ow * conv.out_channels * conv.in_channels * conv.kernel * conv.kernel,
+                    conv.macs((oh, ow)),
                     n_out, 2 * n_out, max(n_in + n_out, 2 * n_out)))
                 shape = out
             assert shape == info.nchw[1:], (layer.name, shape, info.nchw)
@@ -205,21 +206,6 @@ def format_resources(res: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_resources(a) -> int:
-    from .fileio import write_json
-
-    spec = make_spec(a.variant, a.in_channels, a.num_classes, image_size=a.resize)
-    res = resources(spec, a.resize, a.batch_size)
-    print(format_resources(res))
-    if a.json:
-        path = Path(a.json)
-        if not path.parent.is_dir():
-            raise ConfigError(f"--json {a.json}: directory {path.parent} does not exist")
-        write_json(path, res)  # a failure is one WriteError line naming the file and the cause
-        print(f"wrote {path}")
-    return 0
-
-
 # -- compare -----------------------------------------------------------------------------------------
 def parse_variants(text: str) -> list[str]:
     names = [v.strip() for v in text.split(",") if v.strip()]
@@ -292,31 +278,37 @@ def format_compare(rows: list[dict]) -> str:
 
 def plot_compare(rows: list[dict], dest, title: str = "") -> None:
     """Four bar charts side by side, one bar per variant: parameters, multiply-adds, speed, accuracy."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [("params", "parameters (millions)", 1e-6), ("macs_per_image", "multiply-adds per image (G)", 1e-9),
               ("examples_per_sec", "training examples/sec (last epoch)", 1), ("test_acc", "final test accuracy", 1)]
     names = [r["variant"] for r in rows]
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(1, 4, figsize=(max(12.0, 4 * (1 + 0.9 * len(rows))), 3.8), squeeze=False)
-    for ax, (key, label, scale) in zip(axes[0], panels):
-        vals = [r[key] * scale for r in rows]
-        bars = ax.bar(range(len(rows)), vals, color=[colours[i % len(colours)] for i in range(len(rows))])
-        ax.bar_label(bars, labels=[f"{v:.3g}" for v in vals], fontsize=7)
-        ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
-        ax.set_title(label, fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-        if key == "test_acc":
-            ax.set_ylim(0, 1)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    try:
-        save_figure(fig, dest, dpi=110)
-    finally:
-        plt.close(fig)
+    palette = colours()
+    with figure(dest, title, title_size=9, nrows=1, ncols=4, squeeze=False,
+                figsize=(max(12.0, 4 * (1 + 0.9 * len(rows))), 3.8)) as (fig, axes):
+        for ax, (key, label, scale) in zip(axes[0], panels):
+            vals = [r[key] * scale for r in rows]
+            bars = ax.bar(range(len(rows)), vals, color=[palette[i % len(palette)] for i in range(len(rows))])
+            ax.bar_label(bars, labels=[f"{v:.3g}" for v in vals], fontsize=7)
+            ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
+            ax.set_title(label, fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+            if key == "test_acc":
+                ax.set_ylim(0, 1)
+
+
+# -- the commands: arguments in, printed tables out (the command layer's part) -----------------------
+def cmd_resources(a) -> int:
+    from .fileio import write_json
+
+    spec = make_spec(a.variant, a.in_channels, a.num_classes, image_size=a.resize)
+    res = resources(spec, a.resize, a.batch_size)
+    print(format_resources(res))
+    if a.json:
+        path = Path(a.json)
+        if not path.parent.is_dir():
+            raise ConfigError(f"--json {a.json}: directory {path.parent} does not exist")
+        write_json(path, res)  # a failure is one WriteError line naming the file and the cause
+        print(f"wrote {path}")
+    return 0
 
 
 def cmd_compare(a) -> int:
@@ -331,7 +323,6 @@ def cmd_compare(a) -> int:
     return 0
 
 
-# -- registration --------------------------------------------------------------------------------------
 def register(sub) -> None:
     from .cli import add_data_args, add_network_args, add_output_args, add_recipe_args, add_recipe_preset_arg
 

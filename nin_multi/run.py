@@ -228,9 +228,8 @@ def plot_curves(histories: dict[str, list[dict]], dest, title: str = "") -> None
     Several runs (e.g. the same training in three frameworks) are laid over each other, line style
     telling the metric and colour the run.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plotting import pyplot
+    plt = pyplot()
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -40,6 +40,12 @@ class Conv:
     def params(self) -> int:
         return self.out_channels * self.in_channels * self.kernel * self.kernel + self.out_channels
 
+    def macs(self, out_hw) -> int:
+        """Multiply-adds of one image's forward pass, given this conv's output size: every output value
+        of every channel sums ``in_channels x kernel x kernel`` products (the bias and ReLU are not counted)."""
+        oh, ow = out_hw
+        return oh * ow * self.out_channels * self.in_channels * self.kernel * self.kernel
+
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:
         """Canonical kernel layout: OIHW (PyTorch's and MXNet's; TensorFlow transposes at the edge)."""
@@ -226,7 +232,7 @@ class NiNSpec:
                     _check_pixels(layer.name, h, w)
                     c = conv.out_channels
                     params += conv.params
-                    macs += h * w * c * conv.in_channels * conv.kernel * conv.kernel
+                    macs += conv.macs((h, w))
             elif isinstance(layer, MaxPool):
                 h, w = ((x - layer.kernel) // layer.stride + 1 for x in (h, w))
                 _check_pixels(layer.name, h, w)

@@ -8,11 +8,10 @@ import pytest
 
 from nin_multi.cli import main
 from nin_multi.config import TrainConfig
-from nin_multi.data import load_fashion_mnist, to_float_batch
-from nin_multi.reproduce import epoch_order, initial_weights
+from nin_multi.data import epoch_order, load_fashion_mnist, to_float_batch
 from nin_multi.spec import make_spec
 from nin_multi.train import evaluate, spec_for, train, train_epoch
-from nin_multi.weights import load_weights, read_weights_file, save_weights
+from nin_multi.weights import initial_weights, load_weights, read_weights_file, save_weights
 
 from conftest import ALL_BACKENDS, TRAINABLE, load
 from reference import forward as reference_forward

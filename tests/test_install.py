@@ -20,6 +20,8 @@ def test_wheel_installs_the_backends_inside_the_package(tmp_path):
     assert tops == {"nin_multi"}
     for module in ("__init__", "torch", "tf", "mxnet", "jax", "onnx"):
         assert f"nin_multi/backends/{module}.py" in names
+    for module in ("__init__", "runner", "comparison", "statistics", "plots", "report", "command"):
+        assert f"nin_multi/reproduce/{module}.py" in names  # a subpackage ships only when pyproject lists it
     top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
     assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["nin_multi"]
 

@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 
 import nin_multi.reproduce as reproduce_mod
+import nin_multi.reproduce.runner as runner_mod
 from nin_multi.cli import main
 from nin_multi.config import TrainConfig
+from nin_multi.data import batches, epoch_order
 from nin_multi.errors import ConfigError
-from nin_multi.reproduce import epoch_order, initial_weights, parse_seeds, step_drift, step_table
+from nin_multi.reproduce import parse_seeds, step_drift, step_table
 from nin_multi.spec import chapter_spec, make_spec
 from nin_multi.stats import mean_std, welch
-from nin_multi.weights import load_weights
+from nin_multi.weights import initial_weights, load_weights
 
 from conftest import TRAINABLE, load
 
@@ -71,6 +73,10 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
     assert sorted(a) == list(range(300))
     np.testing.assert_array_equal(a, epoch_order(300, 4, 1))
     assert not np.array_equal(a, epoch_order(300, 4, 2)) and not np.array_equal(a, epoch_order(300, 5, 1))
+    # It is the order train's shuffled batches follow by default: reproduce's curves are train's.
+    images, labels = np.zeros((300, 2, 2), np.uint8), np.arange(300)
+    seen = np.concatenate([y for _, y in batches(images, labels, 64, 2, "NCHW", shuffle=True, seed=4, epoch=1)])
+    np.testing.assert_array_equal(seen, a)
 
 
 def test_needs_two_backends(tmp_path):
@@ -83,7 +89,7 @@ def test_needs_two_backends(tmp_path):
 def test_backends_agree_from_one_start(sample_dir, tmp_path, capsys, monkeypatch):
     names = installed_backends()
     orders, plots = [], []
-    real_train_epoch, real_plot = reproduce_mod.train_epoch, reproduce_mod.plot_curves
+    real_train_epoch, real_plot = runner_mod.train_epoch, runner_mod.plot_curves
 
     def spy_train_epoch(trainer, ds, cfg, layout, epoch, order=None, **kwargs):
         orders.append((cfg.backend, epoch, np.array(order)))
@@ -93,8 +99,8 @@ def test_backends_agree_from_one_start(sample_dir, tmp_path, capsys, monkeypatch
         plots.append((list(histories), dest))
         return real_plot(histories, dest, title)
 
-    monkeypatch.setattr(reproduce_mod, "train_epoch", spy_train_epoch)
-    monkeypatch.setattr(reproduce_mod, "plot_curves", spy_plot)
+    monkeypatch.setattr(runner_mod, "train_epoch", spy_train_epoch)
+    monkeypatch.setattr(runner_mod, "plot_curves", spy_plot)
     out = tmp_path / "repro"
     code = main(["reproduce", "--backends", ",".join(names), "--data-dir", str(sample_dir), "--variant", "mini",
                  "--resize", "28", "--subset", "256", "--test-subset", "100", "--epochs", "2", "--batch-size",
@@ -319,3 +325,38 @@ def test_fp64_reproduce_is_one_trajectory_from_the_fp32_start(sample_dir, tmp_pa
     assert all(v <= 1e-9 for v in report["final_weights_rel_diff"].values())
     assert "every pair within 1e-09 at every step of every epoch: yes" in printed and "never" in printed
     assert "In float64" in printed
+
+
+def _per_seed(shift, noise=0.01, seeds=5):
+    """Made-up final results of torch, tensorflow and mxnet over ``seeds`` starts, torch's accuracy shifted."""
+    rng = np.random.default_rng(1)
+    return [{"seed": s, "dir": f"seed-{s}",
+             "final": {n: {"test_acc": 0.5 + shift * (n == "torch") + noise * rng.standard_normal(),
+                           "test_loss": 1.0 + noise * rng.standard_normal(), "train_loss": 1.0, "train_acc": 0.5}
+                       for n in ("torch", "tensorflow", "mxnet")}} for s in range(seeds)]
+
+
+def test_seeds_verdict_in_each_regime(tmp_path):
+    """The conclusion's three verdicts from made-up seeds: a real difference, one that passes only an
+    uncorrected level, none; and the seeds report prints the table rows they rest on."""
+    names, cfg = ["torch", "tensorflow", "mxnet"], TrainConfig()
+    for shift, says in ((0.3, "do NOT train the same"), (0.0, "seed-to-seed noise")):
+        st = reproduce_mod.seed_statistics(_per_seed(shift), names)
+        conclusion = reproduce_mod.report.seeds_conclusion(st, names, 100, cfg)
+        assert says in conclusion[0] and st["any_significant"] is (shift > 0)
+        assert conclusion[1].startswith("What 5 seeds can and cannot say") and "of 100 test images" in conclusion[1]
+        if shift:
+            assert "torch vs tensorflow test acc differs by +0." in conclusion[0]
+            assert "torch vs mxnet test acc differs by +0." in conclusion[0]
+    # p between the corrected (0.05 / 6) and the uncorrected level: named, with the chance of such a p.
+    nominal = {**st, "welch": [{**t, "p": 0.02 if i == 0 else 0.5, "significant": False}
+                               for i, t in enumerate(st["welch"])]}
+    text = reproduce_mod.report.seeds_conclusion(nominal, names, 100, cfg)[0]
+    assert "torch vs tensorflow (test acc, p 0.02) would pass an uncorrected 0.05" in text and "about 26%" in text
+    report = {"statistics": st, "backends": names, "seeds": list(range(5)), "n_test": 100,
+              "conclusion": ["verdict"], "per_seed": _per_seed(0.0)}
+    lines = reproduce_mod.format_seeds_report(report, tmp_path).splitlines()
+    assert lines[1].startswith("final test accuracy and loss over 5 seeds (0, 1, 2, 3, 4)")
+    row = next(line for line in lines if line.startswith("torch "))
+    assert f"{st['summary']['torch']['test_acc_mean']:.4f} ± {st['summary']['torch']['test_acc_std']:.4f}" in row
+    assert len([line for line in lines if " vs " in line and "test " in line]) == 6 and "verdict" in lines

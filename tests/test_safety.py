@@ -23,7 +23,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from nin_multi import exercises, reproduce, run as run_mod
+from nin_multi import exercises, run as run_mod
+from nin_multi.reproduce import report as reproduce_report
 from nin_multi.cli import main
 from nin_multi.config import TrainConfig
 from nin_multi.errors import RunDirError
@@ -227,7 +228,7 @@ def test_overwrite_replaces_a_run_and_its_sub_runs(run, tmp_path, capsys):
 
 
 def test_every_output_name_of_the_commands_is_one_overwrite_may_remove():
-    names = {v for mod in (reproduce, exercises, run_mod) for k, v in vars(mod).items()
+    names = {v for mod in (reproduce_report, exercises, run_mod) for k, v in vars(mod).items()
              if k.isupper() and isinstance(v, str) and re.fullmatch(r"[a-z_]+\.(json|jsonl|csv|png|npz)", v)}
     assert names and names <= run_mod.PROJECT_FILES, names - run_mod.PROJECT_FILES
 
