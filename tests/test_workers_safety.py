@@ -6,12 +6,14 @@ SIGKILL, and two "hosts" on 127.0.0.2 and 127.0.0.3 train with the documented mu
 import ipaddress
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nin_multi import isolation
@@ -259,3 +261,98 @@ def test_a_signalled_launcher_leaves_no_process_behind(name, sig, tmp_path):
                                                     f"workers; continue with --resume {out} --workers 2")
     finally:
         stop(p)
+
+
+# -- two "hosts" on one machine ---------------------------------------------------------------------------
+def documented_lines() -> dict:
+    """The multi-node command lines of docs/safety.md, by engine (each line one process)."""
+    text = (ROOT / "docs" / "safety.md").read_text()
+    block = text.split("The multi-node command lines", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines, engine = {}, None
+    for line in block.splitlines():
+        if line.startswith("# "):
+            engine = {"PyTorch": "torch", "TensorFlow": "tensorflow", "MXNet": "mxnet"}[line[2:].split(":")[0]]
+        elif line.strip():
+            lines.setdefault(engine, []).append(line)
+    return lines
+
+
+FP64_RECIPE = ["--batch-size", "32", "--variant", "mini", "--resize", "28", "--init", "kaiming", "--lr", "0.05",
+               "--dropout", "0", "--subset", "352", "--test-subset", "100", "--epochs", "1", "--precision", "fp64",
+               "--threads", "1", "--no-progress"]
+
+
+def on_two_hosts(line: str, out: Path, ports: dict) -> str:
+    """A documented line for the two addresses 127.0.0.2 and 127.0.0.3 of this machine: free ports, one
+    process per node, the test's recipe and run folder."""
+    line = line.replace("10.0.0.1", "127.0.0.2").replace("10.0.0.2", "127.0.0.3")
+    for port, free in ports.items():
+        line = line.replace(str(port), str(free))
+    line = line.replace("--nproc-per-node 4", "--nproc-per-node 1")
+    line = line.replace("--batch-size 512", " ".join(FP64_RECIPE) + f" --data-dir {SAMPLE_DIR}")
+    line = re.sub(r"/shared/runs/\w+", str(out), line)
+    return line.replace("python -m", f"{sys.executable} -m")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["torch", "tensorflow", "mxnet"])
+def test_two_hosts_on_two_loopback_addresses_train_to_one_process_s_weights(name, tmp_path):
+    from nin_multi.config import TrainConfig
+    from nin_multi.train import train
+
+    load(name)
+    sample()
+    lines = documented_lines()[name]
+    out = tmp_path / "two"
+    ports = dict(zip((29500, 20000, 20001, 9091), free_ports(4)))
+    procs = [subprocess.Popen(["bash", "-c", on_two_hosts(line, out, ports)], cwd=ROOT, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for line in lines]
+    workers = [p for p, line in zip(procs, lines) if "--out" in line]
+    seen = {}
+    try:
+        deadline = time.monotonic() + 2 * TIMEOUT
+        while any(p.poll() is None for p in workers) and time.monotonic() < deadline:
+            for p in procs:
+                for pid in [p.pid, *descendants(p.pid)]:
+                    try:
+                        seen.update({(pid, a, port): interfaces(pid) for a, port in listening(pid)})
+                    except OSError:
+                        pass
+            time.sleep(0.5)
+        results = [(p.wait(timeout=60), p.stderr.read()) for p in workers]
+        assert all(rc == 0 for rc, _ in results), [err[-2000:] for _, err in results]
+    finally:
+        for p in procs:
+            stop(p)
+    addresses = {a for _, a, _ in seen}
+    print(name, sorted(addresses))
+    assert seen
+    if name == "tensorflow":  # its documented exposure: every interface, allowed by --allow-network
+        assert addresses == {"::"}
+    else:
+        assert all(ipaddress.ip_address(a).is_loopback for a in addresses), addresses
+        assert addresses & {"127.0.0.2", "127.0.0.3"}
+    one = tmp_path / "one"  # one process, the same recipe (FP64_RECIPE)
+    train(TrainConfig(backend=name, out=str(one), progress=False, data_dir=str(SAMPLE_DIR), variant="mini",
+                      resize=28, init="kaiming", lr=0.05, dropout=0.0, batch_size=32, subset=352, test_subset=100,
+                      epochs=1, precision="fp64", threads=1), log=lambda *_: None)
+    with np.load(out / "weights.npz") as a, np.load(one / "weights.npz") as b:
+        keys = [k for k in b.files if k != "__header__"]
+        num = sum(float(np.sum((a[k] - b[k]) ** 2)) for k in keys)
+        diff = (num / sum(float(np.sum(b[k] ** 2)) for k in keys)) ** 0.5
+    print(f"{name} on 127.0.0.2 + 127.0.0.3: relative weight difference from one process {diff:.1e}")
+    assert diff < 1e-10
+
+
+def test_an_unbindable_engine_started_by_hand_is_refused_without_allow_network(tmp_path):
+    """A TensorFlow worker started by hand (TF_CONFIG) on a machine with a network interface: one line,
+    before TensorFlow starts a server."""
+    if not isolation.exposed_addresses():
+        pytest.skip("this machine has no interface but loopback")
+    line = on_two_hosts(documented_lines()["tensorflow"][0], tmp_path / "run", {20000: free_ports(1)[0]})
+    p = subprocess.run(["bash", "-c", line.replace(" --allow-network", "")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    assert p.returncode == DistributedError.exit_code
+    assert p.stderr.strip().splitlines()[-1].startswith(
+        "nin-multi: error: TensorFlow's gRPC worker listens on every interface of this machine (")
+    assert "Traceback" not in p.stderr
