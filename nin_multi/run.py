@@ -38,7 +38,7 @@ PROJECT_FILES = frozenset({
 })
 #: What makes a folder a run's (beside its lock): a command writes one of these first.
 MARKERS = (CONFIG, CHECKPOINTS, "reproduce.json", "compare.csv")
-_HELD: dict = {}  # resolved run directory -> the RunLock this process holds on it (``prepare_dir``)
+_HELD: dict = {}  # absolute run directory -> the RunLock this process holds on it (``prepare_dir``)
 
 
 def prepare_dir(path, overwrite: bool = False, resume: bool = False) -> Path:
