@@ -195,3 +195,55 @@ def test_an_idx_header_promising_more_than_any_fashion_mnist_file_is_refused(tmp
     with pytest.raises(DataError, match=r"its header promises \[1073741824, 28, 28\] items = 841,813,590,032 "
                        r"bytes, more than any Fashion-MNIST file \(470,400,160 bytes at most\)"):
         read_idx(path)
+
+
+# -- downloads --------------------------------------------------------------------------------------------
+@pytest.fixture
+def hostile_server():
+    """A local HTTP server: /endless streams zeros without end, /trickle sends a byte every 0.5 s."""
+    import http.server
+    import threading
+    import time
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            try:
+                for _ in range(10 ** 6):
+                    if self.path == "/trickle":
+                        time.sleep(0.5)
+                        self.wfile.write(b"\0")
+                    else:
+                        self.wfile.write(b"\0" * 65536)
+                    self.wfile.flush()
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("path, cap, seconds, message", [
+    ("endless", 1 << 20, 60, "{url} sent more than 1,048,576 bytes, more than the file it should be; stopped"),
+    ("trickle", 1 << 20, 2, "{url} did not arrive within 2 s; stopped"),
+])
+def test_a_download_is_capped_in_size_and_time(hostile_server, tmp_path, path, cap, seconds, message):
+    import time
+
+    import pooch
+
+    from nin_multi.downloads import DownloadRefused, Guarded
+
+    source = pooch.create(path=tmp_path, base_url=hostile_server + "/", registry={path: None}, retry_if_failed=2)
+    t0 = time.monotonic()
+    with pytest.raises(DownloadRefused) as e:
+        source.fetch(path, downloader=Guarded(pooch.HTTPDownloader(timeout=5), max_bytes=cap, seconds=seconds))
+    assert str(e.value) == message.format(url=f"{hostile_server}/{path}")
+    assert time.monotonic() - t0 < seconds + 10  # no retry after a refusal
+    assert list(tmp_path.iterdir()) == []  # pooch's temporary file is gone
