@@ -40,14 +40,10 @@ def network_allowed(env=None) -> bool:
 
 def exposed_addresses() -> list[str]:
     """This machine's addresses other than loopback: where a socket bound to every interface is reachable."""
-    try:
-        import psutil
-    except ImportError:  # not installed: every address the host name resolves to
-        infos = socket.getaddrinfo(socket.gethostname(), None)
-        found = [i[4][0] for i in infos]
-    else:
-        found = [a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
-                 if a.family in (socket.AF_INET, socket.AF_INET6)]
+    import psutil
+
+    found = [a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
+             if a.family in (socket.AF_INET, socket.AF_INET6)]
     return sorted({a for a in found if not ipaddress.ip_address(a).is_loopback})
 
 
