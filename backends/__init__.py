@@ -107,3 +107,9 @@ def load_backends(names) -> list[ModuleType]:
     """Several backends in one process, imported in the order known to be safe."""
     keys = {canonical_name(n) for n in names}
     return [get_backend(k) for k in ORDER if k in keys]
+
+
+def companion(name: str, part: str) -> ModuleType:
+    """A backend's companion module, ``<module>_<part>`` (``dist``, ``bench``): imported only when asked for."""
+    get_backend(name)  # checks that the framework is installed, and says which extra installs it
+    return importlib.import_module(f"{_REGISTRY[canonical_name(name)][0]}_{part}")

@@ -14,19 +14,12 @@ import torch
 from torch import nn
 
 from nin_multi.config import check_model_dtype
+from nin_multi.machine import usable_cores
 from nin_multi.spec import (AvgPool, ChannelDropout, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec)
 
 NAME = "torch"
 LAYOUT = "NCHW"
-
-
-def _usable_cores() -> int:
-    """Cores this process may run on (taskset, cpusets), which ``os.cpu_count()`` ignores."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
-        return os.cpu_count() or 1
 
 
 def _keep_freed_memory() -> bool:
@@ -59,7 +52,7 @@ def configure(threads=None, seed=0):
     # synchronise their threads by spinning, so two threads sharing one core made a bf16 step ~18x
     # slower (fp32 barely changes); the same happens when other processes keep the cores busy, where
     # --threads 1 is the remedy.
-    torch.set_num_threads(threads or _usable_cores())
+    torch.set_num_threads(threads or usable_cores())
     torch.manual_seed(seed)
 
 

@@ -2,6 +2,7 @@
 expected keys; its peer paths compute the default path's function. Speeds are never asserted (they depend
 on the machine and on whatever else runs on it)."""
 import argparse
+import inspect
 import json
 import math
 
@@ -10,6 +11,7 @@ import pytest
 
 from nin_multi import backends
 from nin_multi import bench
+from nin_multi.bench import figures, protocol, worker
 from nin_multi import data
 from nin_multi import machine
 from nin_multi.errors import ConfigError, NinMultiError
@@ -99,8 +101,8 @@ def test_bench_end_to_end(tmp_path, capsys):
             assert r["gemm_fraction_train"] == pytest.approx(r["train_gflops"] / best["gflops"])
             assert r["gemm_fraction_train"] > 0
         peers = [c for c in rows if c["backend"] == r["backend"] and c["error"] is None
-                 and (c["path"] == "chapter" or (c["backend"] in bench.FAST_IS_DEFAULT and c["path"] == "default"
-                                                 and c["precision"] == "fp32"))]
+                 and (c["path"] == "chapter" or (backends.companion(c["backend"], "bench").FAST_IS_DEFAULT
+                                                 and c["path"] == "default" and c["precision"] == "fp32"))]
         top = max(peers, key=lambda c: c["train_img_s"])
         assert r["best_peer"] == f"{top['path']} {top['precision']}"
         assert r["ratio_best_peer_train"] == pytest.approx(r["train_img_s"] / top["train_img_s"])
@@ -123,7 +125,7 @@ def test_bench_end_to_end(tmp_path, capsys):
             assert ep["outside_steps_s"] == pytest.approx(ep["seconds"] - sum(ep["step_seconds"]))
             assert all(math.isfinite(ep[k]) for k in ("first_step_excess_s", "last_step_excess_s"))
 
-    layouts = {bench.LAYOUTS[n] for n in names}
+    layouts = {load(n).LAYOUT for n in names}
     assert {p["layout"] for p in report["pipeline"]} == layouts
     for p in report["pipeline"]:
         assert p["img_s"] > 0 and all(v >= 0 for v in p["share_of_train_step"].values())
@@ -193,7 +195,7 @@ def test_a_failing_path_is_an_error_row(tmp_path, capsys):
 
 def test_a_worker_that_cannot_start_is_reported(tmp_path):
     """A backend the worker cannot load becomes error rows (here without starting any framework)."""
-    s = bench._settings(parse(*TINY, "--backends", "torch", "--chunks", "0"))
+    s = bench.settings(parse(*TINY, "--backends", "torch", "--chunks", "0"))
     s["backends"] = ["caffe"]
     report = bench.run_bench(s, log=lambda msg: None)
     assert [(r["path"], r["error"] is not None) for r in report["results"]] == \
@@ -214,29 +216,29 @@ def test_a_worker_that_cannot_start_is_reported(tmp_path):
 ])
 def test_bad_options(argv, message):
     with pytest.raises(NinMultiError, match=message):
-        bench._settings(parse(*argv))
+        bench.settings(parse(*argv))
 
 
 def test_precisions_run_fp32_first():
-    s = bench._settings(parse("--precision", "bf16,fp32,bf16", "--backends", "torch"))
+    s = bench.settings(parse("--precision", "bf16,fp32,bf16", "--backends", "torch"))
     assert s["precisions"] == ["fp32", "bf16"]
     assert s["epoch_images"] == 4 * 64 + 32 and s["gemm_size"] == 2048 and s["fast"] is True  # the defaults
     with pytest.raises(ConfigError):
-        bench._settings(parse("--precision", "", "--backends", "torch"))
+        bench.settings(parse("--precision", "", "--backends", "torch"))
 
 
 def test_targets_from_a_synthetic_report():
     """The verdicts and the per-round spread, on made-up step times (seconds per step of 64 images)."""
     def row(path, precision, train):
         step = sorted(train)[len(train) // 2]
-        return bench._row("torch", path, precision, train_img_s=64 / step, infer_img_s=64.0, train_step_s=step,
-                          infer_step_s=1.0, train_steps_s=train, infer_steps_s=[1.0] * len(train))
+        return protocol.row("torch", path, precision, train_img_s=64 / step, infer_img_s=64.0, train_step_s=step,
+                            infer_step_s=1.0, train_steps_s=train, infer_steps_s=[1.0] * len(train))
 
     rows = [row("chapter", "fp32", [3.0, 3.0, 3.3]), row("fast", "fp32", [2.1, 2.0, 2.0]),
             row("default", "fp32", [2.0, 1.9, 2.4]), row("default", "bf16", [0.8, 0.8, 0.75])]
     flops = {"train": 64e9, "infer": 1e9}
     for r in rows:  # what run_bench adds
-        bench._derive(r, rows, flops, {"fp32": {"gflops": 40.0}, "bf16": {"gflops": 200.0}})
+        figures.derive(r, rows, flops, {"fp32": {"gflops": 40.0}, "bf16": {"gflops": 200.0}})
     assert rows[2]["ratio_train_range"] == pytest.approx([3.3 / 2.4, 3.0 / 1.9])
     report = {"settings": {"backends": ["torch"], "resize": 224, "precisions": ["fp32", "bf16"]}, "results": rows,
               "pipeline": [{"layout": "NCHW", "share_of_train_step": {"torch fp32": 0.01}}], "memory": []}
@@ -254,9 +256,12 @@ def test_targets_from_a_synthetic_report():
 
 # -- the peer paths compute the default path's function -------------------------------------------------
 SLOW_PEERS = {("torch", "fast"), ("tensorflow", "fast")}  # torch.compile and XLA compile for 10-60 s each
+#: every framework's peer paths (``PEERS`` of its bench module; test_bench_modules_offer_the_same_names checks)
+PEER_PATHS = {"torch": ("chapter", "fast"), "tensorflow": ("chapter", "fast"), "mxnet": ("chapter", "fast"),
+              "jax": ("chapter",)}
 PEER_CASES = [pytest.param(name, path, marks=[pytest.mark.slow] if (name, path) in SLOW_PEERS else [],
                            id=f"{name}-{path}")
-              for path, impls in bench.PEERS.items() for name in impls]
+              for name, paths in PEER_PATHS.items() for path in paths]
 
 
 @pytest.mark.parametrize("name, path", PEER_CASES)
@@ -273,8 +278,9 @@ def test_peer_path_computes_the_default_function(name, path):
     ref_model, peer_model = backend.build_model(spec, seed=0), backend.build_model(spec, seed=0)
     start = backend.get_weights(ref_model, spec)
     assert all(np.array_equal(start[k], v) for k, v in backend.get_weights(peer_model, spec).items())
-    ref = bench.make_path_step(backend, ref_model, "default", "fp32")
-    peer = bench.make_path_step(backend, peer_model, path, "fp32")
+    companion = backends.companion(name, "bench")
+    ref = worker.make_path_step(backend, companion, ref_model, "default", "fp32")
+    peer = worker.make_path_step(backend, companion, peer_model, path, "fp32")
     for step in range(2):
         (ref_loss, ref_correct), (peer_loss, peer_correct) = ref.train_step(x, y), peer.train_step(x, y)
         assert peer_loss == pytest.approx(ref_loss, rel=1e-5), step
@@ -286,19 +292,37 @@ def test_peer_path_computes_the_default_function(name, path):
         np.testing.assert_allclose(v, moved[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.parametrize("name", [n for n in backends.ORDER if backends.can_train(n)])
+def test_bench_modules_offer_the_same_names(name):
+    """Every trainable backend has a bench module with the same names, so the bench loop never asks
+    which framework it runs: the same constants and functions, the same peer paths as PEER_PATHS."""
+    load(name)
+    module = backends.companion(name, "bench")
+    assert isinstance(module.FAST_IS_DEFAULT, bool) and isinstance(module.LOWER_PRECISIONS_ALONE, bool)
+    assert tuple(module.PEERS) == PEER_PATHS[name]
+    assert "fast" not in module.PEERS or not module.FAST_IS_DEFAULT  # a fast path of its own, or the Trainer is it
+    assert set(module.DESCRIPTIONS) == set(module.PEERS) | {"default"} and all(module.DESCRIPTIONS.values())
+    for function, arity in (("gemm", 2), ("sync", 1), ("version", 0), ("environment", 0)):
+        assert callable(getattr(module, function)), function
+        assert len(inspect.signature(getattr(module, function)).parameters) == arity, function
+    assert module.version() and isinstance(module.environment(), dict)
+    model = load(name).build_model(make_spec("mini"), seed=0)
+    module.sync(model)()  # waits for the model's pending work (nothing pending here)
+
+
 def test_peer_paths_are_fp32_only():
     backend = load("torch")
     model = backend.build_model(make_spec("mini"), seed=0)
     with pytest.raises(ConfigError, match="the chapter path runs in fp32 only"):
-        bench.make_path_step(backend, model, "chapter", "bf16")
+        worker.make_path_step(backend, backends.companion("torch", "bench"), model, "chapter", "bf16")
 
 
 def test_derived_figures_from_a_synthetic_report():
     """GFLOP/s from the step time, its fraction of the GEMM rate at the row's precision, the best peer."""
     def row(path, precision, seconds):
-        return bench._row("torch", path, precision, train_img_s=64 / seconds, infer_img_s=128 / seconds,
-                          train_step_s=seconds, infer_step_s=seconds / 2, train_steps_s=[seconds],
-                          infer_steps_s=[seconds / 2])
+        return protocol.row("torch", path, precision, train_img_s=64 / seconds, infer_img_s=128 / seconds,
+                            train_step_s=seconds, infer_step_s=seconds / 2, train_steps_s=[seconds],
+                            infer_steps_s=[seconds / 2])
 
     rows = [row("chapter", "fp32", 4.0), row("fast", "fp32", 2.0), row("default", "fp32", 2.5),
             row("default", "bf16", 1.0), row("default", "fp16", 1.0)]
@@ -309,7 +333,7 @@ def test_derived_figures_from_a_synthetic_report():
                               {"framework": "tf", "precision": "bf16", "gflops": 600.0, "op": "mm", "n": 8}])
     assert best["fp32"]["framework"] == "tf" and best["bf16"]["gflops"] == 600.0 and "fp16" not in best
     for r in rows:
-        bench._derive(r, rows, flops, best)
+        figures.derive(r, rows, flops, best)
     chapter, fast, default, bf16, fp16 = rows
     assert default["train_gflops"] == pytest.approx(120.0) and default["infer_gflops"] == pytest.approx(80.0)
     assert default["gemm_fraction_train"] == pytest.approx(120 / 250) and default["gemm_gflops"] == 250.0

@@ -18,8 +18,12 @@ def test_wheel_installs_the_backends_inside_the_package(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"nin_multi"}
-    for module in ("__init__", "torch", "tf", "mxnet", "jax", "onnx"):
+    for module in ("__init__", "torch", "tf", "mxnet", "jax", "onnx", "torch_bench", "tf_bench", "mxnet_bench",
+                   "jax_bench"):
         assert f"nin_multi/backends/{module}.py" in names
+    for module in ("__init__", "__main__", "command", "runner", "protocol", "worker", "epochs", "pipeline", "load",
+                   "figures", "targets", "report"):
+        assert f"nin_multi/bench/{module}.py" in names  # ``python -m nin_multi.bench`` starts the workers
     for module in ("__init__", "runner", "comparison", "statistics", "plots", "report", "command"):
         assert f"nin_multi/reproduce/{module}.py" in names  # a subpackage ships only when pyproject lists it
     top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))

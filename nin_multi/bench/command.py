@@ -1,0 +1,112 @@
+"""``nin-multi bench``'s options, their checks, and the command: run, print the table, write the JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..config import PRECISIONS
+from ..errors import BackendUnavailableError, ConfigError
+from ..fileio import write_text
+from ..spec import VARIANTS, make_spec
+from .report import format_report
+from .runner import run_bench
+
+#: What bench measures when neither a flag nor --recipe says otherwise (a batch of 64 keeps steps short).
+BENCH_DEFAULTS = {"resize": 224, "batch_size": 64, "precision": "fp32", "variant": "chapter", "in_channels": 1}
+
+
+def register(sub) -> None:
+    from ..cli import add_backends_arg, add_recipe_preset_arg
+
+    p = sub.add_parser("bench", help="training and inference throughput of each backend vs the chapter's code",
+                       description="Images per second of each backend's training and inference step, its "
+                                   "default path against the chapter's plain code, plus the data pipeline's "
+                                   "share of a step and memory growth. Prints a table and writes JSON.")
+    add_backends_arg(p)
+    p.add_argument("--resize", type=int, default=224, help="input image size (default: 224, the chapter's)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--precision", default="fp32",
+                   help="comma-separated precisions of the default path: fp32, bf16, fp16, fp64 (default: fp32); "
+                        "the chapter path is always fp32")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per path (default: 5; the median counts)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first, per path (default: 2)")
+    p.add_argument("--chunks", type=int, default=3,
+                   help="chunks of --steps training steps of the first precision's default path, RSS after "
+                        "each, for memory growth (default: 3; 0 skips)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per framework (default: every core)")
+    p.add_argument("--variant", default="chapter", choices=list(VARIANTS), help="network variant (default: chapter)")
+    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time each framework's one-switch fast path (torch.compile, Keras XLA, Gluon "
+                        "hybridize); --no-fast skips them and their compile time (default: on)")
+    p.add_argument("--gemm-size", type=int, default=2048,
+                   help="n of the n x n x n matrix products that measure the machine (default: 2048; 0 skips)")
+    p.add_argument("--gemm-repeats", type=int, default=3, help="timed products per framework and precision, "
+                                                               "the fastest counts (default: 3)")
+    p.add_argument("--epoch-images", type=int, default=None,
+                   help="images of the end-to-end epochs timed per default path (default: 4.5 batches, so the "
+                        "last batch is short; 0 skips)")
+    p.add_argument("--max-step-seconds", type=float, default=300.0,
+                   help="a path whose warm-up step takes longer is reported as too slow (default: 300)")
+    p.add_argument("--json", default="bench.json",
+                   help="where to write the results as JSON; a directory gets bench.json (default: ./bench.json)")
+    add_recipe_preset_arg(p)  # after the options it covers: with no --recipe, BENCH_DEFAULTS fill them
+    p.set_defaults(func=cmd_bench)
+
+
+def _positive(name: str, v, zero_ok: bool = False) -> None:
+    if v is None or (v < 0 if zero_ok else v <= 0):
+        raise ConfigError(f"--{name} must be a {'non-negative' if zero_ok else 'positive'} integer, got {v!r}")
+
+
+def _precisions(text: str) -> list[str]:
+    """Each once, fp32 first: MXNet's AMP, once on, changes every later graph in its process."""
+    precisions = []
+    for p in (s.strip().lower() for s in text.split(",")):
+        if p not in PRECISIONS:
+            raise ConfigError(f"--precision takes a comma-separated list of {', '.join(PRECISIONS)}; got {p!r}")
+        if p not in precisions:
+            precisions.append(p)
+    return sorted(precisions, key=lambda p: p != "fp32")
+
+
+def settings(a) -> dict:
+    """The run's settings from the parsed options, every one checked (``ConfigError`` says which)."""
+    from nin_multi import backends
+
+    from ..cli import apply_recipe
+
+    apply_recipe(a, fallback=BENCH_DEFAULTS)
+    for name, zero_ok in (("resize", False), ("batch-size", False), ("steps", False), ("warmup", True),
+                          ("chunks", True), ("gemm-size", True), ("gemm-repeats", False)):
+        _positive(name, getattr(a, name.replace("-", "_")), zero_ok)
+    if a.epoch_images is None:
+        a.epoch_images = 4 * a.batch_size + max(1, a.batch_size // 2)
+    _positive("epoch-images", a.epoch_images, zero_ok=True)
+    if a.threads is not None:
+        _positive("threads", a.threads)
+    if not a.max_step_seconds > 0:
+        raise ConfigError(f"--max-step-seconds must be positive, got {a.max_step_seconds!r}")
+    precisions = _precisions(a.precision)
+    names = backends.select(a.backends, trains=True)
+    if not names:
+        raise BackendUnavailableError("no backend to benchmark: install torch, tensorflow-cpu, mxnet or jax")
+    make_spec(a.variant, a.in_channels, image_size=a.resize).walk(a.resize)  # refuse an image it cannot take
+    return {"backends": names, "resize": a.resize, "batch_size": a.batch_size, "precisions": precisions,
+            "steps": a.steps, "warmup": a.warmup, "chunks": a.chunks, "threads": a.threads,
+            "variant": a.variant, "in_channels": a.in_channels, "recipe": a.recipe,
+            "max_step_seconds": a.max_step_seconds, "gemm_size": a.gemm_size, "gemm_repeats": a.gemm_repeats,
+            "epoch_images": a.epoch_images, "fast": a.fast}
+
+
+def cmd_bench(a) -> int:
+    s = settings(a)
+    out = Path(a.json)
+    if out.is_dir():
+        out = out / "bench.json"
+    report = run_bench(s)
+    print(format_report(report))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
