@@ -239,15 +239,6 @@ class NpzMembers:
             out[name[:-4]] = (tuple(shape), dtype, nbytes, info)
         return out
 
-    def check(self, name: str, shape, dtype) -> None:
-        got_shape, got_dtype, _, _ = self.headers[name]
-        if got_shape != tuple(shape):
-            raise DamagedFileError(f"{self.path}: {name} has shape {got_shape}, the spec expects {tuple(shape)}",
-                                   f"{name} has shape {got_shape}, the spec expects {tuple(shape)}")
-        if dtype is not None and got_dtype != np.dtype(dtype):
-            why = f"its arrays are not all {dtype}, as its header says"
-            raise DamagedFileError(f"{self.path} is damaged: {why}", why)
-
     def read(self, name: str) -> np.ndarray:
         _, _, _, info = self.headers[name]
         try:

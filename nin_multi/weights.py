@@ -82,7 +82,7 @@ def load_weights(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict]:
 
 def read_weights_file(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict, dict, dict]:
     """(spec, weights, meta, state): everything a weights or checkpoint file holds, validated before it is
-    read: the header within its limits, the stored network within its bounds, and every member's shape
+    read: the header within its limits, the stored network within its bounds, and every array's shape
     and dtype against them (``untrusted``); only then the arrays, and their checksum."""
     path = Path(path)
     try:
@@ -94,21 +94,8 @@ def read_weights_file(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, di
         if text is None:
             raise damaged(path, "no nin_multi header")
         header = load_json(text, path)
-        if not isinstance(header, dict):
-            raise damaged(path, "its header is not a JSON object")
-        if header.get("format") != FORMAT:
-            raise WeightsError(f"{path}: format {_short(header.get('format'))}, expected {FORMAT!r}")
-        if header.get("layout") not in (LAYOUT, _LEGACY_LAYOUT):
-            raise WeightsError(f"{path}: kernel layout {_short(header.get('layout'))}, expected {LAYOUT!r}")
-        dtype = header.get("dtype", "float32")
-        if dtype not in DTYPES:
-            raise damaged(path, f"its header names the dtype {_short(dtype)}, not one of {', '.join(DTYPES)}")
-        if "spec" not in header:
-            raise damaged(path, "its header holds no network description (spec)")
-        file_spec = spec_from_header(header["spec"], path)
-        if spec is not None and file_spec != spec:
-            raise WeightsError(f"{path} was made for another network: {_first_difference(file_spec, spec)}")
-        _check_members(members, file_spec, dtype)
+        file_spec, dtype = check_header(path, header, spec)
+        check_arrays(path, {k: v[:3] for k, v in members.headers.items() if k != "__header__"}, file_spec, dtype)
         arrays = {k: members.read(k) for k in members.headers if k != "__header__"}
     # Files written before checksums existed have none and are read as before.
     if "checksum" in header and checksum(arrays) != header["checksum"]:
@@ -120,24 +107,49 @@ def read_weights_file(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, di
     return file_spec, weights, meta if isinstance(meta, dict) else {}, state
 
 
-def _check_members(members: NpzMembers, spec: NiNSpec, dtype: str) -> None:
-    """Every weight the network has, of its shape and the header's dtype; a bounded training state;
-    nothing else. From the members' ``.npy`` headers alone: no array is read yet."""
+def check_header(path: Path, header, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, str]:
+    """(the file's network, its dtype): what the header of either container says, checked before any array
+    is read; ``spec``, if given, must be that network."""
+    if not isinstance(header, dict):
+        raise damaged(path, "its header is not a JSON object")
+    if header.get("format") != FORMAT:
+        raise WeightsError(f"{path}: format {_short(header.get('format'))}, expected {FORMAT!r}")
+    if header.get("layout") not in (LAYOUT, _LEGACY_LAYOUT):
+        raise WeightsError(f"{path}: kernel layout {_short(header.get('layout'))}, expected {LAYOUT!r}")
+    dtype = header.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise damaged(path, f"its header names the dtype {_short(dtype)}, not one of {', '.join(DTYPES)}")
+    if "spec" not in header:
+        raise damaged(path, "its header holds no network description (spec)")
+    file_spec = spec_from_header(header["spec"], path)
+    if spec is not None and file_spec != spec:
+        raise WeightsError(f"{path} was made for another network: {_first_difference(file_spec, spec)}")
+    return file_spec, dtype
+
+
+def check_arrays(path, found: dict, spec: NiNSpec, dtype: str) -> None:
+    """``found``: name -> (shape, numpy dtype, bytes) as the container's own headers state them, before any
+    array is read. Every weight the network has, of its shape and the header's dtype; a bounded training
+    state; nothing else."""
     expected = spec.weight_shapes()
-    names = set(members.headers) - {"__header__"}
     for name, shape in expected.items():
-        if name not in names:
-            raise DamagedFileError(f"{members.path}: no entry for {name} (expected shape {shape})",
-                                   f"no entry for {name}")
-        members.check(name, shape, dtype)
-    state = sorted(n for n in names if n.startswith(STATE_PREFIX))
-    extra = sorted(names - set(expected) - set(state))
+        if name not in found:
+            raise DamagedFileError(f"{path}: no entry for {name} (expected shape {shape})", f"no entry for {name}")
+        got_shape, got_dtype, _ = found[name]
+        if tuple(got_shape) != shape:
+            why = f"{name} has shape {tuple(got_shape)}, the spec expects {shape}"
+            raise DamagedFileError(f"{path}: {why}", why)
+        if np.dtype(got_dtype) != np.dtype(dtype):
+            why = f"its arrays are not all {dtype}, as its header says"
+            raise DamagedFileError(f"{path} is damaged: {why}", why)
+    state = [n for n in found if n.startswith(STATE_PREFIX)]
+    extra = sorted(set(found) - set(expected) - set(state))
     if extra:
-        raise DamagedFileError(f"{members.path}: entries {extra[:5]} are not in the spec", "entries not in the spec")
-    state_bytes = sum(members.headers[n][2] for n in state)
+        raise DamagedFileError(f"{path}: entries {extra[:5]} are not in the spec", "entries not in the spec")
+    state_bytes = sum(found[n][2] for n in state)
     if state_bytes > MAX_STATE_BYTES:
-        raise damaged(members.path, f"its training state claims {state_bytes:,} bytes, more than the "
-                                    f"{MAX_STATE_BYTES:,} allowed")
+        raise damaged(path, f"its training state claims {state_bytes:,} bytes, more than the {MAX_STATE_BYTES:,} "
+                            f"allowed")
 
 
 def written_by_nin_multi(path) -> bool:
