@@ -14,7 +14,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import isolation
+from . import __version__, isolation
 from .config import INITS, PRECISIONS, TrainConfig
 from .errors import ConfigError, NinMultiError, Terminated, WriteError
 from .spec import VARIANTS
@@ -117,6 +117,7 @@ def config_from_args(a: argparse.Namespace, **overrides) -> TrainConfig:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nin-multi", description=(
         "Network in Network (Dive into Deep Learning, 8.3) in PyTorch, TensorFlow and MXNet from one spec."))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train on Fashion-MNIST with the chapter's recipe")
@@ -148,17 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="test loss and accuracy of canonical weights (from any backend)")
     p.add_argument("--backend", "-b", default="torch", help=BACKEND_HELP + " (default: torch)")
-    p.add_argument("--weights", required=True, help="a weights.npz written by train (any backend) or convert")
+    p.add_argument("--weights", required=True,
+                   help="a weights.safetensors (or .npz) written by train (any backend) or convert")
     p.add_argument("--resize", type=int, default=224, help="input image size (default: 224)")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
     add_data_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("convert", help="write canonical weights in a framework's native format")
-    p.add_argument("--backend", "-b", required=True, help=BACKEND_HELP)
-    p.add_argument("--weights", required=True, help="canonical weights.npz")
+    p = sub.add_parser("convert", help="write canonical weights in a framework's native format, or as "
+                                       ".safetensors / .npz")
+    p.add_argument("--backend", "-b", default=None, help=BACKEND_HELP + " (for a native format)")
+    p.add_argument("--weights", required=True, help="canonical weights: .safetensors or .npz")
     p.add_argument("--out", required=True, help="destination: .pt (PyTorch state_dict), .weights.h5 (Keras), "
-                                                ".params (Gluon), .msgpack (Flax), .onnx (ONNX)")
+                                                ".params (Gluon), .msgpack (Flax), .onnx (ONNX) with --backend; "
+                                                ".safetensors or .npz (portable, no framework needed)")
     p.set_defaults(func=cmd_convert)
 
     for name in COMMAND_MODULES:  # each registers its own subcommand(s) and sets ``func``
@@ -257,10 +261,19 @@ NATIVE_SUFFIXES = {"torch": (".pt", ".pth"), "tensorflow": (".weights.h5",), "mx
                    "jax": (".msgpack",), "onnx": (".onnx",)}
 
 
+#: The portable containers (``nin_multi.weights``): written from the file's own arrays, no framework.
+PORTABLE_SUFFIXES = (".safetensors", ".npz")
+
+
 def cmd_convert(a) -> int:
     from nin_multi.backends import canonical_name
     from .fileio import atomic_path
 
+    if a.out.endswith(PORTABLE_SUFFIXES):
+        return _convert_portable(a.weights, a.out)
+    if a.backend is None:
+        raise ConfigError(f"--out {a.out}: name a framework with --backend to write its native format, or give "
+                          f"--out a {' or '.join(PORTABLE_SUFFIXES)} name for the portable formats")
     suffixes = NATIVE_SUFFIXES[canonical_name(a.backend)]
     if not a.out.endswith(suffixes):
         raise ConfigError(f"--out for {canonical_name(a.backend)} must end in {' or '.join(suffixes)}, got {a.out}")
@@ -280,6 +293,19 @@ def cmd_convert(a) -> int:
                              f"(ulimit -f) and the permissions there") from None
     print(f"wrote {a.out} ({backend.NAME} native format, {spec.num_params:,} parameters, "
           f"{next(iter(backend.get_weights(model, spec).values())).dtype})")
+    return 0
+
+
+def _convert_portable(source: str, out: str) -> int:
+    """The same arrays, header and metadata in the other container (a checkpoint's training state is
+    left behind: the result is a weights file)."""
+    from .weights import read_weights_file, save_weights, weights_dtype
+
+    if not Path(out).parent.is_dir():
+        raise ConfigError(f"--out {out}: directory {Path(out).parent} does not exist")
+    spec, weights, meta, _ = read_weights_file(source)
+    save_weights(out, spec, weights, meta=meta)
+    print(f"wrote {out} ({Path(out).suffix.lstrip('.')}, {spec.num_params:,} parameters, {weights_dtype(weights)})")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Fashion-MNIST: download with checksums, cache, strict IDX parsing, and batches for any backend.
+"""Fashion-MNIST: download with checksums and cache (pooch), strict IDX parsing, and batches for any backend.
 
 Frameworks differ in how they load images, so the pipeline is plain NumPy and the backends only see
 float32 batches in the layout they ask for (NCHW or NHWC). Resizing happens batch-wise with two
@@ -8,14 +8,12 @@ TensorFlow's resize) and costs two matrix products per batch instead of a loop o
 from __future__ import annotations
 
 import gzip
-import hashlib
 import math
 import os
 import queue
+import re
+import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +21,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from .downloads import Guarded
 from .errors import DataError, WriteError
-from .fileio import atomic_write, cause
+from .fileio import cause
 
 #: The four files of the release and the MD5s the dataset's README publishes.
 FILES = {
@@ -49,19 +48,14 @@ MAX_IDX_BYTES = 470_400_160
 
 
 def default_cache_dir() -> Path:
+    """$NIN_MULTI_CACHE_DIR, else the system's cache folder (``~/.cache`` or $XDG_CACHE_HOME on Linux,
+    ``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%`` on Windows, as pooch and platformdirs find it)."""
     env = os.environ.get(CACHE_DIR_ENV)
     if env:
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "nin_multi" / "fashion-mnist"
+    import pooch
 
-
-def md5sum(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return pooch.os_cache("nin_multi") / "fashion-mnist"
 
 
 # -- IDX parsing ----------------------------------------------------------------------------------------
@@ -172,51 +166,44 @@ def load_fashion_mnist(data_dir=None, cache_dir=None, download: bool = True) -> 
 
 
 # -- download -------------------------------------------------------------------------------------------
-def ensure_file(cache: Path, name: str, md5: str, download: bool = True, mirrors=None,
-                retries: int = 3, backoff: float = 1.0) -> Path:
-    """Return a cached file that matches ``md5``, downloading it if absent or corrupt."""
+def ensure_file(cache: Path, name: str, md5: str, download: bool = True, mirrors=None, retries: int = 3) -> Path:
+    """A cached file that matches ``md5``, downloaded by pooch if absent or corrupt: from each mirror in
+    turn, ``retries`` attempts each, into a temporary file in ``cache`` that is renamed only once its MD5
+    matches (a failed or corrupted download is deleted, never kept)."""
+    import pooch
+    import requests
+
     path = cache / name
-    if path.is_file():
-        if md5sum(path) == md5:
-            return path
-        path.unlink()  # corrupt or partial file from elsewhere: fetch it once more
+    if path.is_file() and pooch.file_hash(str(path), alg="md5") == md5:
+        return path
     if not download:
-        raise DataError(f"{path} is missing and downloading is disabled; {_manual_fix(cache)}")
+        raise DataError(f"{path} is missing or corrupt and downloading is disabled; {_manual_fix(cache)}")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"could not create {cache}: {cause(e)}", cache, e.errno) from None
     env = os.environ.get(MIRROR_ENV)
-    mirrors = mirrors or ((env,) if env else MIRRORS)
     errors = []
-    for attempt in range(retries):
-        for base in mirrors:
-            url = base.rstrip("/") + "/" + name
-            try:
-                _download(url, path, md5)
-                return path
-            except (OSError, urllib.error.URLError, _ChecksumMismatch) as e:
-                errors.append(f"{url}: {e}")
-        if attempt + 1 < retries:
-            time.sleep(backoff * 2 ** attempt)
+    pooch.get_logger().setLevel("WARNING")  # its "downloading"/"retrying" lines; a terminal gets its progress bar
+    # within a size cap and one deadline for every attempt at every mirror (downloads.py)
+    downloader = Guarded(pooch.HTTPDownloader(progressbar=sys.stderr.isatty(), timeout=60))
+    for base in mirrors or ((env,) if env else MIRRORS):
+        source = pooch.create(path=cache, base_url=base.rstrip("/") + "/", registry={name: f"md5:{md5}"},
+                              retry_if_failed=retries - 1)
+        try:
+            return Path(source.fetch(name, downloader=downloader))
+        except (requests.RequestException, ValueError) as e:  # the network, the server, or the MD5
+            errors.append(f"{source.get_url(name)}: {_why(e)}")
+        except OSError as e:  # writing into the cache
+            raise WriteError(f"could not write {path}: {cause(e)}", path, e.errno) from None
     raise DataError(f"could not download {name} ({errors[-1]}); {_manual_fix(cache)}")
 
 
-class _ChecksumMismatch(Exception):
-    pass
-
-
-def _download(url: str, dest: Path, md5: str) -> None:
-    """Stream into ``fileio.atomic_write`` (a temporary file next to ``dest``, fsynced), which renames it
-    only if the checksum matches. A failed write (disk full) is a ``WriteError``, not retried as if the
-    network had failed."""
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WriteError(f"could not create {dest.parent}: {cause(e)}", dest.parent, e.errno) from None
-    with atomic_write(dest) as out, urllib.request.urlopen(url, timeout=60) as resp:
-        h = hashlib.md5()
-        for chunk in iter(lambda: resp.read(1 << 20), b""):
-            h.update(chunk)
-            out.write(chunk)
-        if h.hexdigest() != md5:
-            raise _ChecksumMismatch(f"MD5 {h.hexdigest()}, expected {md5}")
+def _why(e: Exception) -> str:
+    """The cause alone: requests wraps a refused connection or an unknown host in layers of reprs, around
+    the system's ``[Errno 111] Connection refused``; pooch's MD5 message goes on after its first sentence."""
+    errno_text = re.search(r"\[Errno -?\d+\] [^'\")]+", str(e))
+    return errno_text.group(0) if errno_text else str(e).split(". ")[0]
 
 
 def _manual_fix(cache: Path) -> str:

@@ -47,23 +47,28 @@ def _late(url: str, seconds: float) -> DownloadRefused:
 
 
 class Guarded:
-    """``Guarded(pooch.HTTPDownloader(...))``: the same downloader, capped and with a deadline."""
+    """``Guarded(pooch.HTTPDownloader(...))``: the same downloader, each file capped, and one deadline
+    for every attempt it makes from the moment it is made (make one per file)."""
 
     def __init__(self, inner, max_bytes: int = MAX_DOWNLOAD_BYTES, seconds: float = DOWNLOAD_DEADLINE):
         self.inner, self.max_bytes, self.seconds = inner, max_bytes, seconds
+        self.deadline = time.monotonic() + seconds
 
     def __call__(self, url, output_file, pooch, check_only=False):
         if check_only:
             return self.inner(url, output_file, pooch, check_only=True)
-        deadline = time.monotonic() + self.seconds
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _late(url, self.seconds)
         with open(output_file, "w+b") as f:
-            capped = _Capped(f, url, self.max_bytes, deadline, self.seconds)
-            return within(lambda: self.inner(url, capped, pooch), self.seconds, url)
+            capped = _Capped(f, url, self.max_bytes, self.deadline, self.seconds)
+            return within(lambda: self.inner(url, capped, pooch), left, url, self.seconds)
 
 
-def within(fn, seconds: float, what: str):
-    """``fn()`` in a helper thread, given up after ``seconds``: a read blocked on a trickling server
-    cannot hold the command past it (the thread ends at its next write or read timeout)."""
+def within(fn, left: float, what: str, seconds: float):
+    """``fn()`` in a helper thread, given up after ``left`` seconds (of a deadline of ``seconds``): a read
+    blocked on a trickling server cannot hold the command past it (the thread ends at its next write or
+    read timeout)."""
     result, error = [], []
 
     def run():
@@ -74,7 +79,7 @@ def within(fn, seconds: float, what: str):
 
     t = threading.Thread(target=run, daemon=True, name="nin-multi-download")
     t.start()
-    t.join(seconds)
+    t.join(left)
     if t.is_alive():
         raise _late(what, seconds)
     if error:

@@ -151,6 +151,11 @@ def _keep_mode(dest: Path, tmp: Path, fd: int) -> None:
             os.chmod(tmp, stat.S_IMODE(st.st_mode))
 
 
+def no_follow(path, flags: int) -> int:
+    """An ``opener`` for ``open()``: a symbolic link at ``path`` is refused (ELOOP), not written through."""
+    return os.open(path, flags | _NOFOLLOW, 0o666)
+
+
 def writable(directory) -> None:
     """Raise ``OSError`` unless a file can be created in ``directory``: an exclusively created probe with
     a fresh name, so a link planted in the directory is never written through."""

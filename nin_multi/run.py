@@ -1,4 +1,5 @@
-"""Run bookkeeping shared by every backend: the run directory, metrics files, plot, progress bar.
+"""Run bookkeeping shared by every backend: the run directory, metrics files, plot, TensorBoard events,
+progress bar.
 
 A backend never writes files itself; it hands numbers to a ``Run``, so all three frameworks leave
 the same files behind and a plot from one can be laid over a plot from another.
@@ -7,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 from .checkpoints import CHECKPOINTS, is_checkpoint_name
 from .errors import RunDirError
+from .events import PREFIX as EVENTS_PREFIX, EventLog
 from .fileio import TEMPORARY, save_figure, sweep_temporaries, writable, write_csv, write_json, write_text
 from .lock import LOCK, RunLock
 
@@ -20,7 +23,7 @@ METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 PLOT = "curves.png"
 CONFIG = "config.json"
-WEIGHTS = "weights.npz"
+WEIGHTS = "weights.safetensors"
 FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "examples_per_sec", "seconds", "backend")
 
 
@@ -32,10 +35,12 @@ def default_run_dir(backend: str) -> Path:
 #: ``compare``'s reports): with the lock, checkpoints, temporary files and sub-runs, what ``--overwrite``
 #: may remove. tests/test_safety.py checks that every output name the commands define is listed.
 PROJECT_FILES = frozenset({
-    CONFIG, METRICS_JSONL, METRICS_CSV, PLOT, WEIGHTS,
-    "initial_weights.npz", "backends.csv", "drift.csv", "reproduce.json", "steps.csv", "drift.png",
-    "seeds.csv", "seeds.png", "compare.csv", "compare.png",
+    CONFIG, METRICS_JSONL, METRICS_CSV, PLOT, WEIGHTS, "weights.npz",  # (.npz: runs before safetensors)
+    "initial_weights.safetensors", "initial_weights.npz", "backends.csv", "drift.csv", "reproduce.json",
+    "steps.csv", "drift.png", "seeds.csv", "seeds.png", "compare.csv", "compare.png",
 })
+#: TensorBoard's event files (``events.EventLog``): one per process that wrote to the run.
+EVENT_FILE = re.compile(re.escape(EVENTS_PREFIX) + r"\.\d+\..+\.\d+\.\d+\Z")
 #: What makes a folder a run's (beside its lock): a command writes one of these first.
 MARKERS = (CONFIG, CHECKPOINTS, "reproduce.json", "compare.csv")
 _HELD: dict = {}  # absolute run directory -> the RunLock this process holds on it (``prepare_dir``)
@@ -130,7 +135,8 @@ def _foreign(path: Path, depth: int = 0) -> str:
 
 def _own_file(e: os.DirEntry) -> bool:
     """A regular file (never a link: the project creates none) of a name the project writes."""
-    return e.is_file(follow_symlinks=False) and (e.name in PROJECT_FILES or bool(TEMPORARY.match(e.name)))
+    return e.is_file(follow_symlinks=False) and (e.name in PROJECT_FILES or bool(TEMPORARY.match(e.name))
+                                                 or bool(EVENT_FILE.match(e.name)))
 
 
 def _own_folder(p: Path, depth: int) -> bool:
@@ -171,8 +177,10 @@ class Run:
             self.path = prepare_dir(path, overwrite, resume)
         self.title = title
         self.history: list[dict] = []
+        self.events = EventLog(self.path, resumed=resume)
 
     def close(self) -> None:
+        self.events.close()
         if self.lock is not None:
             self.lock.release()
             self.lock = None
@@ -185,12 +193,19 @@ class Run:
         self.history = list(rows)
         self._write_metrics()
 
+    def log_step(self, step: int, loss: float, lr: float) -> None:
+        """One SGD step's mean training loss and learning rate (``step`` counts from 1 over the whole run),
+        to the TensorBoard events."""
+        self.events.log_step(step, loss, lr)
+
     def log_epoch(self, row: dict) -> None:
         """One epoch's metrics to JSON lines (streamable) and CSV (spreadsheet), and replot. Each file is
-        rewritten whole through the durable writer: a failed write leaves the previous version intact."""
+        rewritten whole through the durable writer: a failed write leaves the previous version intact.
+        Then to the TensorBoard events, at the step that ended the epoch."""
         self.history.append(row)
         self._write_metrics()
         plot_curves({self.title: self.history}, self.path / PLOT, self.title)
+        self.events.log_epoch(row)
 
     def _write_metrics(self) -> None:
         # One column order (FIELDS, then any others), however a row was built: rows rebuilt from a

@@ -1,9 +1,9 @@
 """The numbers ``reproduce`` judges frameworks by: step-by-step drift between two loss trajectories, and
 Welch's t-test between two backends' results over seeds.
 
-SciPy is not a dependency, so the t distribution is computed here from the regularized incomplete beta
-function (Lentz's continued fraction); tests check it against known values. Everything is plain Python
-floats and NumPy: no framework is imported.
+The test and the t distribution are SciPy's (``scipy.stats.ttest_ind(equal_var=False)``, ``scipy.stats.t``);
+what is here is what SciPy leaves to its caller: results as plain Python floats (JSON numbers), and a
+verdict where neither group has any spread (SciPy answers NaN there). No framework is imported.
 """
 from __future__ import annotations
 
@@ -41,72 +41,6 @@ def largest_per_epoch(rel: Sequence[float], epochs: Sequence[int]) -> list[float
     return [float(rel[epochs == e].max()) for e in range(1, int(epochs.max()) + 1)] if rel.size else []
 
 
-# -- the t distribution ---------------------------------------------------------------------------------
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function I_x(a, b), for a, b > 0 and 0 <= x <= 1.
-
-    The continued fraction converges fast for x < (a + 1) / (a + b + 2); beyond that the symmetry
-    I_x(a, b) = 1 - I_{1-x}(b, a) brings x back below it.
-    """
-    if not (a > 0 and b > 0):
-        raise ValueError(f"betainc needs a, b > 0, got a={a}, b={b}")
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"betainc needs 0 <= x <= 1, got {x}")
-    if x == 0.0 or x == 1.0:
-        return x
-    if x > (a + 1.0) / (a + b + 2.0):
-        return 1.0 - betainc(b, a, 1.0 - x)
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    return math.exp(log_front) * _beta_fraction(a, b, x) / a
-
-
-def _beta_fraction(a: float, b: float, x: float, eps: float = 1e-15, max_terms: int = 10_000) -> float:
-    """1 / (1 + d1 / (1 + d2 / (1 + ...))), the continued fraction of I_x(a, b), by Lentz's method."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    f = d
-    for m in range(1, max_terms + 1):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),                  # even term d_2m
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):       # odd term d_2m+1
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            f *= c * d
-        if abs(c * d - 1.0) < eps:
-            return f
-    raise ArithmeticError(f"betainc({a}, {b}, {x}): the continued fraction did not converge")
-
-
-def t_two_sided_p(t: float, df: float) -> float:
-    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom (any real df > 0)."""
-    if math.isnan(t) or not df > 0:
-        return math.nan
-    if math.isinf(t):
-        return 0.0
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t)."""
-    half = t_two_sided_p(t, df) / 2.0
-    return 1.0 - half if t > 0 else half
-
-
-def t_critical(df: float, alpha: float = 0.05) -> float:
-    """The |t| above which a two-sided test at level ``alpha`` rejects: bisection on t_two_sided_p."""
-    lo, hi = 0.0, 1.0
-    while t_two_sided_p(hi, df) > alpha:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = (lo + hi) / 2.0
-        lo, hi = (mid, hi) if t_two_sided_p(mid, df) > alpha else (lo, mid)
-        if hi - lo < 1e-12 * hi:
-            break
-    return (lo + hi) / 2.0
-
-
 # -- Welch's t-test -------------------------------------------------------------------------------------
 @dataclass
 class Welch:
@@ -120,7 +54,11 @@ class Welch:
 
     def smallest_significant(self, alpha: float = 0.05) -> float:
         """The |difference| this test would have called significant at ``alpha`` with these spreads."""
-        return t_critical(self.df, alpha) * self.se if self.se > 0 and self.df > 0 else 0.0
+        from scipy import stats as scipy_stats  # here, not at import: the CLI's start stays fast
+
+        if not (self.se > 0 and self.df > 0):
+            return 0.0
+        return float(scipy_stats.t.isf(alpha / 2, self.df)) * self.se
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -131,6 +69,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def welch(a: Sequence[float], b: Sequence[float]) -> Welch:
     """Welch's t-test; needs at least two values on each side."""
+    from scipy import stats as scipy_stats
+
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.size < 2 or b.size < 2:
         raise ValueError(f"Welch's t-test needs at least two values per group, got {a.size} and {b.size}")
@@ -140,6 +80,5 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Welch:
     if se == 0.0:  # no spread on either side: equal means are equal, different ones certainly differ
         return Welch(diff, 0.0 if diff == 0 else math.copysign(math.inf, diff), math.nan,
                      1.0 if diff == 0 else 0.0, 0.0)
-    df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
-    t = diff / se
-    return Welch(diff, t, df, t_two_sided_p(t, df), se)
+    r = scipy_stats.ttest_ind(a, b, equal_var=False)
+    return Welch(diff, float(r.statistic), float(r.df), float(r.pvalue), se)

@@ -73,10 +73,13 @@ def evaluate(trainer, images, labels, cfg: TrainConfig, layout: str, desc: str =
     return loss_sum / n, correct / n
 
 
-def train_epoch(trainer, ds, cfg: TrainConfig, layout: str, epoch: int, order=None, step_losses=None) -> dict:
+def train_epoch(trainer, ds, cfg: TrainConfig, layout: str, epoch: int, order=None, step_losses=None,
+                log_step=None) -> dict:
     """One pass over the training set; ``step_losses``, a list, receives every batch's mean loss (what
-    ``reproduce`` compares step by step between frameworks)."""
+    ``reproduce`` compares step by step between frameworks); ``log_step(step, mean loss, lr)`` (a
+    ``Run``'s) is called after every step, ``step`` counted from 1 over the whole run."""
     n = len(ds.train_images)
+    first_step = epoch * data_mod.num_batches(n, cfg.batch_size) + 1
     loss_sum, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
     batches = data_mod.batches(ds.train_images, ds.train_labels, cfg.batch_size, cfg.resize, layout,
@@ -94,6 +97,8 @@ def train_epoch(trainer, ds, cfg: TrainConfig, layout: str, epoch: int, order=No
             loss_sum, correct, seen = loss_sum + l, correct + c, seen + len(y)
             if step_losses is not None:
                 step_losses.append(l / len(y))
+            if log_step is not None:
+                log_step(first_step + i, l / len(y), cfg.lr)
             bar.update()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
     seconds = time.perf_counter() - t0
@@ -217,7 +222,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
 
     if not can_train(cfg.backend):  # before anything is imported or written
         raise ConfigError(f"{cfg.backend} is inference-only (it computes no gradients): train with torch, "
-                          f"tensorflow, mxnet or jax, then evaluate or convert its weights.npz with --backend "
+                          f"tensorflow, mxnet or jax, then evaluate or convert its {WEIGHTS} with --backend "
                           f"{cfg.backend}")
     dist = distributed.from_env()
     if dist.active:
@@ -274,7 +279,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         if dist.active and any(getattr(layer, "rate", 0) for layer in spec.layers):
             log(f"note: {distributed.DROPOUT_NOTE}")
         for epoch in range(start, cfg.epochs):
-            row = {"epoch": epoch + 1, **train_epoch(trainer, ds, cfg, backend.LAYOUT, epoch)}
+            row = {"epoch": epoch + 1, **train_epoch(trainer, ds, cfg, backend.LAYOUT, epoch,
+                                                     log_step=run.log_step if run else None)}
             row["test_loss"], row["test_acc"] = evaluate(trainer, ds.test_images, ds.test_labels, cfg,
                                                          backend.LAYOUT, "test")
             row["backend"] = backend.NAME

@@ -1,14 +1,26 @@
-"""Framework-neutral weights: one ``.npz`` keyed by the spec's layer names, with the spec inside.
+"""Framework-neutral weights: arrays keyed by the spec's layer names, with the spec inside, in one of two
+containers with the same header:
 
-Layout, declared once: conv kernels OIHW, dense kernels (in, out), biases (out,). A backend whose
-framework stores kernels otherwise (TensorFlow: HWIO) transposes at its own edge. The arrays are float32,
-or float64 from a ``--precision fp64`` run (kept so that its resume stays exact); the header says which.
+- ``.safetensors`` (``weights.safetensors``, what ``train`` writes): the file that ``safetensors.torch``,
+  ``.tensorflow``, ``.flax`` and ``.numpy`` all load, with a bounded header and no pickle. The header is its
+  string metadata: ``format``, ``layout``, ``dtype``, ``checksum`` as they are, ``spec`` and ``meta`` as JSON.
+- ``.npz`` (checkpoints, and weights written before safetensors): a zip of ``.npy`` arrays plus a
+  ``__header__`` member holding the header as JSON. Checkpoints stay here: they are this project's own
+  resume files, never another framework's input, and their header nests the run's config and history.
+
+Which container a file is, is read from its first bytes, not its name. Layout, declared once: conv kernels
+OIHW, dense kernels (in, out), biases (out,): for a network without dense layers these are exactly the
+PyTorch rendering's ``state_dict()``. A backend whose framework stores kernels otherwise (TensorFlow: HWIO)
+transposes at its own edge. The arrays are float32, or float64 from a ``--precision fp64`` run (kept so
+that its resume stays exact); the header says which.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +36,9 @@ FORMAT = "nin_multi.weights/1"
 LAYOUT = "conv OIHW, dense (in, out), bias (out,)"
 _LEGACY_LAYOUT = LAYOUT + ", float32"  # files written before float64 existed: always float32
 DTYPES = ("float32", "float64")
+SAFETENSORS = ".safetensors"
+#: Header entries that safetensors' string-only metadata holds as JSON text.
+_JSON_ENTRIES = ("spec", "meta")
 
 
 def check_weights(spec: NiNSpec, weights: dict, source: str = "weights") -> None:
@@ -54,6 +69,11 @@ def save_weights(path, spec: NiNSpec, weights: dict, meta: Optional[dict] = None
     arrays = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in weights.items()}
     arrays.update({STATE_PREFIX + k: np.asarray(v) for k, v in (state or {}).items()})
     header["checksum"] = checksum(arrays)
+    (_write_safetensors if path.suffix == SAFETENSORS else _write_npz)(path, header, arrays)
+    return path
+
+
+def _write_npz(path: Path, header: dict, arrays: dict) -> None:
     members = {"__header__": np.array(json.dumps(header, sort_keys=True)), **arrays}
     # np.savez's format (an uncompressed zip of .npy files), written here because np.savez leaves its
     # ZipFile open when a write fails, and its finaliser then writes to the closed temporary file.
@@ -61,7 +81,14 @@ def save_weights(path, spec: NiNSpec, weights: dict, meta: Optional[dict] = None
         for name, a in members.items():
             with zf.open(name + ".npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
-    return path
+
+
+def _write_safetensors(path: Path, header: dict, arrays: dict) -> None:
+    import safetensors.numpy
+
+    metadata = {k: json.dumps(v, sort_keys=True) if k in _JSON_ENTRIES else str(v) for k, v in header.items()}
+    with atomic_write(path) as f:
+        f.write(safetensors.numpy.save(arrays, metadata=metadata))
 
 
 def checksum(arrays: dict) -> str:
@@ -83,20 +110,20 @@ def load_weights(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict]:
 def read_weights_file(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict, dict, dict]:
     """(spec, weights, meta, state): everything a weights or checkpoint file holds, validated before it is
     read: the header within its limits, the stored network within its bounds, and every array's shape
-    and dtype against them (``untrusted``); only then the arrays, and their checksum."""
+    and dtype, as the container states them, against that network (``untrusted``); only then the arrays,
+    and their checksum."""
+    from safetensors import SafetensorError
+
     path = Path(path)
     try:
-        members = NpzMembers(path)
+        with (_open_safetensors if is_safetensors(path) else _open_npz)(path) as (header, found, read):
+            file_spec, dtype = check_header(path, header, spec)
+            check_arrays(path, found, file_spec, dtype)
+            arrays = {k: read(k) for k in found}
     except FileNotFoundError:
         raise WeightsError(f"weights file {path} not found") from None
-    with members:
-        text = header_text(members)
-        if text is None:
-            raise damaged(path, "no nin_multi header")
-        header = load_json(text, path)
-        file_spec, dtype = check_header(path, header, spec)
-        check_arrays(path, {k: v[:3] for k, v in members.headers.items() if k != "__header__"}, file_spec, dtype)
-        arrays = {k: members.read(k) for k in members.headers if k != "__header__"}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, SafetensorError) as e:
+        raise damaged(path, f"{type(e).__name__}: {e}") from None
     # Files written before checksums existed have none and are read as before.
     if "checksum" in header and checksum(arrays) != header["checksum"]:
         why = "its arrays do not match the checksum stored with them"
@@ -167,6 +194,63 @@ def written_by_nin_multi(path) -> bool:
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with its header's length (8 bytes, little-endian) and the header's ``{``;
+    an ``.npz`` with ``PK`` (a zip). A ``.safetensors`` name counts too, so that a damaged one is reported
+    by the safetensors reader, not as a broken zip."""
+    if path.suffix == SAFETENSORS:
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False  # the .npz reader reports it
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+@contextmanager
+def _open_npz(path: Path):
+    """(header, {name: (shape, dtype, bytes)}, read): the zip's directory and each member's ``.npy``
+    header, nothing more, until ``read(name)``."""
+    with NpzMembers(path) as members:
+        text = header_text(members)
+        if text is None:
+            raise damaged(path, "no nin_multi header")
+        found = {k: v[:3] for k, v in members.headers.items() if k != "__header__"}
+        yield load_json(text, path), found, members.read
+
+
+@contextmanager
+def _open_safetensors(path: Path):
+    """The same from a safetensors file: safetensors bounds its own header (100 MB) and checks that the
+    arrays' offsets tile the file before anything is read; the metadata's JSON is parsed within
+    ``untrusted``'s limits, and each array's shape and dtype come from the header alone."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        metadata = f.metadata()
+        if not metadata or "format" not in metadata:
+            raise WeightsError(f"{path} is a safetensors file without nin_multi's metadata (format, spec, "
+                               f"layout, dtype, checksum), so nothing says which network its arrays belong to; "
+                               f"write it with nin_multi.weights.save_weights, or pass that metadata to "
+                               f"safetensors' save_file")
+        header = {k: load_json(v, path) if k in _JSON_ENTRIES else v for k, v in metadata.items()}
+        found = {}
+        for name in f.keys():
+            part = f.get_slice(name)
+            shape, dtype = tuple(part.get_shape()), _SAFETENSORS_DTYPES.get(part.get_dtype())
+            if dtype is None:
+                raise damaged(path, f"{name[:60]!r} holds {part.get_dtype()[:10]}, not numbers NumPy reads")
+            found[name] = (shape, dtype, math.prod(shape) * dtype.itemsize)
+        yield header, found, f.get_tensor
+
+
+#: safetensors' dtype names and NumPy's (bfloat16, which NumPy lacks, is not one this project writes).
+_SAFETENSORS_DTYPES = {k: np.dtype(v) for k, v in {
+    "F64": "float64", "F32": "float32", "F16": "float16", "I64": "int64", "I32": "int32", "I16": "int16",
+    "I8": "int8", "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}.items()}
 
 
 def _first_difference(a: NiNSpec, b: NiNSpec) -> str:

@@ -359,13 +359,13 @@ def cells(fw: str) -> list[tuple[str, str, tuple[str, ...]]]:
         (md, _src(f"""
             ## The same weights in every framework
 
-            The trained weights were saved in one framework-neutral layout (`weights.npz`: conv kernels OIHW).
+            The trained weights were saved in one framework-neutral layout (`weights.safetensors`: conv kernels OIHW).
             Loaded into {f['title']} and into {others} (each transposing at its own edge), they give the
             same logits on the same test images up to float32 rounding: the renderings compute one function
             (onnxruntime, running the spec's ONNX graph, is one more of them). A framework that is not
             installed is skipped."""), ()),
         (code, _src("""
-            _, weights = load_weights(run_dir / "weights.npz", spec)  # refuses weights made for another network
+            _, weights = load_weights(run_dir / "weights.safetensors", spec)  # refuses weights made for another network
             images = load_fashion_mnist(DATA_DIR).test_images[:16]  # the first 16 test images
             backend.set_weights(model, spec, weights)
             ours = backend.forward(model, to_float_batch(images, RESIZE, backend.LAYOUT))

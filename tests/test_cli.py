@@ -4,15 +4,20 @@ Each row is an input a user may really type; the README's table of errors is thi
 """
 import gzip
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
+import nin_multi
 from nin_multi import backends
 from nin_multi.cli import main
 from nin_multi.spec import chapter_spec
 from nin_multi.weights import save_weights
 
+from conftest import ROOT
 from reference import random_weights
 
 
@@ -58,6 +63,16 @@ def test_non_numeric_epochs(capsys, value):
         main(["train", "--epochs", value])
     assert e.value.code == 2
     assert f"invalid int value: '{value}'" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"nin-multi {nin_multi.__version__}\n"
+    done = subprocess.run([sys.executable, "-m", "nin_multi", "--version"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout == f"nin-multi {nin_multi.__version__}\n", done.stderr
+    assert re.fullmatch(r"\d+\.\d+\.\d+", nin_multi.__version__)
 
 
 def test_missing_framework_names_the_extra(monkeypatch, capsys):

@@ -21,6 +21,7 @@ from nin_multi.config import TrainConfig
 from nin_multi.distributed import Context, check_config, from_env, strip_workers
 from nin_multi.errors import ConfigError, DistributedError
 from nin_multi.train import train
+from nin_multi.weights import load_weights
 
 from conftest import ROOT
 
@@ -179,8 +180,7 @@ def procs():
 
 
 def read_weights(path) -> dict:
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files if k != "__header__"}
+    return load_weights(path)[1]
 
 
 def relative_difference(a: dict, b: dict) -> float:
@@ -191,7 +191,7 @@ def relative_difference(a: dict, b: dict) -> float:
 
 def check_same_training(run: Path, one: Path, precision: str, what: str) -> None:
     """The weights and every epoch's metrics of a distributed run equal one process's."""
-    diff = relative_difference(read_weights(run / "weights.npz"), read_weights(one / "weights.npz"))
+    diff = relative_difference(read_weights(run / "weights.safetensors"), read_weights(one / "weights.safetensors"))
     print(f"{what}, {precision}: relative weight difference from one process {diff:.2e}")
     assert diff < TOLERANCE[precision]
     acc, loss = METRIC_TOLERANCE[precision]
@@ -213,7 +213,10 @@ def test_two_workers_equal_one_process_in_fp32(parallel, sample_dir, tmp_path, p
     assert rc == 0, err[-3000:]
     assert "x 2 workers" in out and "16 per worker" in out
     check_same_training(tmp_path / "two", tmp_path / "one", "fp32", f"{backend.NAME}: 2 workers, 21 steps")
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    # The same files (the TensorBoard event file's name holds its process's time, host and pid).
+    files = [sorted(p.name.split(".")[0] if p.name.startswith("events.out.tfevents.") else p.name
+                    for p in (tmp_path / d).iterdir()) for d in ("two", "one")]
+    assert files[0] == files[1] and files[0].count("events") == 1
 
 
 def _descendants(pid: int) -> list[int]:

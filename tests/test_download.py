@@ -15,8 +15,14 @@ from test_data import idx_bytes
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):
+    requests: list = []  # the paths asked for, in order (reset by the fixture)
+
     def log_message(self, *args):
         pass
+
+    def do_GET(self):
+        Quiet.requests.append(self.path)
+        super().do_GET()
 
 
 @pytest.fixture
@@ -24,12 +30,23 @@ def server(tmp_path):
     """Serves tmp_path/served/<mirror>/...; yields a function mirror name -> base URL."""
     root = tmp_path / "served"
     root.mkdir()
+    Quiet.requests = []
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
     yield root, lambda mirror: f"http://127.0.0.1:{httpd.server_address[1]}/{mirror}/"
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def waits(monkeypatch):
+    """pooch's back-off between attempts, recorded instead of slept (pooch calls ``time.sleep``)."""
+    import pooch.core
+
+    slept = []
+    monkeypatch.setattr(pooch.core.time, "sleep", slept.append)
+    return slept
 
 
 @pytest.fixture
@@ -74,7 +91,7 @@ def test_bad_download_is_never_kept(server, release, tmp_path, mangle):
     publish(root, "bad", release, mangle)
     name, md5 = data.FILES["train_labels"]
     with pytest.raises(DataError, match=r"could not download .*MD5 .*--data-dir"):
-        data.ensure_file(tmp_path / "cache", name, md5, mirrors=[url("bad")], retries=2, backoff=0)
+        data.ensure_file(tmp_path / "cache", name, md5, mirrors=[url("bad")], retries=2)
     assert not any((tmp_path / "cache").iterdir())
 
 
@@ -83,7 +100,7 @@ def test_falls_back_to_the_next_mirror(server, release, tmp_path):
     publish(root, "bad", release, lambda b: b[:-3])
     publish(root, "good", release)
     name, md5 = data.FILES["test_images"]
-    path = data.ensure_file(tmp_path / "cache", name, md5, mirrors=[url("bad"), url("good")], backoff=0)
+    path = data.ensure_file(tmp_path / "cache", name, md5, mirrors=[url("bad"), url("good")])
     assert path.read_bytes() == release[name]
 
 
@@ -94,21 +111,25 @@ def test_corrupt_cached_file_is_fetched_again(server, release, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / name).write_bytes(b"half a file")
-    path = data.ensure_file(cache, name, md5, mirrors=[url("good")], backoff=0)
+    path = data.ensure_file(cache, name, md5, mirrors=[url("good")])
     assert path.read_bytes() == release[name]
 
 
 def test_offline_says_how_to_supply_the_files(tmp_path, release):
     name, md5 = data.FILES["train_images"]
     with pytest.raises(DataError, match=r"could not download .* by hand .* --data-dir"):
-        data.ensure_file(tmp_path / "cache", name, md5, mirrors=["http://127.0.0.1:9/"], retries=2, backoff=0)
+        data.ensure_file(tmp_path / "cache", name, md5, mirrors=["http://127.0.0.1:9/"], retries=2)
     with pytest.raises(DataError, match="downloading is disabled"):
         data.ensure_file(tmp_path / "cache", name, md5, download=False)
 
 
-def test_missing_file_on_server_retries_then_fails(server, release, tmp_path):
+def test_missing_file_on_server_retries_then_fails(server, release, tmp_path, waits):
     root, url = server
     (root / "empty").mkdir()
+    (root / "bad").mkdir()
     name, md5 = data.FILES["train_images"]
-    with pytest.raises(DataError, match="404"):
-        data.ensure_file(tmp_path / "cache", name, md5, mirrors=[url("empty")], retries=3, backoff=0)
+    with pytest.raises(DataError, match=rf"could not download {name} \(http://127.0.0.1:\d+/bad/{name}: 404 "):
+        data.ensure_file(tmp_path / "cache", name, md5, mirrors=[url("empty"), url("bad")], retries=3)
+    assert Quiet.requests == [f"/empty/{name}"] * 3 + [f"/bad/{name}"] * 3  # each mirror, three times
+    assert waits == [1, 2, 1, 2]  # seconds of back-off between one mirror's attempts
+    assert not any((tmp_path / "cache").iterdir())

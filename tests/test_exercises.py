@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from nin_multi.cli import main
@@ -226,6 +227,15 @@ def test_compare_end_to_end(sample_dir, tmp_path, capsys):
     # the same data and seed: both runs saw the same 64 images
     cfgs = [json.loads((out / v / "config.json").read_text()) for v in ("one-1x1", "fc-head")]
     assert {(c["seed"], c["subset"], c["resize"]) for c in cfgs} == {(0, 64, 67)}
+    # tensorboard --logdir on the comparison: one run per variant, on one step axis (2 steps of 32 images)
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    mux = EventMultiplexer().AddRunsFromDirectory(str(out))
+    mux.Reload()
+    assert sorted(mux.Runs()) == ["fc-head", "one-1x1"]
+    for r in rows:
+        assert [(e.step, e.value) for e in mux.Scalars(r["variant"], "epoch/test_acc")] == \
+            [(2, float(np.float32(float(r["test_acc"]))))]
     # an existing comparison is not overwritten without --overwrite
     assert main(["compare", "--variants", "one-1x1", "--epochs", "1", "--resize", "67", "--subset", "32",
                  "--data-dir", str(sample_dir), "--out", str(out), "--no-progress"]) == 2

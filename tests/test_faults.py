@@ -155,9 +155,10 @@ def test_damaged_metrics_are_rewritten_from_the_checkpoint(run, capsys):
 
 
 def test_weights_files_from_before_checksums_still_load(tmp_path, torch_run):
-    """Files written before the header carried a checksum have none: read as before."""
-    with np.load(torch_run / "weights.npz") as f:
-        arrays = {k: f[k] for k in f.files}
+    """Files written before the header carried a checksum have none: read as before (a ``weights.npz`` of
+    that time: a checkpoint's arrays without its training state)."""
+    with np.load(torch_run / "checkpoints" / "epoch-0003.npz") as f:
+        arrays = {k: f[k] for k in f.files if not k.startswith("state.")}
     header = json.loads(str(arrays["__header__"]))
     del header["checksum"]
     arrays["__header__"] = np.array(json.dumps(header))
@@ -231,6 +232,10 @@ def test_checkpoint_write_beyond_the_file_size_limit_ends_in_one_line(run):
     assert not ck.exists() and temporaries(run) == []
     after = snapshot(run)
     config = json.loads(after.pop("config.json"))  # the one file a resume rewrites before training
+    # ... and the one it adds: the attempt's TensorBoard events (epoch 4's steps, which TensorBoard drops
+    # when the run is resumed again from epoch 3).
+    (added,) = [k for k in after if k not in before]
+    assert added.startswith("events.out.tfevents.") and after.pop(added)
     assert config["epochs"] == 4 and after == {k: v for k, v in before.items() if k != "config.json"}
 
 
@@ -240,7 +245,8 @@ def test_convert_beyond_the_file_size_limit_keeps_the_old_file(backend, torch_ru
     errors, not OSError) is one line, and the previous file stays."""
     dest = tmp_path / ("model" + NATIVE_SUFFIXES[backend.NAME][0])
     dest.write_bytes(b"the previous export")
-    args = ["convert", "--backend", backend.NAME, "--weights", str(torch_run / "weights.npz"), "--out", str(dest)]
+    args = ["convert", "--backend", backend.NAME, "--weights", str(torch_run / "weights.safetensors"),
+            "--out", str(dest)]
 
     def limited():
         resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, resource.RLIM_INFINITY))
@@ -391,8 +397,8 @@ import shutil, sys
 from nin_multi.cli import NATIVE_SUFFIXES, main
 run, backend, epochs, start_copy = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 args = ["train", "--resume", run, "--backend", backend, "--no-progress", "--epochs"]
-first = main(args + [str(epochs)])  # no epoch left to train: weights.npz is what the new backend loaded
-shutil.copy(run + "/weights.npz", start_copy)
+first = main(args + [str(epochs)])  # no epoch left to train: weights.safetensors is what the new backend loaded
+shutil.copy(run + "/weights.safetensors", start_copy)
 second = main(args + [str(epochs + 1)])  # one epoch in the new framework
 others = sorted(m for m in ("torch", "tensorflow", "mxnet") if m in sys.modules and m != backend)
 print("RESULT", first, second, others)
@@ -431,7 +437,7 @@ def test_continue_in_another_framework_starts_from_the_checkpoint(tmp_path, sour
 
 def continue_in(run, backend, tmp_path):
     epochs = len((run / "metrics.jsonl").read_text().splitlines())
-    start = tmp_path / f"start-{backend}.npz"
+    start = tmp_path / f"start-{backend}.safetensors"
     p = subprocess.run([sys.executable, "-c", CONTINUE, str(run), backend, str(epochs), str(start)], cwd=ROOT,
                        capture_output=True, text=True, timeout=TIMEOUT)
     assert p.returncode == 0 and "RESULT 0 0 []" in p.stdout, (p.stdout, p.stderr)

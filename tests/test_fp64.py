@@ -147,6 +147,6 @@ def test_fp64_run_writes_float64_weights_and_checkpoints(trainable_backend, samp
                       epochs=1, subset=64, test_subset=32, precision="fp64", data_dir=str(sample_dir),
                       out=str(tmp_path / "run"), progress=False)
     train(cfg, log=lambda *_: None)
-    for f in ("weights.npz", "checkpoints/epoch-0001.npz"):
+    for f in ("weights.safetensors", "checkpoints/epoch-0001.npz"):
         _, w = load_weights(tmp_path / "run" / f)
         assert {v.dtype for v in w.values()} == {np.dtype(np.float64)}, f

@@ -102,7 +102,7 @@ HOSTILE = {
 
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_a_hostile_weights_file_is_one_line_under_ulimit(case, torch_run, tmp_path):
-    members = members_of(torch_run / "weights.npz")
+    members = members_of(torch_run / "checkpoints" / "epoch-0002.npz")  # an .npz: weights and state
     craft, why = HOSTILE[case]
     path = tmp_path / "weights.npz"
     write_members(path, craft(members))
@@ -138,7 +138,7 @@ def test_a_checkpoint_with_a_hostile_spec_is_skipped_on_resume(run, capsys):
 
 
 def test_a_size_beyond_the_machine_s_memory_is_refused_before_allocating(torch_run, capsys):
-    code, _, err = cli(["evaluate", "--backend", "torch", "--weights", str(torch_run / "weights.npz"),
+    code, _, err = cli(["evaluate", "--backend", "torch", "--weights", str(torch_run / "weights.safetensors"),
                         "--resize", "8192", "--batch-size", "512", "--data-dir", str(SAMPLE_DIR), "--no-progress"],
                        capsys)
     assert code == 2
@@ -247,3 +247,32 @@ def test_a_download_is_capped_in_size_and_time(hostile_server, tmp_path, path, c
     assert str(e.value) == message.format(url=f"{hostile_server}/{path}")
     assert time.monotonic() - t0 < seconds + 10  # no retry after a refusal
     assert list(tmp_path.iterdir()) == []  # pooch's temporary file is gone
+
+
+def test_safetensors_weights_are_checked_like_npz(torch_run, tmp_path, capsys):
+    """The same checks through the other container: the network in its metadata, each array's shape and
+    dtype from its header, before any array is read."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(torch_run / "weights.safetensors", framework="numpy") as f:
+        metadata, arrays = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    spec = json.loads(metadata["spec"])
+    spec["layers"][0]["convs"][0]["padding"] = 2000
+    cases = {
+        "padding": ({**metadata, "spec": json.dumps(spec)}, arrays,
+                    "is damaged or not a nin_multi weights file (Conv 'nin1.conv0' of its network has padding = "
+                    "2000, not an integer from 0 to 63)"),
+        "shape": (metadata, {**arrays, "nin1.conv0.bias": np.zeros(7, arrays["nin1.conv0.bias"].dtype)},
+                  ": nin1.conv0.bias has shape (7,), the spec expects (32,)"),
+        "nested": ({**metadata, "meta": "[" * 5000 + "]" * 5000}, arrays,
+                   "is damaged or not a nin_multi weights file (its header nests 5000 levels deep, more than "
+                   "the 32 allowed)"),
+    }
+    for name, (meta, tensors, why) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(path), metadata=meta)
+        code, _, err = cli(["convert", "--backend", "torch", "--weights", str(path), "--out",
+                            str(tmp_path / "w.pt")], capsys)
+        assert code == 2 and one_line(err) == f"{path}{' ' if why[0] != ':' else ''}{why}", name
+        assert not (tmp_path / "w.pt").exists()

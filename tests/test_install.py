@@ -6,6 +6,8 @@ import zipfile
 
 import pytest
 
+import nin_multi
+
 from conftest import ROOT
 
 
@@ -28,6 +30,8 @@ def test_wheel_installs_the_backends_inside_the_package(tmp_path):
         assert f"nin_multi/reproduce/{module}.py" in names  # a subpackage ships only when pyproject lists it
     top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
     assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["nin_multi"]
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert f"\nVersion: {nin_multi.__version__}\n" in metadata  # one version: the package's, which --version prints
 
 
 def test_outside_the_checkout_only_nin_multi_backends_imports(tmp_path):

@@ -63,7 +63,7 @@ def test_converted_onnx_file_is_valid_and_as_accurate_as_its_source(sample_dir, 
 
     run, _ = train(mini_config(load("torch"), sample_dir, tmp_path / "run", epochs=1), log=quiet)
     capsys.readouterr()
-    common = ["--weights", str(run / "weights.npz"), "--resize", "28", "--data-dir", str(sample_dir),
+    common = ["--weights", str(run / "weights.safetensors"), "--resize", "28", "--data-dir", str(sample_dir),
               "--no-progress"]
     assert main(["evaluate", "--backend", "torch", *common]) == 0
     torch_acc = _test_acc(capsys.readouterr().out)
@@ -72,10 +72,11 @@ def test_converted_onnx_file_is_valid_and_as_accurate_as_its_source(sample_dir, 
     assert _test_acc(capsys.readouterr().out) == torch_acc
 
     path = tmp_path / "model.onnx"
-    assert main(["convert", "--backend", "onnx", "--weights", str(run / "weights.npz"), "--out", str(path)]) == 0
+    assert main(["convert", "--backend", "onnx", "--weights", str(run / "weights.safetensors"),
+                 "--out", str(path)]) == 0
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
-    spec, weights = load_weights(run / "weights.npz")
+    spec, weights = load_weights(run / "weights.safetensors")
     assert {p.key: p.value for p in proto.metadata_props}["nin_multi.spec"] == spec.to_json()
     from nin_multi.data import batches, load_fashion_mnist
 

@@ -139,7 +139,7 @@ def test_standalone_ninnet_recipe_trains_on_the_sample(sample_dir, tmp_path, cap
     assert config["in_channels"] == 3 and "Grayscale(num_output_channels=3)" in config["input_channels"]
     from nin_multi.weights import load_weights
 
-    spec, w = load_weights(out / "weights.npz")
+    spec, w = load_weights(out / "weights.safetensors")
     assert spec.variant == "ninnet" and spec.in_channels == 3
     assert {v.dtype for v in w.values()} == {np.dtype(np.float64)}
 

@@ -117,7 +117,7 @@ def test_backends_agree_from_one_start(sample_dir, tmp_path, capsys, monkeypatch
         for _, o in got:
             np.testing.assert_array_equal(o, epoch_order(256, 0, epoch))
     # One set of initial weights, saved: NumPy's He normal for this spec and seed.
-    spec, start = load_weights(out / "initial_weights.npz")
+    spec, start = load_weights(out / "initial_weights.safetensors")
     expected = initial_weights(spec, "kaiming", 0)
     for k in expected:
         np.testing.assert_array_equal(start[k], expected[k])
@@ -147,7 +147,7 @@ def test_backends_agree_from_one_start(sample_dir, tmp_path, capsys, monkeypatch
     assert plots and plots[-1] == (names, out / "curves.png")
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     for n in names:
-        for f in ("metrics.jsonl", "metrics.csv", "curves.png", "config.json", "weights.npz"):
+        for f in ("metrics.jsonl", "metrics.csv", "curves.png", "config.json", "weights.safetensors"):
             assert (out / n / f).is_file(), (n, f)
     with open(out / "backends.csv") as f:
         rows = list(csv.DictReader(f))
@@ -266,7 +266,7 @@ def test_seeds_table_and_plot_agree_with_the_per_seed_runs(sample_dir, tmp_path,
     finals = {}
     for seed in (3, 5):
         sub = out / f"seed-{seed}"
-        spec, start = load_weights(sub / "initial_weights.npz")
+        spec, start = load_weights(sub / "initial_weights.safetensors")
         expected = initial_weights(spec, "kaiming", seed)["nin1.conv0.weight"]
         np.testing.assert_array_equal(start["nin1.conv0.weight"], expected)
         for f in ("reproduce.json", "steps.csv", "drift.png", "curves.png", "backends.csv"):
@@ -312,11 +312,11 @@ def test_fp64_reproduce_is_one_trajectory_from_the_fp32_start(sample_dir, tmp_pa
                  "--batch-size", "32", "--lr", "0.05", "--init", "kaiming", "--no-dropout", "--out", str(out),
                  "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    spec, start = load_weights(out / "initial_weights.npz")
+    spec, start = load_weights(out / "initial_weights.safetensors")
     for k, v in initial_weights(spec, "kaiming", 0).items():
         assert start[k].dtype == np.float64 and np.array_equal(start[k], v.astype(np.float64)), k
     for n in names:
-        _, final = load_weights(out / n / "weights.npz")
+        _, final = load_weights(out / n / "weights.safetensors")
         assert {v.dtype for v in final.values()} == {np.dtype(np.float64)}, n
     report = json.loads((out / "reproduce.json").read_text())
     sd = report["step_drift"]

@@ -227,7 +227,8 @@ def test_overwrite_replaces_a_run_and_its_sub_runs(run, tmp_path, capsys):
 
 def test_every_output_name_of_the_commands_is_one_overwrite_may_remove():
     names = {v for mod in (reproduce_report, exercises, run_mod) for k, v in vars(mod).items()
-             if k.isupper() and isinstance(v, str) and re.fullmatch(r"[a-z_]+\.(json|jsonl|csv|png|npz)", v)}
+             if k.isupper() and isinstance(v, str)
+             and re.fullmatch(r"[a-z_]+\.(json|jsonl|csv|png|npz|safetensors)", v)}
     assert names and names <= run_mod.PROJECT_FILES, names - run_mod.PROJECT_FILES
 
 

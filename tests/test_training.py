@@ -69,13 +69,13 @@ def test_cli_train_end_to_end(trainable_backend, sample_dir, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "examples/sec on" in printed and "test acc" in printed
-    for f in ("metrics.csv", "metrics.jsonl", "curves.png", "config.json", "weights.npz",
+    for f in ("metrics.csv", "metrics.jsonl", "curves.png", "config.json", "weights.safetensors",
               "checkpoints/epoch-0001.npz"):
         assert (out / f).is_file(), f
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert row["epoch"] == 1 and math.isfinite(row["train_loss"]) and 0 <= row["test_acc"] <= 1
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    spec, weights = load_weights(out / "weights.npz")
+    spec, weights = load_weights(out / "weights.safetensors")
     assert spec.num_params == 1_992_166
 
 
@@ -100,8 +100,8 @@ def test_resume_equals_uninterrupted(trainable_backend, sample_dir, tmp_path, pr
     _, resumed = resume(tmp_path / "b", epochs=3, log=quiet)
     assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in straight]
     assert [r["test_acc"] for r in resumed] == [r["test_acc"] for r in straight]
-    _, wa = load_weights(tmp_path / "a" / "weights.npz")
-    _, wb = load_weights(tmp_path / "b" / "weights.npz")
+    _, wa = load_weights(tmp_path / "a" / "weights.safetensors")
+    _, wb = load_weights(tmp_path / "b" / "weights.safetensors")
     for k in wa:
         assert wa[k].dtype == wb[k].dtype == ("float64" if precision == "fp64" else "float32")
         np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)

@@ -19,6 +19,8 @@ import pytest
 from nin_multi import isolation
 from nin_multi.distributed import free_ports
 from nin_multi.errors import DistributedError
+from nin_multi.run import WEIGHTS
+from nin_multi.weights import load_weights
 
 from conftest import ROOT, SAMPLE_DIR, load
 
@@ -336,10 +338,9 @@ def test_two_hosts_on_two_loopback_addresses_train_to_one_process_s_weights(name
     train(TrainConfig(backend=name, out=str(one), progress=False, data_dir=str(SAMPLE_DIR), variant="mini",
                       resize=28, init="kaiming", lr=0.05, dropout=0.0, batch_size=32, subset=352, test_subset=100,
                       epochs=1, precision="fp64", threads=1), log=lambda *_: None)
-    with np.load(out / "weights.npz") as a, np.load(one / "weights.npz") as b:
-        keys = [k for k in b.files if k != "__header__"]
-        num = sum(float(np.sum((a[k] - b[k]) ** 2)) for k in keys)
-        diff = (num / sum(float(np.sum(b[k] ** 2)) for k in keys)) ** 0.5
+    a, b = (load_weights(d / WEIGHTS)[1] for d in (out, one))
+    num = sum(float(np.sum((a[k] - b[k]) ** 2)) for k in b)
+    diff = (num / sum(float(np.sum(b[k] ** 2)) for k in b)) ** 0.5
     print(f"{name} on 127.0.0.2 + 127.0.0.3: relative weight difference from one process {diff:.1e}")
     assert diff < 1e-10
 

@@ -13,7 +13,7 @@ from ..spec import NiNSpec
 from .comparison import dropout_rate
 
 # -- the files of a run directory (named in the report, written by the runner) ------------------------------
-INITIAL_WEIGHTS = "initial_weights.npz"
+INITIAL_WEIGHTS = "initial_weights.safetensors"
 BACKENDS_CSV = "backends.csv"
 DRIFT_CSV = "drift.csv"
 REPORT_JSON = "reproduce.json"

@@ -94,7 +94,7 @@ def _train_backend(m, model, trainer, spec: NiNSpec, cfg: TrainConfig, ds, run: 
     for epoch in range(cfg.epochs):
         row = {"epoch": epoch + 1, **train_epoch(trainer, ds, bcfg, m.LAYOUT, epoch,
                                                  order=epoch_order(len(ds.train_images), cfg.seed, epoch),
-                                                 step_losses=step_losses)}
+                                                 step_losses=step_losses, log_step=run.log_step)}
         row["test_loss"], row["test_acc"] = evaluate(trainer, ds.test_images, ds.test_labels, bcfg, m.LAYOUT,
                                                      f"{m.NAME} test")
         run.log_epoch(row)
@@ -103,6 +103,7 @@ def _train_backend(m, model, trainer, spec: NiNSpec, cfg: TrainConfig, ds, run: 
     final = m.get_weights(model, spec)
     save_weights(run.path / WEIGHTS, spec, final, meta={"backend": m.NAME, "epochs": cfg.epochs,
                                                         "config": bcfg.to_dict()})
+    run.close()
     last, seconds = run.history[-1], sum(r["seconds"] for r in run.history)
     return {"name": m.NAME, "history": run.history, "initial": {"test_loss": loss0, "test_acc": acc0},
             "final": final, "steps": step_losses,
