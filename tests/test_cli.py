@@ -1,6 +1,6 @@
 """Bad input: one clear line on stderr, a non-zero exit, no traceback, nothing lost.
 
-Each row is an input a user may really type; the README's table of errors is this list.
+Each row is an input a user may really type; the table of errors in docs/errors.md is this list.
 """
 import gzip
 import os

@@ -10,6 +10,6 @@ from conftest import ROOT
 
 def test_flake8_is_clean():
     pytest.importorskip("flake8", reason="flake8 is in the test extra: pip install -e '.[test]'")
-    result = subprocess.run([sys.executable, "-m", "flake8", "nin_multi", "backends", "tests", "notebooks"],
+    result = subprocess.run([sys.executable, "-m", "flake8", "nin_multi", "backends", "tests", "notebooks", "docs"],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
