@@ -71,17 +71,18 @@ def evaluate(trainer, images, labels, cfg: TrainConfig, layout: str, desc: str =
 
 
 def train_epoch(trainer, ds, cfg: TrainConfig, layout: str, epoch: int, order=None, step_losses=None,
-                log_step=None) -> dict:
+                log_step=None, prefetch: int = 2) -> dict:
     """One pass over the training set; ``step_losses``, a list, receives every batch's mean loss (what
     ``reproduce`` compares step by step between frameworks); ``log_step(step, mean loss, lr)`` (a
-    ``Run``'s) is called after every step, ``step`` counted from 1 over the whole run."""
+    ``Run``'s) is called after every step, ``step`` counted from 1 over the whole run. ``prefetch=0``
+    prepares each batch only when the step asks for it (bench measures what prefetching hides)."""
     n = len(ds.train_images)
     first_step = epoch * data_mod.num_batches(n, cfg.batch_size) + 1
     loss_sum, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
     batches = data_mod.batches(ds.train_images, ds.train_labels, cfg.batch_size, cfg.resize, layout,
                                shuffle=True, seed=cfg.seed, epoch=epoch, order=order,
-                               dtype=param_dtype(cfg.precision), channels=cfg.in_channels)
+                               dtype=param_dtype(cfg.precision), channels=cfg.in_channels, prefetch=prefetch)
     with progress(data_mod.num_batches(n, cfg.batch_size), f"epoch {epoch + 1}/{cfg.epochs}",
                   cfg.progress) as bar:
         for i, (x, y) in enumerate(batches):
