@@ -1,33 +1,25 @@
 """Registry of framework renderings; a framework is imported only when its backend is asked for.
 
-Every backend module offers the same names (the contract the shared training driver, the CLI and
-the parity tests rely on):
+Every backend module offers the same names: ``backends/contract.py`` states them as ``typing.Protocol``s
+(a backend module, its Trainer, its data-parallel engine) and ``tests/test_contract.py`` checks every
+backend against them. What a backend can do is said by three literal fields at the top of its module
+(``TRAINS``, ``PRECISIONS``, ``DATA_PARALLEL``; ``NATIVE_SUFFIXES``, what its native
+weights file is called), which ``capabilities`` reads without importing the
+framework, so the commands can choose backends before any framework loads.
 
-    NAME, LAYOUT                        canonical name; "NCHW" or "NHWC" (what its batches look like)
-    configure(threads, seed)            threads (None: every core) and the framework's global seeds
-    device() -> str                     where it computes, e.g. "cpu" or "cuda:0"
-    build_model(spec, init, seed, dtype="float32")
-                                        the network rendered from the spec alone; dtype "float64" (for
-                                        --precision fp64) makes its parameters and every layer float64
-    layer_shapes(model, spec, size)     [(layer name, output shape)] from the framework's own forward pass
-    count_params(model) -> int
-    get_weights(model, spec) / set_weights(model, spec, weights)   canonical (OIHW) numpy dicts, in the
-                                        model's parameter dtype; set_weights casts to it (the driver
-                                        refuses float64 -> float32 before it gets there)
-    forward(model, x, training=False)   logits as numpy: float64 from a float64 model, else float32
-    Trainer(model, lr, precision)       .train_step(x, y) / .eval_step(x, y) -> (loss sum, correct count);
-                                        .extra_state() / .load_extra_state(d): RNG etc. for checkpoints.
-                                        precision "fp64" takes a float64 model and float64 batches, and
-                                        computes loss, gradients and the SGD update in float64 without
-                                        rounding any scalar (the learning rate included) to float32
-    save_native(model, path)            the framework's own weights format
+A backend's companion modules (``<module>_dist``: its data-parallel engine and launcher; ``<module>_bench``:
+its bench peers and GEMM probe) are found by ``companion`` and imported only when asked for.
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import sys
+from functools import lru_cache
+from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple, Optional
 
 from nin_multi.errors import BackendUnavailableError, ConfigError
 
@@ -46,8 +38,27 @@ ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "gluon
 #: mxnet, jax, onnx first and last, every import followed by a computation, in one process); they come
 #: last so the order above is kept.
 ORDER = tuple(_REGISTRY)
-#: Backends that only run inference: no ``Trainer.train_step`` (their module says ``TRAINS = False``).
-INFERENCE_ONLY = frozenset({"onnx"})
+#: The capability fields every backend module sets, as literals (read by ``capabilities``).
+CAPABILITY_FIELDS = ("TRAINS", "PRECISIONS", "DATA_PARALLEL", "NATIVE_SUFFIXES")
+
+
+class Capabilities(NamedTuple):
+    trains: bool                  # its Trainer computes gradients (False: inference only)
+    precisions: tuple             # the --precision values its Trainer takes
+    data_parallel: Optional[str]  # the launcher its ``<module>_dist`` engine joins (cluster.Context.launcher)
+    native_suffixes: tuple        # the endings ``convert`` accepts for its ``save_native`` file
+
+
+@lru_cache(maxsize=None)
+def capabilities(name: str) -> Capabilities:
+    """A backend's capability fields, read from its source (literals only), so that choosing backends
+    for a command imports no framework."""
+    module = _REGISTRY[canonical_name(name)][0]
+    tree = ast.parse((Path(__file__).parent / f"{module.rsplit('.', 1)[1]}.py").read_text())
+    found = {t.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+             for t in node.targets if isinstance(t, ast.Name) and t.id in CAPABILITY_FIELDS}
+    return Capabilities(found["TRAINS"], tuple(found["PRECISIONS"]), found["DATA_PARALLEL"],
+                        tuple(found["NATIVE_SUFFIXES"]))
 
 
 def canonical_name(name: str) -> str:
@@ -71,15 +82,32 @@ def select(names=None, trains: bool = False) -> list[str]:
     if not names:
         return [k for k in installed() if can_train(k) or not trains]
     keys = {canonical_name(n) for n in names}
-    if trains and keys & INFERENCE_ONLY:
-        raise ConfigError(f"{', '.join(sorted(keys & INFERENCE_ONLY))} is inference-only and cannot train: "
-                          f"choose from {', '.join(k for k in ORDER if can_train(k))}")
+    inference_only = sorted(k for k in keys if not can_train(k))
+    if trains and inference_only:
+        raise ConfigError(f"{', '.join(inference_only)} is inference-only and cannot train: "
+                          f"choose from {', '.join(trainable())}")
     return [k for k in ORDER if k in keys]
 
 
 def can_train(name: str) -> bool:
     """Whether ``train``, ``reproduce`` and ``bench`` can train with this backend (known without importing it)."""
-    return canonical_name(name) not in INFERENCE_ONLY
+    return capabilities(name).trains
+
+
+def trainable() -> list[str]:
+    """Every registered backend that trains, in ``ORDER`` (installed or not)."""
+    return [k for k in ORDER if can_train(k)]
+
+
+def data_parallel() -> list[str]:
+    """Every registered backend with a data-parallel engine, in ``ORDER``."""
+    return [k for k in ORDER if capabilities(k).data_parallel]
+
+
+def or_list(names) -> str:
+    """Names as "a, b, c or d", for messages."""
+    names = list(names)
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def is_installed(name: str) -> bool:

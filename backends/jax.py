@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import jax
@@ -27,11 +27,16 @@ import optax
 
 from nin_multi.config import check_model_dtype
 from nin_multi.errors import ConfigError
+from nin_multi.machine import usable_cores
 from nin_multi.spec import (AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
-                            NiNSpec)
+                            NiNSpec, image_hw)
 
 NAME = "jax"
 LAYOUT = "NHWC"
+TRAINS = True
+PRECISIONS = ("fp32", "bf16", "fp64")
+DATA_PARALLEL = None
+NATIVE_SUFFIXES = (".msgpack",)  # flax.serialization of the parameters
 
 _seed = 0  # configure()'s seed; a Trainer derives its per-step dropout keys from it
 
@@ -47,7 +52,7 @@ def configure(threads=None, seed=0):
     if threads == 1 and not xla_bridge.backends_are_initialized():
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    elif threads != (os.cpu_count() or 1):
+    elif threads != usable_cores():
         warnings.warn(f"JAX (XLA) sizes its CPU thread pool itself; --threads {threads} is not applied "
                       f"(only --threads 1, before the first computation)", RuntimeWarning, stacklevel=2)
 
@@ -195,7 +200,7 @@ _apply = jax.jit(lambda module, params, x, key, train: module.apply({"params": p
 
 
 def layer_shapes(model: Model, spec: NiNSpec, image_size=224, batch: int = 1):
-    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    h, w = image_hw(image_size)
     x = jax.ShapeDtypeStruct((batch, h, w, spec.in_channels), model.dtype)
     outs = jax.eval_shape(lambda p, x: model.module.apply({"params": p}, x), model.params, x)
     return [(layer.name, tuple(o.shape)) for layer, o in zip(spec.layers, outs)]
@@ -259,7 +264,7 @@ class Trainer:
     resumed from a checkpoint (which stores the step) draws the same masks as one never interrupted.
     """
 
-    def __init__(self, model: Model, lr: float, precision: str = "fp32", seed: Optional[int] = None):
+    def __init__(self, model: Model, lr: float, precision: str = "fp32", optim=None):
         if precision == "fp16":
             raise ConfigError("--precision fp16 is not offered by the JAX backend (it would need loss scaling, "
                               "which bf16 does not): use bf16 or fp32")
@@ -267,7 +272,7 @@ class Trainer:
             raise ConfigError(f"unknown precision {precision!r}; choose fp32, bf16 or fp64")
         check_model_dtype(precision, np.dtype(model.dtype).name)
         self.model = model
-        self.seed = _seed if seed is None else seed
+        self.seed = _seed
         self.step = 0
         self.in_dtype = model.dtype
         module = model.module.clone(dtype=_COMPUTE[precision]) if _COMPUTE[precision] else model.module

@@ -16,7 +16,9 @@ import numpy as np
 
 from nin_multi.config import check_model_dtype
 from nin_multi.errors import ConfigError
-from nin_multi.spec import AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec
+from nin_multi.machine import usable_cores
+from nin_multi.spec import (AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
+                            NiNSpec, image_hw)
 
 # MXNet 1.9.1 still reads ``numpy.bool``, an alias NumPy 1.24 removed; restore it before the import
 # (looked up in vars(): getattr on NumPy 1.2x warns).
@@ -30,7 +32,7 @@ _torch = sys.modules.get("torch")
 _torch_threads = _torch.get_num_threads() if _torch is not None else None
 _omp_env = os.environ.get("OMP_NUM_THREADS")
 if _omp_env is None:
-    os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(usable_cores())
 import mxnet as mx  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 from mxnet import init as mx_init  # noqa: E402
@@ -41,10 +43,14 @@ if _omp_env is None:
     del os.environ["OMP_NUM_THREADS"]
 if _torch is not None:
     _torch.set_num_threads(_torch_threads)
-_POOL_THREADS = int(_omp_env) if (_omp_env or "").isdigit() else os.cpu_count() or 1
+_POOL_THREADS = int(_omp_env) if (_omp_env or "").isdigit() else usable_cores()
 
 NAME = "mxnet"
 LAYOUT = "NCHW"
+TRAINS = True
+PRECISIONS = ("fp32", "bf16", "fp16", "fp64")  # bf16 on a CPU, fp16 on a GPU
+DATA_PARALLEL = "dmlc"  # mxnet_dist.py: the dist_sync kvstore
+NATIVE_SUFFIXES = (".params",)  # Gluon's save_parameters
 
 _seed = 0  # configure()'s seed; a Trainer derives its per-step dropout seeds from it
 
@@ -126,7 +132,7 @@ def _dtype(model: nn.HybridSequential) -> str:
 
 
 def layer_shapes(model: nn.HybridSequential, spec: NiNSpec, image_size=224, batch: int = 1):
-    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    h, w = image_hw(image_size)
     x = mx.nd.zeros((batch, spec.in_channels, h, w), ctx=_ctx(), dtype=_dtype(model))
     out = []
     with autograd.predict_mode():
@@ -223,12 +229,12 @@ class Trainer:
     alone and a run resumed from a checkpoint draws the same masks as one never interrupted.
     """
 
-    def __init__(self, model: nn.HybridSequential, lr: float, precision: str = "fp32", seed: int | None = None):
+    def __init__(self, model: nn.HybridSequential, lr: float, precision: str = "fp32", optim=None):
         self.model = model
         self.ctx = _ctx()
         self.dtype = _dtype(model)
         check_model_dtype(precision, self.dtype)
-        self.seed = _seed if seed is None else seed
+        self.seed = _seed
         self.step = 0
         self.scaled = _use_amp(model, precision)
         if precision == "fp64":
@@ -245,9 +251,12 @@ class Trainer:
     def _metrics(self, logits, loss, y: np.ndarray) -> tuple[float, int]:
         return float(loss.sum().asscalar()), int((logits.asnumpy().argmax(1) == y).sum())
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, batch: int | None = None) -> tuple[float, int]:
-        """``batch``: how many examples the summed gradient is averaged over (default: this batch's; in a
-        distributed run the global batch, whose other shares the kvstore adds)."""
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        return self.step_over(x, y, len(y))
+
+    def step_over(self, x: np.ndarray, y: np.ndarray, batch: int) -> tuple[float, int]:
+        """A step whose summed gradient is averaged over ``batch`` examples: this batch's in one process;
+        in a data-parallel run the global batch, whose other shares the kvstore adds (mxnet_dist)."""
         xs, ys = self._inputs(x, y)
         state = np.random.SeedSequence((self.seed, self.step)).generate_state(1)[0]
         mx.random.seed(int(state) & 0x7FFFFFFF, ctx=self.ctx)
@@ -257,7 +266,7 @@ class Trainer:
             loss = self.loss(logits, ys)
             with amp.scale_loss(loss, self.trainer) if self.scaled else nullcontext(loss) as scaled:
                 scaled.backward()
-        self.trainer.step(batch or len(y))
+        self.trainer.step(batch)
         return self._metrics(logits, loss, y)
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
@@ -273,136 +282,3 @@ class Trainer:
 
     def load_extra_state(self, state: dict) -> None:
         self.seed, self.step = int(state["mx_seed"]), int(state["mx_step"])
-
-
-# -- data parallelism: the parameter-server kvstore (dist_sync) ----------------------------------------
-def distribute(ctx, cfg, make_model, make_trainer):
-    """A ``dist_sync`` kvstore from the ``DMLC_*`` environment (its scheduler assigns this worker's rank),
-    and a Gluon Trainer on it that updates locally: the server only sums the workers' gradients."""
-    from nin_multi.errors import DistributedError
-
-    if not mx.runtime.Features().is_enabled("DIST_KVSTORE"):
-        raise DistributedError("this MXNet build has no distributed kvstore (DIST_KVSTORE is off): install a "
-                               "wheel built with USE_DIST_KVSTORE=1, such as mxnet 1.9.1 from PyPI")
-    kv = mx.kv.create("dist_sync")
-    ctx.rank = kv.rank
-    if kv.num_workers != ctx.world_size:
-        raise DistributedError(f"the kvstore has {kv.num_workers} workers but DMLC_NUM_WORKER says {ctx.world_size}")
-    if cfg.precision == "fp64":
-        _check_float64(kv)
-    model = make_model()
-    trainer = make_trainer(model)
-    return model, _KVStoreEngine(model, trainer, kv, ctx)
-
-
-#: A key of its own for ``_check_float64``, beyond the Trainer's parameter indices.
-_PROBE_KEY = 999
-
-
-def _check_float64(kv) -> None:
-    """Refuse fp64 where the parameter server would round it: MXNet 1.9.1's server (``KVStoreDistServer``)
-    never initialises its ``multi_precision_`` flag, and when the byte it gets is not zero, which is the
-    usual case, it stores and sums every non-float32 array in float32 (float64 weights and gradients came
-    back with float32-sized errors, 1.3e-9 in the weights after 21 steps). ``--workers`` starts the server
-    with glibc's allocator zero-filling memory (``distributed.MXNET_SERVER_TUNABLES``), which leaves the flag
-    false; a server started some other way is checked here: rank 0 stores a float64 value that float32
-    cannot hold and every worker reads it back."""
-    from nin_multi.distributed import MXNET_SERVER_TUNABLES
-    from nin_multi.errors import DistributedError
-
-    value = np.array([1 / 3, 1 + 2.0 ** -40])
-    kv.init(_PROBE_KEY, mx.nd.array(value, dtype="float64"))  # only rank 0's is stored; init ends in a barrier
-    out = mx.nd.zeros(len(value), dtype="float64")
-    kv.pull(_PROBE_KEY, out=out)
-    if not np.array_equal(out.asnumpy(), value):
-        raise DistributedError("--precision fp64: this MXNet parameter server rounds float64 to float32 (MXNet "
-                               "1.9.1's server leaves its multi-precision flag uninitialised); start the server "
-                               f"with GLIBC_TUNABLES={MXNET_SERVER_TUNABLES} in its environment, as --workers does, "
-                               "or use fp32")
-
-
-class _KVStoreEngine:
-    """The server SUMS what the workers push, so each worker backpropagates its examples' summed loss
-    and ``Trainer.step(global batch)`` rescales the sum by 1 / (global batch): one process's update.
-    ``update_on_kvstore=False`` keeps the optimizer on the workers, since a server-side optimizer fixes
-    its rescaling at the first step and the epoch's last batch is shorter.
-
-    Rank 0's weights are broadcast through the kvstore by ``_start()`` before the first forward pass,
-    not by the Gluon Trainer's lazy initialisation inside its first ``step()``: see ``_start``."""
-
-    SUM_KEY = 1000  # beyond the Trainer's parameter indices (and _PROBE_KEY)
-
-    def __init__(self, model, trainer: Trainer, kv, ctx):
-        from nin_multi.distributed import rank_seed
-
-        self.base, self.kv, self.ctx = trainer, kv, ctx
-        self.lr = trainer.trainer.learning_rate
-        optimizer = ExactSGD(learning_rate=self.lr) if trainer.dtype == "float64" else \
-            mx.optimizer.create("sgd", learning_rate=self.lr)
-        trainer.trainer = gluon.Trainer(model.collect_params(), optimizer, kvstore=kv, update_on_kvstore=False)
-        self._rank_seed = rank_seed
-        trainer.seed = rank_seed(trainer.seed, ctx.rank)
-        self._sum_keys: set = set()
-        self._started = False
-
-    def _start(self) -> None:
-        """Every worker takes rank 0's weights from the kvstore, and has them, before its first forward.
-
-        Left to itself, Gluon's Trainer (MXNet 1.9.1) initialises the kvstore lazily inside its first
-        ``step()``, after that step's gradients were computed on each worker's own weights:
-        ``_init_params`` broadcasts each parameter (``kv.init`` by rank 0, then an asynchronous ``pull``
-        into the weights) and ``_allreduce_grads`` then issues the gradients' ``pushpull`` on the SAME keys
-        at once. The pull writes the weight's buffer and the pushpull the gradient's, so MXNet's engine does
-        not order them, and the dist_sync server keeps one value per key and replaces it with the gradient
-        sum as soon as every worker's gradient has arrived. A pull that reaches the server after that gets
-        the gradient sum instead of the weights: now and then, on one worker, some parameter became
-        sum(g) - lr * sum(g) / batch, and the run diverged (the workers, whose weights then differ, went on
-        without noticing). Here the same two calls of the Trainer (``_init_kvstore``, ``_init_params``)
-        run before the first forward pass, on the weights every worker has after a resume, and each worker
-        waits for its pulls (``wait_to_read``) before it pushes any gradient, so the server overwrites a
-        key only once every worker has its weights. The Trainer then finds its kvstore initialised and
-        never broadcasts again."""
-        trainer = self.base.trainer
-        if not trainer._kv_initialized:
-            trainer._init_kvstore()
-        if trainer._params_to_init:
-            trainer._init_params()
-        assert not trainer._params_to_init, "a parameter with a deferred shape would be broadcast in step()"
-        for param in self.base.model.collect_params().values():
-            for data in param.list_data():
-                data.wait_to_read()
-        self._started = True
-
-    def train_step(self, x, y, total: int) -> tuple[float, int]:
-        if not self._started:
-            self._start()
-        return self.base.train_step(x, y, batch=total)
-
-    def eval_step(self, x, y) -> tuple[float, int]:
-        if not self._started:
-            self._start()
-        return self.base.eval_step(x, y)
-
-    def all_sum(self, values: np.ndarray) -> np.ndarray:
-        """In float64 (exact where the server keeps float64, see ``_check_float64``; a server that rounds
-        to float32 still keeps counts exact below 2**24, and ~7 digits of a loss sum)."""
-        key = self.SUM_KEY + len(values)
-        if key not in self._sum_keys:
-            self.kv.init(key, mx.nd.zeros(len(values), dtype="float64"))
-            self.kv._barrier()  # no worker's first push may reach the server before rank 0's init
-            self._sum_keys.add(key)
-        out = mx.nd.zeros(len(values), dtype="float64")
-        self.kv.push(key, mx.nd.array(values, dtype="float64"))
-        self.kv.pull(key, out=out)
-        return out.asnumpy()
-
-    def extra_state(self) -> dict:
-        """Rank 0's (unmixed) dropout seed: every worker derives its own from it again on resume."""
-        return self.base.extra_state()
-
-    def load_extra_state(self, state: dict) -> None:
-        self.base.load_extra_state(state)
-        self.base.seed = self._rank_seed(self.base.seed, self.ctx.rank)
-
-    def close(self) -> None:
-        pass

@@ -18,12 +18,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from nin_multi.errors import ConfigError
 from nin_multi.spec import (AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
-                            NiNSpec)
+                            NiNSpec, image_hw)
 from nin_multi.weights import initial_weights
 
 NAME = "onnx"
 LAYOUT = "NCHW"
 TRAINS = False
+PRECISIONS = ("fp32",)
+DATA_PARALLEL = None
+NATIVE_SUFFIXES = (".onnx",)
 OPSET = 17      # every operator used here is unchanged since opset 13 or earlier
 IR_VERSION = 8  # the IR version of opset 17
 INPUT = "input"
@@ -138,7 +141,7 @@ def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0, dtype: str =
 
 
 def layer_shapes(model: Model, spec: NiNSpec, image_size=224, batch: int = 1):
-    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    h, w = image_hw(image_size)
     outs = model.session(every_layer=True).run(None, {INPUT: np.zeros((batch, spec.in_channels, h, w), np.float32)})
     return [(layer.name, tuple(o.shape)) for layer, o in zip(spec.layers, outs)]
 
@@ -172,7 +175,7 @@ class Trainer:
     """Evaluation only: ``eval_step`` runs the session and computes the cross-entropy in NumPy (float64,
     from float32 logits); ``train_step`` refuses."""
 
-    def __init__(self, model: Model, lr: float = 0.0, precision: str = "fp32"):
+    def __init__(self, model: Model, lr: float = 0.0, precision: str = "fp32", optim=None):
         if precision != "fp32":
             raise _refuse_dtype(f"--precision {precision}")
         self.model = model

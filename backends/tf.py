@@ -20,8 +20,9 @@ import numpy as np
 
 from nin_multi.config import check_model_dtype
 from nin_multi.errors import ConfigError
+from nin_multi.machine import usable_cores
 from nin_multi.spec import (AvgPool, ChannelDropout, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
-                            NiNSpec)
+                            NiNSpec, image_hw)
 
 _ABSL_MESSAGE = re.compile(r"([IWEF])\d{4} ")  # absl's "I0000 ..." line; unprefixed lines continue one
 _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog()"
@@ -61,6 +62,10 @@ import keras  # noqa: E402  (after TensorFlow, its backend, has loaded quietly)
 
 NAME = "tensorflow"
 LAYOUT = "NHWC"
+TRAINS = True
+PRECISIONS = ("fp32", "bf16", "fp16", "fp64")  # fp16 on a GPU
+DATA_PARALLEL = "tf_config"  # tf_dist.py: MultiWorkerMirroredStrategy
+NATIVE_SUFFIXES = (".weights.h5",)  # Keras insists on this ending
 
 _POLICIES = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16", "fp64": None}
 
@@ -68,7 +73,7 @@ _POLICIES = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16", "f
 def configure(threads=None, seed=0):
     """TensorFlow fixes its thread pools when its runtime starts (at the first op); later calls that
     ask for a different count can only say so."""
-    n = threads or os.cpu_count() or 1
+    n = threads or usable_cores()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(n)
         tf.config.threading.set_inter_op_parallelism_threads(n)
@@ -157,7 +162,7 @@ def _dtype(model: keras.Model):
 
 
 def layer_shapes(model: keras.Model, spec: NiNSpec, image_size=224, batch: int = 1):
-    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    h, w = image_hw(image_size)
     x = tf.zeros((batch, h, w, spec.in_channels), _dtype(model))
     out = []
     for layer in model.layers:
@@ -234,7 +239,7 @@ class Trainer:
     fp32 weights, the loss in fp32; fp16 with dynamic loss scaling, on GPUs only; fp64 all in float64,
     the optimizer's learning rate included."""
 
-    def __init__(self, model: keras.Model, lr: float, precision: str = "fp32"):
+    def __init__(self, model: keras.Model, lr: float, precision: str = "fp32", optim=None):
         if precision == "fp16" and device() == "cpu":
             raise ConfigError("--precision fp16 needs a GPU with TensorFlow; on a CPU use bf16 or fp32")
         self.dtype = _dtype(model)
@@ -300,121 +305,3 @@ def _load_training_state(opt, seeds: dict, state: dict) -> None:
         v.assign(np.asarray(state[f"optimizer.{i}"]))
     for name, g in seeds.items():
         g.state.assign(np.asarray(state[f"dropout.{name}"]))
-
-
-# -- data parallelism: MultiWorkerMirroredStrategy from TF_CONFIG --------------------------------------
-def distribute(ctx, cfg, make_model, make_trainer):
-    """MultiWorkerMirroredStrategy from ``TF_CONFIG`` (any number of hosts; on a host with GPUs each worker
-    mirrors over them), with the run's timeout on every collective. The model and the optimizer are
-    created inside ``strategy.scope()``, so the engine keeps its own SGD and step (the single-process
-    Trainer's functions are traced outside any replica context and cannot update mirrored variables);
-    ``make_trainer`` is not used."""
-    from nin_multi.distributed import TF_EXPOSURE, check_port
-    from nin_multi.isolation import refuse_unbound
-
-    refuse_unbound(*TF_EXPOSURE)  # its gRPC server binds every interface; see nin_multi.isolation
-    host, port = ctx.address.rsplit(":", 1)
-    check_port(host, int(port), "this TensorFlow worker", "TF_CONFIG")
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=ctx.timeout)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    with strategy.scope():
-        model = make_model()
-        engine = _StrategyEngine(strategy, model, cfg.lr, ctx)
-    return model, engine
-
-
-class _StrategyEngine:
-    """Each replica's loss is its examples' summed loss over the global batch size; Keras's optimizer
-    sums the replicas' gradients (an all-reduce), so the update is one process's on the global batch."""
-
-    def __init__(self, strategy, model: keras.Model, lr: float, ctx):
-        from nin_multi.distributed import rank_seed
-
-        self.strategy, self.model, self.ctx = strategy, model, ctx
-        self.dtype = _dtype(model)
-        with _floatx(self.dtype):  # float64: the learning rate too (see _floatx)
-            self.opt = keras.optimizers.SGD(learning_rate=lr)
-        self.opt.build(model.trainable_variables)
-        self.seeds = {layer.name: layer.seed_generator for layer in model.layers
-                      if isinstance(layer, keras.layers.Dropout) and layer.rate > 0}
-        self._reseed = lambda: [g.state.assign(g.state * 0 + rank_seed(int(g.state.numpy()[0]), ctx.rank))
-                                for g in self.seeds.values()] if ctx.rank else None
-        self._reseed()
-        self._train = tf.function(self._train_graph, reduce_retracing=True)
-        self._eval = tf.function(self._eval_graph, reduce_retracing=True)
-        self._sum = tf.function(self._sum_graph)
-
-    def _local(self, x, dtype=None):
-        """This worker's share split among its local replicas (one on a CPU; one per GPU)."""
-        n = len(self.strategy.extended.worker_devices)
-
-        def part(context):
-            i = context.replica_id_in_sync_group % n
-            return tf.constant(x[len(x) * i // n: len(x) * (i + 1) // n], dtype)
-        return self.strategy.experimental_distribute_values_from_function(part)
-
-    @staticmethod
-    def _logits(model, x, training):
-        logits = model(x, training=training)
-        return logits if logits.dtype == tf.float64 else tf.cast(logits, tf.float32)
-
-    def _train_graph(self, x, y, total):
-        model, opt = self.model, self.opt
-
-        def step(x, y):
-            with tf.GradientTape() as tape:
-                logits = self._logits(model, x, True)
-                per = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-                loss_sum = tf.reduce_sum(per)
-                loss = loss_sum / tf.cast(total, loss_sum.dtype)
-            opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
-            return tf.cast(loss_sum, tf.float64), tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == y, tf.float64))
-
-        return self.strategy.run(step, args=(x, y))
-
-    def _eval_graph(self, x, y):
-        model = self.model
-
-        def step(x, y):
-            logits = self._logits(model, x, False)
-            per = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-            return (tf.cast(tf.reduce_sum(per), tf.float64),
-                    tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == y, tf.float64)))
-
-        return self.strategy.run(step, args=(x, y))
-
-    def _sum_graph(self, values):
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None)
-
-    def _local_copy(self, v):
-        """Values of this worker, counted once: on its first local replica, zeros on the others."""
-        n = len(self.strategy.extended.worker_devices)
-        return self.strategy.experimental_distribute_values_from_function(
-            lambda context: v if context.replica_id_in_sync_group % n == 0 else tf.zeros_like(v))
-
-    def _this_worker(self, out) -> tuple[float, int]:
-        """Sums over this worker's replicas (``ShardedTrainer`` adds up the workers)."""
-        loss, correct = (sum(t.numpy() for t in self.strategy.experimental_local_results(v)) for v in out)
-        return float(loss), int(correct)
-
-    def train_step(self, x, y, total: int) -> tuple[float, int]:
-        with _floatx(self.dtype):  # traced on the first call: Keras's loss casts to the default dtype
-            return self._this_worker(self._train(self._local(x, self.dtype), self._local(y),
-                                                 tf.constant(total, tf.int64)))
-
-    def eval_step(self, x, y) -> tuple[float, int]:
-        with _floatx(self.dtype):
-            return self._this_worker(self._eval(self._local(x, self.dtype), self._local(y)))
-
-    def all_sum(self, values: np.ndarray) -> np.ndarray:
-        return self._sum(self._local_copy(tf.constant(values, tf.float64))).numpy()
-
-    def extra_state(self) -> dict:
-        return _training_state(self.opt, self.seeds)
-
-    def load_extra_state(self, state: dict) -> None:
-        _load_training_state(self.opt, self.seeds, state)
-        self._reseed()
-
-    def close(self) -> None:
-        pass

@@ -16,10 +16,14 @@ from torch import nn
 from nin_multi.config import check_model_dtype
 from nin_multi.machine import usable_cores
 from nin_multi.spec import (AvgPool, ChannelDropout, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
-                            NiNSpec)
+                            NiNSpec, image_hw)
 
 NAME = "torch"
 LAYOUT = "NCHW"
+TRAINS = True
+PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
+DATA_PARALLEL = "torchrun"  # torch_dist.py: DistributedDataParallel
+NATIVE_SUFFIXES = (".pt", ".pth")  # a state_dict
 
 
 def _keep_freed_memory() -> bool:
@@ -110,7 +114,7 @@ def _dtype(model: nn.Module) -> torch.dtype:
 
 
 def layer_shapes(model: nn.Module, spec: NiNSpec, image_size=224, batch: int = 1):
-    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    h, w = image_hw(image_size)
     x = torch.zeros(batch, spec.in_channels, h, w, device=device(), dtype=_dtype(model))
     out = []
     model.eval()
@@ -164,14 +168,17 @@ def save_native(model: nn.Module, path) -> None:
 class Trainer:
     """SGD on cross-entropy. Channels-last memory layout by default: the same numbers (fp32 rounding
     aside), measured 1.5x faster on CPU convolutions; bf16/fp16 via autocast, loss kept in fp32; fp64
-    all in float64 (``torch.optim.SGD`` applies the learning rate as a Python float, a double)."""
+    all in float64 (``torch.optim.SGD`` applies the learning rate as a Python float, a double).
+    ``CHANNELS_LAST = False`` in a subclass keeps PyTorch's default layout (bench's plain-PyTorch peer)."""
 
-    def __init__(self, model: nn.Module, lr: float, precision: str = "fp32", channels_last: bool = True):
+    CHANNELS_LAST = True
+
+    def __init__(self, model: nn.Module, lr: float, precision: str = "fp32", optim=None):
         self.dtype = _dtype(model)
         check_model_dtype(precision, str(self.dtype).removeprefix("torch."))
         self.model = model
         self.dev = torch.device(device())
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.memory_format = torch.channels_last if self.CHANNELS_LAST else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.opt = torch.optim.SGD(model.parameters(), lr=lr)
         self.loss = nn.CrossEntropyLoss()
@@ -209,102 +216,3 @@ class Trainer:
 
     def load_extra_state(self, state: dict) -> None:
         torch.set_rng_state(torch.from_numpy(np.asarray(state["torch_rng"], dtype=np.uint8)))
-
-
-# -- data parallelism: DistributedDataParallel, launched by torchrun -----------------------------------
-def distribute(ctx, cfg, make_model, make_trainer):
-    """Join torchrun's process group (gloo on CPU, NCCL on CUDA, with the run's timeout), build the model
-    (``make_model()``) and trainer (``make_trainer(model)``), and wrap the model in
-    ``DistributedDataParallel`` (which broadcasts rank 0's weights)."""
-    import datetime
-
-    import torch.distributed as tdist
-
-    from nin_multi.errors import DistributedError
-
-    engine = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
-        torch.cuda.set_device(ctx.local_rank)
-    timeout = datetime.timedelta(seconds=ctx.timeout)
-    try:
-        tdist.init_process_group(engine, timeout=timeout, **_own_store(ctx, timeout))
-    except (RuntimeError, ValueError) as e:
-        raise DistributedError(f"worker {ctx.rank} could not join the {engine} process group at {ctx.address} "
-                               f"within {ctx.timeout:g} s: {str(e).splitlines()[0]}") from None
-    model = make_model()
-    trainer = make_trainer(model)
-    return model, _DDPEngine(model, trainer, ctx)
-
-
-def _own_store(ctx, timeout) -> dict:
-    """Launched without torchrun's agent store (``RANK``/``MASTER_ADDR`` set by hand or by another launcher):
-    rank 0's store listens on ``MASTER_ADDR`` alone, not on every interface as ``env://`` would have it."""
-    import torch.distributed as tdist
-
-    from nin_multi.isolation import listening_socket
-
-    from nin_multi.errors import DistributedError
-
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-        return {}
-    if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
-        raise DistributedError("$RANK and $WORLD_SIZE are set but $MASTER_ADDR or $MASTER_PORT is not: set both "
-                               "(rank 0's address and a free port), or start the workers with torchrun")
-    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    fd = listening_socket(host, port).detach() if ctx.rank == 0 else None
-    store = tdist.TCPStore(host, port, ctx.world_size, ctx.rank == 0, timeout, master_listen_fd=fd)
-    return {"store": store, "rank": ctx.rank, "world_size": ctx.world_size}
-
-
-class _DDPEngine:
-    """One worker's share of a global-batch step: its summed loss times N / (global batch) so that DDP's
-    gradient mean over N workers is the single-process mean over the global batch."""
-
-    def __init__(self, model: nn.Module, trainer: Trainer, ctx):
-        import torch.distributed as tdist
-        from torch.nn.parallel import DistributedDataParallel
-
-        from nin_multi.distributed import rank_seed
-
-        self.base, self.ctx, self.tdist = trainer, ctx, tdist
-        ids = [ctx.local_rank] if torch.cuda.is_available() else None
-        self.ddp = DistributedDataParallel(model, device_ids=ids)
-        self.loss = nn.CrossEntropyLoss(reduction="sum")
-        self.seed = torch.initial_seed()
-        torch.manual_seed(rank_seed(self.seed, ctx.rank))
-
-    def train_step(self, x, y, total: int) -> tuple[float, int]:
-        x, y = self.base._inputs(x, y)
-        self.ddp.train()
-        with self.base.autocast():
-            logits = self.ddp(x)
-        logits = logits.to(self.base.dtype)  # fp32 (fp64) even when autocast computed in bf16
-        loss = self.loss(logits, y)
-        self.base.opt.zero_grad(set_to_none=True)
-        (loss * (self.ctx.world_size / total)).backward()
-        self.base.opt.step()
-        return loss.item(), int((logits.argmax(1) == y).sum())
-
-    def eval_step(self, x, y) -> tuple[float, int]:
-        return self.base.eval_step(x, y)
-
-    def all_sum(self, values: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.array(values, np.float64))
-        if torch.cuda.is_available():
-            t = t.to(device())
-        self.tdist.all_reduce(t)
-        return t.cpu().numpy()
-
-    def extra_state(self) -> dict:
-        return self.base.extra_state()
-
-    def load_extra_state(self, state: dict) -> None:
-        from nin_multi.distributed import rank_seed
-
-        self.base.load_extra_state(state)
-        if self.ctx.rank:  # its own dropout stream, derived from the restored one
-            torch.manual_seed(rank_seed(int(torch.randint(2**31 - 1, ())), self.ctx.rank))
-
-    def close(self) -> None:
-        if self.tdist.is_initialized():
-            self.tdist.destroy_process_group()

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from nin_multi.backends.torch import Trainer
+
 FAST_IS_DEFAULT = False
 LOWER_PRECISIONS_ALONE = False
 DESCRIPTIONS = {"chapter": "eager, contiguous NCHW", "fast": "torch.compile, NCHW",
@@ -26,11 +28,15 @@ DESCRIPTIONS = {"chapter": "eager, contiguous NCHW", "fast": "torch.compile, NCH
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
 
 
+class _Contiguous(Trainer):
+    CHANNELS_LAST = False
+
+
 class Chapter:
     """The chapter's PyTorch loop: eager, contiguous NCHW, fp32 (the Trainer with channels-last off)."""
 
     def __init__(self, backend, model, lr):
-        self.inner = backend.Trainer(model, lr, "fp32", channels_last=False)
+        self.inner = _Contiguous(model, lr, "fp32")
         self.train_step, self.eval_step = self.inner.train_step, self.inner.eval_step
 
 

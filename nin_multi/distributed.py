@@ -1,156 +1,113 @@
 """Data parallelism on each framework's own engine, behind one small object (HF Accelerate's idea).
 
-Each ecosystem launches its workers its own way and tells them who they are through the environment:
-torchrun sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``, TensorFlow reads
-``TF_CONFIG``, MXNet's parameter server ``DMLC_ROLE``/``DMLC_NUM_WORKER``/``DMLC_PS_ROOT_URI``/....
-``from_env()`` reads whichever is there into a ``Context``; the training driver only asks it for the rank,
-the world size and ``is_main`` (only rank 0 writes the run directory and the console). The per-framework
-part is each backend's ``distribute(ctx, build)``: it starts the engine (DDP over gloo/NCCL,
-MultiWorkerMirroredStrategy, a ``dist_sync`` kvstore), builds the model and trainer where the engine
-needs them built, and returns an engine that ``ShardedTrainer`` drives like a single-process Trainer.
+``World`` is this process's place in a run. A process no launcher started is a world of one: ``prepare``
+builds the model and the backend's own Trainer and the rest does nothing, so the training driver has no
+distributed branches. Under a launcher (torchrun, ``TF_CONFIG``, MXNet's ``DMLC_*``; read by
+``cluster.from_env``) ``prepare`` asks the backend's ``<module>_dist`` companion to start its engine (DDP
+over gloo/NCCL, MultiWorkerMirroredStrategy, a ``dist_sync`` kvstore) and to build the model where the
+engine needs it built, and wraps the engine in a ``ShardedTrainer``, which the driver drives like a
+single-process Trainer; only rank 0 writes the run directory and the console.
 
-The meaning is the same for all three: ``--batch-size`` is the global batch; every worker builds the
+The meaning is the same for every engine: ``--batch-size`` is the global batch; every worker builds the
 same global batch (order from (seed, epoch), as one process) and computes its contiguous 1/N share of it
-(``shard``: sizes differ by at most one where N does not divide the epoch's last, shorter batch); each
-worker's loss is its examples' summed loss divided by the global batch size, and the engine sums the
+(``Context.shard``: sizes differ by at most one where N does not divide the epoch's last, shorter batch);
+each worker's loss is its examples' summed loss divided by the global batch size, and the engine sums the
 workers' gradients, so the update is the single-process update on the global batch. Evaluation is
 sharded the same way and its sums reduced, so it gives one process's numbers. Training metrics are
 reduced every step, so every worker sees the same loss (and stops together if it diverges).
 
-``launch()`` is the ``--workers N`` convenience on one machine: it starts the framework's own N-worker
-setup on 127.0.0.1 (torchrun; N processes with TF_CONFIG; MXNet's scheduler, server and N workers), each
-in its own process group, and tears all of it down when the run ends or any process fails.
+``launch(backend, workers, argv, run_dir)`` is the ``--workers N`` convenience on one machine: the
+backend's ``start_workers`` starts its framework's own N-worker setup on 127.0.0.1 (torchrun; N processes
+with TF_CONFIG; MXNet's scheduler, server and N workers), each process in its own process group, and
+``launch`` tears all of it down when the run ends or any process fails.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from . import environment, isolation, torchrun
+from . import isolation
+from .cluster import LAUNCH_VARS, TIMEOUT_ENV, Context, from_env
 from .errors import ConfigError, DistributedError, NinMultiError
+from .host import check_port
 
-TIMEOUT_ENV = "NIN_MULTI_DIST_TIMEOUT"
-#: Seconds a worker waits for the others in one collective (a step's gradient exchange, the start)
-#: before it gives up: long enough for the slowest step of the chapter's 224x224 run on a CPU.
-DEFAULT_TIMEOUT = 300.0
-#: The environment ``--workers`` gives MXNet's parameter server: glibc then fills every allocation with
-#: zeros (perturb byte 255 fills with its complement; tcache off, since its fast path skips the fill).
-#: MXNet 1.9.1's server object never initialises its ``multi_precision_`` flag; left to the allocator's
-#: garbage the flag is nearly always set, and the server then stores and sums float64 in float32.
-MXNET_SERVER_TUNABLES = "glibc.malloc.tcache_count=0:glibc.malloc.perturb=255"
-DMLC_VARS = ("DMLC_ROLE", "DMLC_NUM_WORKER", "DMLC_NUM_SERVER", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT")
 #: Set for every process ``--workers`` starts (and inherited by torchrun's workers): it dies with its parent.
 LAUNCHED_ENV = "NIN_MULTI_LAUNCHED"
 DROPOUT_NOTE = ("dropout masks differ per worker (each draws its own for its share of the batch), so with "
                 "dropout a distributed run matches one process in distribution, not bit for bit")
 
 
-class Context:
-    """Who this process is in a data-parallel run; a single process is rank 0 of a world of 1."""
+class World:
+    """This process's place in the run; every method is a no-op in a world of one (a single process)."""
 
-    def __init__(self, launcher: str = "none", rank: int = 0, world_size: int = 1, local_rank: int = 0,
-                 role: str = "worker", address: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT,
-                 tf_config: Optional[dict] = None):
-        self.launcher = launcher      # "none", "torchrun", "tf_config" or "dmlc"
-        self.rank = rank              # MXNet's is assigned by its scheduler: set by backends.mxnet.distribute
-        self.world_size = world_size
-        self.local_rank = local_rank
-        self.role = role              # MXNet: "worker", "server" or "scheduler"
-        self.address = address        # the coordinator, for messages
-        self.timeout = timeout
-        self.tf_config = tf_config
-
-    @property
-    def active(self) -> bool:
-        return self.launcher != "none"
+    def __init__(self, ctx: Optional[Context] = None):
+        self.ctx = ctx if ctx is not None else from_env()
+        self.trainer = None
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.ctx.is_main
 
-    def shard(self, n: int) -> slice:
-        """This worker's contiguous part of a global batch of ``n``: sizes differ by at most one."""
-        q, r = divmod(n, self.world_size)
-        lo = self.rank * q + min(self.rank, r)
-        return slice(lo, lo + q + (self.rank < r))
+    @property
+    def size(self) -> int:
+        return self.ctx.world_size
 
-    def __repr__(self) -> str:
-        return f"Context({self.launcher}, rank {self.rank} of {self.world_size}, {self.role})"
+    @property
+    def serves(self) -> bool:
+        """A parameter server's scheduler or server (MXNet's ``DMLC_ROLE``): it trains nothing."""
+        return self.ctx.role != "worker"
 
+    def prepare(self, backend, cfg, make_model: Callable, make_trainer: Callable, n_train: int, n_test: int):
+        """The model and what the driver trains it with: the backend's Trainer in a world of one, else
+        its engine's ``ShardedTrainer`` (refused first where N workers cannot compute what one would)."""
+        if not self.ctx.active:
+            backend.configure(cfg.threads, cfg.seed)
+            model = make_model()
+            return model, make_trainer(model)
+        from nin_multi.backends import capabilities, companion, data_parallel
 
-def _int_env(name: str, env) -> int:
-    try:
-        return int(env[name])
-    except (KeyError, ValueError):
-        raise DistributedError(f"${name} must be an integer, got {env.get(name)!r}") from None
+        if not capabilities(backend.NAME).data_parallel:
+            raise ConfigError(f"the {backend.NAME} backend has no data-parallel engine yet: train it in one process "
+                              f"(several workers: {', '.join(data_parallel())})")
+        check_config(self.ctx, cfg, n_train, n_test)
+        backend.configure(cfg.threads, cfg.seed)
+        model, engine = companion(backend.NAME, "dist").distribute(self.ctx, cfg, make_model, make_trainer)
+        self.trainer = ShardedTrainer(engine, self.ctx)
+        return model, self.trainer
 
+    def agree(self, error: Optional[BaseException], what: str) -> None:
+        """Every worker learns whether any failed ``what``; alone, an error is simply raised."""
+        if self.trainer is not None:
+            self.trainer.agree(error, what)
+        elif error is not None:
+            raise error
 
-def timeout_from_env(env=None) -> float:
-    env = os.environ if env is None else env
-    raw = env.get(TIMEOUT_ENV)
-    if raw is None:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1
-    if not value > 0:
-        raise DistributedError(f"${TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
-    return value
+    def check_same_weights(self, weights: dict) -> None:
+        if self.trainer is not None:
+            self.trainer.check_same_weights(weights)
 
+    def describe(self, batch_size: int) -> str:
+        """What the start-up line adds about the workers (nothing for one process)."""
+        if not self.ctx.active:
+            return ""
+        return (f" x {self.size} workers ({self.ctx.launcher}); --batch-size {batch_size} is the global batch, "
+                f"{batch_size // self.size} per worker")
 
-def from_env(env=None) -> Context:
-    """The launcher's environment, read once and checked (``environment.check``); none of them set: a
-    single process."""
-    env = os.environ if env is None else env
-    environment.check(env)
-    timeout = timeout_from_env(env)
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return Context("torchrun", _int_env("RANK", env), _int_env("WORLD_SIZE", env),
-                       int(env.get("LOCAL_RANK", 0)), address=f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}",
-                       timeout=timeout)
-    if "TF_CONFIG" in env:
-        try:
-            cfg = json.loads(env["TF_CONFIG"])
-            cluster, task = cfg["cluster"], cfg["task"]
-            chief = list(cluster.get("chief", []))
-            workers = list(cluster.get("worker", []))
-            kind, index = task["type"], int(task["index"])
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise DistributedError(f"$TF_CONFIG is not a valid cluster description ({e!r}); expected "
-                                   '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
-                                   '"index": i}}') from None
-        if kind not in ("chief", "worker"):
-            raise DistributedError(f"$TF_CONFIG task type {kind!r}: only chief and worker tasks train "
-                                   f"(MultiWorkerMirroredStrategy has no parameter servers)")
-        tasks = chief + workers
-        rank = index if kind == "chief" else len(chief) + index
-        if not 0 <= rank < len(tasks):
-            raise DistributedError(f"$TF_CONFIG task {kind} {index} is not in its cluster of {len(tasks)}")
-        return Context("tf_config", rank, len(tasks), 0, address=tasks[rank], timeout=timeout, tf_config=cfg)
-    if "DMLC_ROLE" in env:
-        missing = [v for v in DMLC_VARS if v not in env]
-        if missing:
-            raise DistributedError(f"MXNet's parameter server needs {', '.join(missing)} as well as DMLC_ROLE")
-        role = env["DMLC_ROLE"]
-        if role not in ("worker", "server", "scheduler"):
-            raise DistributedError(f"$DMLC_ROLE must be worker, server or scheduler, got {role!r}")
-        return Context("dmlc", -1 if role == "worker" else 0, _int_env("DMLC_NUM_WORKER", env), role=role,
-                       address=f"{env['DMLC_PS_ROOT_URI']}:{env['DMLC_PS_ROOT_PORT']}", timeout=timeout)
-    return Context(timeout=timeout)
+    def notes(self, spec) -> list[str]:
+        return [f"note: {DROPOUT_NOTE}"] if self.ctx.active and any(
+            getattr(layer, "rate", 0) for layer in spec.layers) else []
+
+    def close(self) -> None:
+        if self.trainer is not None:
+            self.trainer.close()
 
 
 def check_config(ctx: Context, cfg, n_train: int, n_test: int) -> None:
@@ -166,35 +123,6 @@ def check_config(ctx: Context, cfg, n_train: int, n_test: int) -> None:
                               f"change --batch-size or --{'subset' if split == 'training' else 'test-subset'}")
     if cfg.precision not in ("fp32", "fp64"):
         raise ConfigError(f"--precision {cfg.precision} is not supported with several workers yet; use fp32")
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def check_port(host: str, port: int, what: str, env_var: str) -> None:
-    if host in ("127.0.0.1", "localhost") and port_in_use("127.0.0.1", port):
-        raise DistributedError(f"port {port} on {host} ({what}) is in use by another program: choose a free "
-                               f"port with {env_var}, or stop the program that holds it")
-
-
-def free_ports(n: int) -> list[int]:
-    """Ports the OS has free now (held together so that they differ); a tiny race with other programs."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # -- the watchdog: no collective waits forever --------------------------------------------------------
@@ -312,13 +240,6 @@ class ShardedTrainer:
         self.engine.close()
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """A worker's own dropout seed: rank 0 keeps the run's (so its masks are one process's)."""
-    if rank == 0:
-        return seed
-    return int(np.random.SeedSequence((seed, rank)).generate_state(1)[0] & 0x7FFFFFFF)
-
-
 # -- the --workers N launcher ------------------------------------------------------------------------
 class Launch:
     """The processes of one local N-worker run, each in its own process group (so that a torchrun's
@@ -328,10 +249,11 @@ class Launch:
 
     def __init__(self):
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        self._at_stop: list[Callable] = []
 
     def start(self, name: str, cmd: list[str], env: dict, preexec=None) -> subprocess.Popen:
         """In its own process group, killed with the launcher (``PR_SET_PDEATHSIG``, even by SIGKILL);
-        ``preexec`` runs in the child before it starts ``cmd``."""
+        ``preexec`` runs in the child before it starts ``cmd`` (a private network namespace, say)."""
         p = subprocess.Popen(cmd, env={**env, LAUNCHED_ENV: "1"}, start_new_session=True,
                              preexec_fn=isolation.preexec(preexec))
         self.procs.append((name, p))
@@ -351,6 +273,21 @@ class Launch:
         for _, p in self.procs:
             p.wait()
 
+    def at_stop(self, fn: Callable) -> None:
+        """``fn(failure) -> failure`` once every process has ended: cleans up, may name the failed worker."""
+        self._at_stop.append(fn)
+
+    def settle(self, failure: Optional[tuple[str, int]]) -> Optional[tuple[str, int]]:
+        for fn in self._at_stop:
+            failure = fn(failure)
+        return failure
+
+    def linger(self, seconds: float) -> None:
+        """Helpers that leave once the workers have (MXNet's scheduler and server): up to ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and self.running():
+            time.sleep(0.2)
+
     def running(self) -> bool:
         return any(p.poll() is None for _, p in self.procs)
 
@@ -367,15 +304,6 @@ class Launch:
             if not running:
                 return None
             time.sleep(0.2)
-
-
-def _torchrun_failure(report: Path, name: str, rc: int) -> tuple[str, int]:
-    """(worker N, its status) from ``nin_multi.torchrun``'s report, else torchrun's own."""
-    try:
-        failed = json.loads(report.read_text())
-        return f"worker {int(failed['rank'])}", int(failed["status"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return name, rc
 
 
 def _describe(rc: int) -> str:
@@ -401,92 +329,36 @@ def strip_workers(argv: list[str]) -> list[str]:
 
 def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
     """``train --workers N``: the framework's own N-worker setup on 127.0.0.1, for one run directory."""
+    from nin_multi.backends import canonical_name, capabilities, companion
+
     if from_env().active:
         raise ConfigError("--workers starts its own workers; it cannot be used inside a torchrun, TF_CONFIG or "
                           "DMLC launch (leave it out there)")
     if workers < 1:
         raise ConfigError(f"--workers must be a positive integer, got {workers}")
-    py = sys.executable
-    train = [py, "-m", "nin_multi", *strip_workers(argv)]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TF_CONFIG", *DMLC_VARS)}
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    run = Launch()
-    names: list[str] = []
-    report = None
-    if backend == "torch":
-        port = int(os.environ.get("MASTER_PORT", 0)) or free_ports(1)[0]
-        check_port("127.0.0.1", port, "torchrun's rendezvous", "MASTER_PORT")
-        report = Path(tempfile.mkdtemp(prefix="nin-multi-torchrun-")) / "failure.json"
-        # torchrun would set 1 with a banner; the cores shared out is what it means
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-        env["GLOO_SOCKET_IFNAME"] = loopback_interface()  # gloo's pairs on loopback, not the host name's address
-        run.start("torchrun", [py, "-m", "nin_multi.torchrun", "--nnodes", "1", "--nproc-per-node",
-                               str(workers), "--master-addr", "127.0.0.1", "--master-port", str(port),
-                               "--max-restarts", "0", "--monitor-interval", "0.5", *train[1:]],
-                  {**env, torchrun.REPORT_ENV: str(report)})
-        names = ["torchrun"]
-    elif backend == "tensorflow":
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # a lost peer is one line below, not pages of gRPC errors
-        ports = free_ports(workers)
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-        private = isolation.private_network_available()  # TensorFlow listens on every interface: see isolation
-        if private:
-            env[isolation.PRIVATE_ENV] = "1"
-        else:
-            isolation.refuse_unbound(*TF_EXPOSURE)
-        first = None
-        for i in range(workers):
-            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-            step = None if not private else (isolation.new_private_network if first is None
-                                             else isolation.join_private_network(first.pid))
-            p = run.start(f"worker {i}", train, {**env, "TF_CONFIG": tf_config}, step)
-            first = first or p
-            names.append(f"worker {i}")
-    elif backend == "mxnet":
-        port = int(os.environ.get("DMLC_PS_ROOT_PORT", 0)) or free_ports(1)[0]
-        check_port("127.0.0.1", port, "the MXNet scheduler", "DMLC_PS_ROOT_PORT")
-        dmlc = {**env, "DMLC_NUM_WORKER": str(workers), "DMLC_NUM_SERVER": "1", "DMLC_PS_ROOT_URI": "127.0.0.1",
-                "DMLC_PS_ROOT_PORT": str(port), "DMLC_NODE_HOST": "127.0.0.1"}
-        run.start("scheduler", train, {**dmlc, "DMLC_ROLE": "scheduler"})
-        tunables = ":".join(t for t in (env.get("GLIBC_TUNABLES"), MXNET_SERVER_TUNABLES) if t)
-        run.start("server", train, {**dmlc, "DMLC_ROLE": "server", "GLIBC_TUNABLES": tunables})
-        for i in range(workers):
-            run.start(f"worker {i}", train, {**dmlc, "DMLC_ROLE": "worker"})
-            names.append(f"worker {i}")
-    else:
+    backend = canonical_name(backend)
+    if not capabilities(backend).data_parallel:
         raise ConfigError(f"--workers is not available for the {backend} backend")
-    failure = None
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    run, failure = Launch(), None
     try:
+        names = companion(backend, "dist").start_workers(run, workers, [sys.executable, "-m", "nin_multi",
+                                                                        *strip_workers(argv)], env)
         failure = run.wait(names)
-        if failure is None and backend == "mxnet":  # the scheduler and server leave once the workers have
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and run.running():
-                time.sleep(0.2)
+        if failure is None:
+            run.linger(30)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (the CLI's handlers raise Terminated)
         raise DistributedError(f"{getattr(e, 'how', 'interrupted')}; stopped all {workers} workers; continue "
                                f"with --resume {run_dir} --workers {workers}") from None
     finally:
         run.stop()
-        if report is not None:
-            if failure is not None:  # torchrun names the worker that failed first
-                failure = _torchrun_failure(report, *failure)
-            shutil.rmtree(report.parent, ignore_errors=True)
+        failure = run.settle(failure)
     if failure is not None:
         name, rc = failure
         raise DistributedError(f"{name} {_describe(rc)}, so the {workers}-worker {backend} run was stopped (every "
                                f"process ended); the last completed epoch's checkpoint is in {run_dir}: continue "
                                f"with --resume {run_dir} --workers {workers}")
-
-
-#: What a TensorFlow worker exposes, for ``isolation.refuse_unbound``.
-TF_EXPOSURE = ("TensorFlow's gRPC worker", "runs any graph it is sent (file reads and writes included)")
-
-
-def loopback_interface() -> str:
-    """The name of the loopback interface (lo on Linux, lo0 on macOS), for gloo's GLOO_SOCKET_IFNAME."""
-    names = [n for _, n in socket.if_nameindex()] if hasattr(socket, "if_nameindex") else []
-    return next((n for n in ("lo", "lo0") if n in names), "lo")
 
 
 def die_with_launcher() -> None:
@@ -498,13 +370,15 @@ def die_with_launcher() -> None:
 
 
 def serve(ctx: Context, backend: str) -> None:
-    """An MXNet scheduler or server (``DMLC_ROLE``): importing MXNet runs it until the workers finish."""
-    from nin_multi.backends import canonical_name, get_backend
+    """A parameter server's scheduler or server (MXNet's ``DMLC_ROLE``): importing the framework runs it
+    until the workers finish."""
+    from nin_multi.backends import ORDER, canonical_name, capabilities, get_backend
 
-    if canonical_name(backend) != "mxnet":
+    owner = next(k for k in ORDER if capabilities(k).data_parallel == ctx.launcher)
+    if canonical_name(backend) != owner:
         raise DistributedError(f"DMLC_ROLE={ctx.role} is a role of MXNet's parameter server; it needs "
-                               f"--backend mxnet, not {backend}")
+                               f"--backend {owner}, not {backend}")
     if ctx.role == "scheduler":
         host, port = ctx.address.rsplit(":", 1)
         check_port(host, int(port), "the MXNet scheduler", "DMLC_PS_ROOT_PORT")
-    get_backend("mxnet")
+    get_backend(owner)

@@ -25,8 +25,7 @@ several variants on the same data and seed, and set their costs beside their acc
 """
 from __future__ import annotations
 
-import argparse
-import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -243,8 +242,7 @@ def compare(variants, cfg_kwargs: dict, out, overwrite: bool = False, log=print)
     out = prepare_dir(out, overwrite=overwrite)
     rows = []
     for cfg, spec in zip(cfgs, specs):
-        cfg.out = str(out / cfg.variant)
-        run_dir, history = train(cfg, log=log)
+        run_dir, history = train(dataclasses.replace(cfg, out=str(out / cfg.variant)), log=log)
         last = history[-1]
         rows.append({
             "variant": cfg.variant, "params": spec.num_params,
@@ -293,52 +291,3 @@ def plot_compare(rows: list[dict], dest, title: str = "") -> None:
             ax.grid(axis="y", alpha=0.3)
             if key == "test_acc":
                 ax.set_ylim(0, 1)
-
-
-# -- the commands: arguments in, printed tables out (the command layer's part) -----------------------
-def cmd_resources(a) -> int:
-    from .fileio import write_json
-
-    spec = make_spec(a.variant, a.in_channels, a.num_classes, image_size=a.resize)
-    res = resources(spec, a.resize, a.batch_size)
-    print(format_resources(res))
-    if a.json:
-        path = Path(a.json)
-        if not path.parent.is_dir():
-            raise ConfigError(f"--json {a.json}: directory {path.parent} does not exist")
-        write_json(path, res)  # a failure is one WriteError line naming the file and the cause
-        print(f"wrote {path}")
-    return 0
-
-
-def cmd_compare(a) -> int:
-    variants = parse_variants(a.variants)
-    from .cli import config_from_args
-
-    cfg_kwargs = {k: v for k, v in asdict(config_from_args(a)).items() if k not in ("variant", "out")}
-    out = Path(a.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    rows = compare(variants, cfg_kwargs, out, overwrite=a.overwrite)
-    print(format_compare(rows))
-    print(f"wrote {out / COMPARE_CSV} and {out / COMPARE_PNG}")
-    return 0
-
-
-def register(sub) -> None:
-    from .cli import add_data_args, add_network_args, add_output_args, add_recipe_args, add_recipe_preset_arg
-
-    p = sub.add_parser("resources", help="parameters, multiply-adds and memory of a variant, per layer",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_network_args(p, backend=False)
-    p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128, the chapter's)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to this JSON file")
-    p.set_defaults(func=cmd_resources)
-
-    p = sub.add_parser("compare", help="train several variants on the same data and seed; table and figure")
-    p.add_argument("--variants", default="chapter,one-1x1,fc-head",
-                   help=f"comma-separated variants (default: chapter,one-1x1,fc-head; any of {', '.join(VARIANTS)})")
-    add_network_args(p, variant=False)
-    add_recipe_args(p)
-    add_data_args(p)
-    add_recipe_preset_arg(p)
-    add_output_args(p, "runs/compare-<time>; it gets compare.csv, compare.png and a run directory per variant")
-    p.set_defaults(func=cmd_compare)

@@ -141,6 +141,12 @@ def preexec(*steps: Optional[Callable[[], None]]) -> Callable[[], None]:
     return run
 
 
+def loopback_interface() -> str:
+    """The name of the loopback interface (lo on Linux, lo0 on macOS), for gloo's GLOO_SOCKET_IFNAME."""
+    names = [n for _, n in socket.if_nameindex()] if hasattr(socket, "if_nameindex") else []
+    return next((n for n in ("lo", "lo0") if n in names), "lo")
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket listening on ``host``:``port`` alone, for an engine that takes a bound socket instead
     of binding every interface itself (PyTorch's ``TCPStore(master_listen_fd=...)``)."""

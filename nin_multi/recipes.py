@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .config import TrainConfig
 from .errors import ConfigError
+
+#: The options a recipe sets; a typed flag always wins over the recipe.
+RECIPE_KEYS = ("variant", "in_channels", "lr", "epochs", "batch_size", "resize", "init", "precision")
+#: The 1st English edition's settings are ``TrainConfig``'s own defaults, read from there.
+_FIRST = {k: getattr(TrainConfig(), k) for k in RECIPE_KEYS}
 
 
 @dataclass(frozen=True)
@@ -19,17 +25,16 @@ class Recipe:
     note: str = ""
 
     def describe(self) -> str:
-        keys = ("variant", "in_channels", "lr", "epochs", "batch_size", "resize", "init", "precision")
-        shown = ", ".join(f"{k.replace('_', ' ')} {self.settings[k]}" for k in keys if k in self.settings)
+        shown = ", ".join(f"{k.replace('_', ' ')} {self.settings[k]}" for k in RECIPE_KEYS if k in self.settings)
         return f"{self.name}: {self.source}; {shown}" + (f"; {self.note}" if self.note else "")
 
 
-_CHAPTER = {"variant": "chapter", "in_channels": 1, "resize": 224, "init": "xavier", "precision": "fp32"}
+_CHAPTER = {k: _FIRST[k] for k in ("variant", "in_channels", "resize", "init", "precision")}
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("d2l-1st-edition",
            "Dive into Deep Learning, 1st English edition (train_ch6, Xavier init)",
-           {**_CHAPTER, "lr": 0.1, "epochs": 10, "batch_size": 128}),
+           _FIRST),
     Recipe("d2l-2nd-edition",
            "Dive into Deep Learning, 2nd edition (Classifier/Trainer API, lazy layers, init_cnn = Xavier)",
            {**_CHAPTER, "lr": 0.05, "epochs": 10, "batch_size": 128}),

@@ -22,6 +22,12 @@ def _pair(v) -> tuple[int, int]:
     return (int(h), int(w))
 
 
+def image_hw(image_size) -> tuple[int, int]:
+    """(height, width) of an image size given as one int (a square, as the chapter's 224) or a pair: how
+    ``walk`` and every backend's ``layer_shapes`` read their ``image_size``."""
+    return _pair(image_size)
+
+
 @dataclass(frozen=True)
 class Conv:
     """One convolution followed by ReLU. ``padding`` is explicit and symmetric, never "same"."""

@@ -1,26 +1,26 @@
 """The training driver: one epoch loop for every backend, around each backend's own ``train_step``.
 
 The framework-specific part (forward, loss, gradients, SGD update: ``torch.autograd``,
-``tf.GradientTape``, ``mxnet.autograd``) lives in each backend's ``Trainer``; the bookkeeping
-(data order, progress, metrics, plot, checkpoints, weights) is here once.
+``tf.GradientTape``, ``mxnet.autograd``, ``jax.value_and_grad``) lives in each backend's ``Trainer``;
+the bookkeeping (data order, progress, metrics, plot, checkpoints, weights) is here once. A single process
+is a world of one (``distributed.World``), so ``train`` reads: open the run, restore, fit, finish.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import time
 from pathlib import Path
 from typing import Optional
 
 from . import data as data_mod
-from .checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
 from .config import TrainConfig, param_dtype
-from .errors import (ConfigError, Interrupted, NinMultiError, RunDirError, TrainingDivergedError, WeightsError,
-                     WriteError)
-from .run import CONFIG, WEIGHTS, Run, default_run_dir, final_line, progress, read_metrics
-from .spec import Dropout, NiNSpec, make_spec
+from .distributed import World, die_with_launcher, serve
+from .errors import ConfigError, Interrupted, NinMultiError, RunDirError, TrainingDivergedError, WriteError
+from .record import Record, read_run_config, restore  # noqa: F401  (restore: part of the driver's API)
+from .run import CONFIG, WEIGHTS, Run, default_run_dir, final_line, progress
+from .spec import NiNSpec, make_spec
 from .untrusted import check_memory
-from .weights import read_weights_file, save_weights
 
 
 def spec_for(cfg: TrainConfig) -> NiNSpec:
@@ -74,17 +74,18 @@ def evaluate(trainer, images, labels, cfg: TrainConfig, layout: str, desc: str =
 
 
 def train_epoch(trainer, ds, cfg: TrainConfig, layout: str, epoch: int, order=None, step_losses=None,
-                log_step=None) -> dict:
+                log_step=None, prefetch: int = 2) -> dict:
     """One pass over the training set; ``step_losses``, a list, receives every batch's mean loss (what
     ``reproduce`` compares step by step between frameworks); ``log_step(step, mean loss, lr)`` (a
-    ``Run``'s) is called after every step, ``step`` counted from 1 over the whole run."""
+    ``Run``'s) is called after every step, ``step`` counted from 1 over the whole run. ``prefetch=0``
+    prepares each batch only when the step asks for it (bench measures what prefetching hides)."""
     n = len(ds.train_images)
     first_step = epoch * data_mod.num_batches(n, cfg.batch_size) + 1
     loss_sum, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
     batches = data_mod.batches(ds.train_images, ds.train_labels, cfg.batch_size, cfg.resize, layout,
                                shuffle=True, seed=cfg.seed, epoch=epoch, order=order,
-                               dtype=param_dtype(cfg.precision), channels=cfg.in_channels)
+                               dtype=param_dtype(cfg.precision), channels=cfg.in_channels, prefetch=prefetch)
     with progress(data_mod.num_batches(n, cfg.batch_size), f"epoch {epoch + 1}/{cfg.epochs}",
                   cfg.progress) as bar:
         for i, (x, y) in enumerate(batches):
@@ -106,32 +107,6 @@ def train_epoch(trainer, ds, cfg: TrainConfig, layout: str, epoch: int, order=No
             "examples_per_sec": seen / seconds, "seconds": seconds}
 
 
-def read_run_config(run_dir: Path) -> dict:
-    """The run's saved settings: ``config.json``, or, when it is gone, the newest intact checkpoint's
-    copy. A damaged ``config.json`` is refused, not guessed around: the user decides."""
-    path = run_dir / CONFIG
-    ckpts = checkpoint_paths(run_dir)
-    if not path.is_file():
-        if not ckpts:
-            raise RunDirError(f"{run_dir} is not a run directory (it has no {CONFIG}); nothing to resume")
-        for ckpt in reversed(ckpts):
-            try:
-                return read_weights_file(ckpt)[2]["config"]
-            except (WeightsError, KeyError):
-                continue
-        raise RunDirError(f"{run_dir} has no {CONFIG} and no intact checkpoint that holds the run's settings; "
-                          f"nothing to resume")
-    fix = ("delete it to resume with the settings stored in the newest intact checkpoint" if ckpts else
-           "repair it, or start the run again with --overwrite")
-    try:
-        saved = json.loads(path.read_text(errors="replace"))
-    except ValueError as e:
-        raise RunDirError(f"{path} is damaged ({e}): {fix}") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("epochs"), int):
-        raise RunDirError(f"{path} is damaged (not the settings of a run): {fix}")
-    return saved
-
-
 def resume(run_dir, epochs: Optional[int] = None, progress_bar: bool = True, log=print,
            backend: Optional[str] = None):
     """Continue a run from its newest intact checkpoint, with its own saved config (``epochs`` may
@@ -148,175 +123,105 @@ def resume(run_dir, epochs: Optional[int] = None, progress_bar: bool = True, log
     return train(cfg, resume=True, log=log)
 
 
-def restore(run: Run, backend, model, spec, trainer, log=print) -> int:
-    """Load the newest intact checkpoint into ``model`` and ``trainer`` and the metrics up to it into
-    ``run``; returns the epochs it completed (0 without a checkpoint). Says what it skipped and, for a
-    run continued in another framework, what does not carry over."""
-    r = load_checkpoint(run.path, spec)
-    notes = [f"skipped damaged checkpoint {p.name} ({why})" for p, why in r.skipped]
-    if r.path is None:  # stopped before its first checkpoint: start again
-        run.set_history([])
-        return 0
-    backend.set_weights(model, spec, r.weights)
-    if r.backend in (None, backend.NAME):
-        trainer.load_extra_state(r.state)
-    else:
-        rng = (f"but {r.backend}'s random state does not, so the dropout masks differ from an uninterrupted "
-               f"{r.backend} run" if any(isinstance(layer, Dropout) and layer.rate > 0 for layer in spec.layers)
-               else "and this network has no dropout, so no random state is lost")
-        notes.append(f"continuing a {r.backend} run on {backend.NAME} from {r.path.name}: the weights carry "
-                     f"over exactly and plain SGD keeps no optimizer state, {rng}")
-    history = r.history
-    try:
-        on_disk = read_metrics(run.path)
-    except RunDirError as e:
-        if history is None:  # a checkpoint from before checkpoints held the metrics: nothing to rebuild from
-            raise RunDirError(f"{e}; repair it, or delete it to resume without the earlier epochs' metrics") from None
-        notes.append(f"{e}; rewriting it from {r.path.name}")
-        on_disk = None
-    if history is None:
-        history = on_disk
-    run.set_history(history[:r.epochs_done])
-    for note in notes:
-        log(note)
-    return r.epochs_done
-
-
-def build(backend, spec, cfg: TrainConfig, dist):
-    """The model and its trainer; in a distributed run the backend's engine builds them where it needs
-    them (TensorFlow: inside the strategy's scope) and ``ShardedTrainer`` drives its share of each batch."""
+def build(backend, spec, cfg: TrainConfig):
+    """The one place a model and its Trainer are made: ``(make_model, make_trainer)``, called by
+    ``World.prepare`` (a data-parallel engine builds them where it needs them, TensorFlow's inside its
+    strategy's scope)."""
     def make_model():
         return backend.build_model(spec, cfg.init, cfg.seed, dtype=param_dtype(cfg.precision))
 
     def make_trainer(model):
         return backend.Trainer(model, cfg.lr, cfg.precision)
 
-    if not dist.active:
-        model = make_model()
-        return model, make_trainer(model)
-    from .distributed import ShardedTrainer
-
-    if not hasattr(backend, "distribute"):
-        raise ConfigError(f"the {backend.NAME} backend has no data-parallel engine yet: train it in one process "
-                          f"(several workers: torch, tensorflow, mxnet)")
-    model, engine = backend.distribute(dist, cfg, make_model, make_trainer)
-    return model, ShardedTrainer(engine, dist)
-
-
-def _restore_worker(run_dir: Path, backend, model, spec, trainer) -> int:
-    """A worker other than rank 0 (it has no ``Run``): the same checkpoint's weights and state."""
-    r = load_checkpoint(run_dir, spec)
-    if r.path is None:
-        return 0
-    backend.set_weights(model, spec, r.weights)
-    if r.backend in (None, backend.NAME):
-        trainer.load_extra_state(r.state)
-    return r.epochs_done
+    return make_model, make_trainer
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
           log=print) -> tuple[Path, list[dict]]:
-    from nin_multi.backends import can_train, get_backend
-
-    from . import distributed
+    """Train ``cfg`` (left as it is) in a new run directory, or continue the one at ``cfg.out``."""
+    from nin_multi.backends import can_train, get_backend, or_list, trainable
 
     if not can_train(cfg.backend):  # before anything is imported or written
-        raise ConfigError(f"{cfg.backend} is inference-only (it computes no gradients): train with torch, "
-                          f"tensorflow, mxnet or jax, then evaluate or convert its {WEIGHTS} with --backend "
+        raise ConfigError(f"{cfg.backend} is inference-only (it computes no gradients): train with "
+                          f"{or_list(trainable())}, then evaluate or convert its {WEIGHTS} with --backend "
                           f"{cfg.backend}")
-    dist = distributed.from_env()
-    if dist.active:
-        distributed.die_with_launcher()
-    if dist.role != "worker":  # an MXNet scheduler or server: it serves the workers until they finish
-        distributed.serve(dist, cfg.backend)
+    world = World()
+    if world.ctx.active:
+        die_with_launcher()
+    if world.serves:  # a parameter server's scheduler or server: it serves the workers until they finish
+        serve(world.ctx, cfg.backend)
         return Path(cfg.out or "."), []
     backend = get_backend(cfg.backend)
-    cfg.backend = backend.NAME
-    spec = spec_for(cfg)
-    ds = load_data(cfg)
-    if dist.active:
-        distributed.check_config(dist, cfg, len(ds.train_images), len(ds.test_images))
-        backend.configure(cfg.threads, cfg.seed)
-        model, trainer = build(backend, spec, cfg, dist)
-    title = (f"NiN ({spec.variant}) on {backend.NAME}: lr {cfg.lr:g}, batch {cfg.batch_size}, "
-             f"{cfg.resize}x{cfg.resize}, {cfg.precision}, {len(ds.train_images)} train images")
-    run, error = None, None
-    if dist.is_main:  # only rank 0 writes the run directory and the console
-        try:
-            run = Run(cfg.out or default_run_dir(backend.NAME), title, overwrite=overwrite, resume=resume, lock=True)
-            cfg.out = str(run.path)
-        except NinMultiError as e:
-            error = e
-    else:
-        log, cfg.progress = (lambda *a, **k: None), False
-    if dist.active:
-        trainer.agree(error, "the start (worker 0 preparing the run directory)")
-    elif error:
-        raise error
-    done = 0  # epochs with a checkpoint on disk
+    cfg = dataclasses.replace(cfg, backend=backend.NAME)
+    spec, ds = spec_for(cfg), load_data(cfg)
+    model, trainer = world.prepare(backend, cfg, *build(backend, spec, cfg), len(ds.train_images),
+                                   len(ds.test_images))
+    record = open_record(world, cfg, spec, len(ds.train_images), overwrite, resume)
+    cfg = dataclasses.replace(cfg, out=str(record.path), progress=cfg.progress and world.is_main)
+    log = log if world.is_main else _silent  # only rank 0 writes the run directory and the console
     try:
-        if not dist.active:
-            backend.configure(cfg.threads, cfg.seed)
-            model, trainer = build(backend, spec, cfg, dist)
-        if run:
-            start = done = restore(run, backend, model, spec, trainer, log) if resume else 0
-        else:
-            start = done = _restore_worker(Path(cfg.out), backend, model, spec, trainer) if resume else 0
-        if dist.active:
-            trainer.check_same_weights(backend.get_weights(model, spec))
-        if run:
-            ran_on = [r["backend"] for r in run.history if "backend" in r] + [backend.NAME]
-            ran_on = " \u2192 ".join(b for i, b in enumerate(ran_on) if i == 0 or b != ran_on[i - 1])
-            run.title = title.replace(f" on {backend.NAME}:", f" on {ran_on}:", 1)  # e.g. "on torch → tensorflow"
-            run.write_config({**cfg.to_dict(), **grayscale_note(spec)})
-        if spec.in_channels != data_mod.CHANNELS:
-            log(grayscale_note(spec)["input_channels"])
-        workers = (f" x {dist.world_size} workers ({dist.launcher}); --batch-size {cfg.batch_size} is the global "
-                   f"batch, {cfg.batch_size // dist.world_size} per worker" if dist.active else "")
-        log(f"training {spec.variant} NiN ({spec.num_params:,} parameters) on {backend.NAME} "
-            f"({backend.device()}){workers}, {len(ds.train_images)} training images at {cfg.resize}x{cfg.resize}; "
-            f"run directory {cfg.out}" + (f"; resuming after epoch {start}" if start else ""))
-        if dist.active and any(getattr(layer, "rate", 0) for layer in spec.layers):
-            log(f"note: {distributed.DROPOUT_NOTE}")
-        for epoch in range(start, cfg.epochs):
-            row = {"epoch": epoch + 1, **train_epoch(trainer, ds, cfg, backend.LAYOUT, epoch,
-                                                     log_step=run.log_step if run else None)}
-            row["test_loss"], row["test_acc"] = evaluate(trainer, ds.test_images, ds.test_labels, cfg,
-                                                         backend.LAYOUT, "test")
-            row["backend"] = backend.NAME
-            if run:
-                # The checkpoint first, holding this epoch's metrics too: metrics files never run ahead of it.
-                save_checkpoint(run.path, spec, backend.get_weights(model, spec), trainer.extra_state(), epoch,
-                                backend.NAME, cfg.to_dict(), run.history + [row])
-                done = epoch + 1
-                run.log_epoch(row)
-            log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, train acc {row['train_acc']:.3f}, "
-                f"test acc {row['test_acc']:.3f}, {row['examples_per_sec']:.1f} examples/sec")
-        if run:
-            save_weights(run.path / WEIGHTS, spec, backend.get_weights(model, spec),
-                         meta={"backend": backend.NAME, "epochs": cfg.epochs, "config": cfg.to_dict()})
+        start = record.restore(backend, model, spec, trainer, log) if resume else 0
+        world.check_same_weights(backend.get_weights(model, spec))
+        record.start(_title(cfg, spec, len(ds.train_images)), backend.NAME, {**cfg.to_dict(), **grayscale_note(spec)})
+        announce(world, cfg, backend, spec, len(ds.train_images), start, log)
+        fit(trainer, ds, cfg, backend, model, spec, record, start, log)
+        record.finish(spec, backend.get_weights(model, spec),
+                      meta={"backend": backend.NAME, "epochs": cfg.epochs, "config": cfg.to_dict()})
     except KeyboardInterrupt as e:
         code = getattr(e, "exit_code", 130)
         how = getattr(e, "how", "interrupted")
-        where = f"during epoch {done + 1}" if done < cfg.epochs else f"while writing {WEIGHTS}"
-        kept = _kept(run, done, dist.world_size) if run else "rank 0 keeps the run"
-        raise Interrupted(f"{how} {where}; {kept}", code) from None
+        where = f"during epoch {record.done + 1}" if record.done < cfg.epochs else f"while writing {WEIGHTS}"
+        raise Interrupted(f"{how} {where}; {record.kept(world.size)}", code) from None
     except WriteError as e:
-        raise WriteError(f"{e}; {_kept(run, done, dist.world_size) if run else ''}", e.path, e.errno) from None
+        raise WriteError(f"{e}; {record.kept(world.size)}", e.path, e.errno) from None
     finally:
-        if run:
-            run.close()
-        if dist.active:
-            trainer.close()
-    if run and run.history:
-        log(final_line(run.history[-1], backend.device()))
-    return Path(cfg.out), run.history if run else []
+        record.close()
+        world.close()
+    if record.history:
+        log(final_line(record.history[-1], backend.device()))
+    return Path(cfg.out), record.history
 
 
-def _kept(run: Run, done: int, workers: int = 1) -> str:
-    """What a stopped run leaves behind and how to continue it (with as many workers as it had)."""
-    if not done and not (run.path / CONFIG).is_file():
-        return f"nothing was kept in {run.path}"
-    kept = f"the checkpoint of epoch {done} and the metrics up to it are" if done else "its settings are"
-    again = f" --workers {workers}" if workers > 1 else ""
-    return f"{kept} in {run.path}: continue with nin-multi train --resume {run.path}{again}"
+def _silent(*args, **kwargs) -> None:
+    pass
+
+
+def _title(cfg: TrainConfig, spec: NiNSpec, n_train: int) -> str:
+    return (f"NiN ({spec.variant}) on {cfg.backend}: lr {cfg.lr:g}, batch {cfg.batch_size}, "
+            f"{cfg.resize}x{cfg.resize}, {cfg.precision}, {n_train} train images")
+
+
+def open_record(world: World, cfg: TrainConfig, spec: NiNSpec, n_train: int, overwrite: bool,
+                resume: bool) -> Record:
+    """Rank 0 opens the run directory (locked until the run ends) and every worker learns whether it could."""
+    run, error = None, None
+    if world.is_main:
+        try:
+            run = Run(cfg.out or default_run_dir(cfg.backend), _title(cfg, spec, n_train), overwrite=overwrite,
+                      resume=resume, lock=True)
+        except NinMultiError as e:
+            error = e
+    world.agree(error, "the start (worker 0 preparing the run directory)")
+    return Record(run, run.path if run else cfg.out)
+
+
+def announce(world: World, cfg: TrainConfig, backend, spec: NiNSpec, n_train: int, start: int, log) -> None:
+    if spec.in_channels != data_mod.CHANNELS:
+        log(grayscale_note(spec)["input_channels"])
+    log(f"training {spec.variant} NiN ({spec.num_params:,} parameters) on {backend.NAME} "
+        f"({backend.device()}){world.describe(cfg.batch_size)}, {n_train} training images at "
+        f"{cfg.resize}x{cfg.resize}; run directory {cfg.out}" + (f"; resuming after epoch {start}" if start else ""))
+    for note in world.notes(spec):
+        log(note)
+
+
+def fit(trainer, ds, cfg: TrainConfig, backend, model, spec: NiNSpec, record: Record, start: int, log) -> None:
+    """Epochs ``start`` to ``cfg.epochs``: train, evaluate, checkpoint, report."""
+    for epoch in range(start, cfg.epochs):
+        row = {"epoch": epoch + 1, **train_epoch(trainer, ds, cfg, backend.LAYOUT, epoch, log_step=record.log_step)}
+        row["test_loss"], row["test_acc"] = evaluate(trainer, ds.test_images, ds.test_labels, cfg,
+                                                     backend.LAYOUT, "test")
+        row["backend"] = backend.NAME
+        record.epoch(row, spec, backend.get_weights(model, spec), trainer.extra_state(), cfg.to_dict())
+        log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, train acc {row['train_acc']:.3f}, "
+            f"test acc {row['test_acc']:.3f}, {row['examples_per_sec']:.1f} examples/sec")

@@ -11,6 +11,7 @@ import pytest
 
 from nin_multi import backends
 from nin_multi import bench
+from nin_multi.cli import bench as bench_command
 from nin_multi.bench import figures, protocol, worker
 from nin_multi import data
 from nin_multi import machine
@@ -29,9 +30,9 @@ ROW_KEYS = {"backend", "path", "precision", "layout", "description", "train_img_
 
 
 def parse(*argv):
-    """The bench's own parser, as ``nin-multi`` registers it (independent of cli.COMMAND_MODULES)."""
+    """The bench's own parser, as ``nin-multi`` registers it."""
     parser = argparse.ArgumentParser()
-    bench.register(parser.add_subparsers(dest="command", required=True))
+    bench_command.register(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(["bench", *argv])
 
 
@@ -195,7 +196,7 @@ def test_a_failing_path_is_an_error_row(tmp_path, capsys):
 
 def test_a_worker_that_cannot_start_is_reported(tmp_path):
     """A backend the worker cannot load becomes error rows (here without starting any framework)."""
-    s = bench.settings(parse(*TINY, "--backends", "torch", "--chunks", "0"))
+    s = bench_command.settings(parse(*TINY, "--backends", "torch", "--chunks", "0"))
     s["backends"] = ["caffe"]
     report = bench.run_bench(s, log=lambda msg: None)
     assert [(r["path"], r["error"] is not None) for r in report["results"]] == \
@@ -216,15 +217,15 @@ def test_a_worker_that_cannot_start_is_reported(tmp_path):
 ])
 def test_bad_options(argv, message):
     with pytest.raises(NinMultiError, match=message):
-        bench.settings(parse(*argv))
+        bench_command.settings(parse(*argv))
 
 
 def test_precisions_run_fp32_first():
-    s = bench.settings(parse("--precision", "bf16,fp32,bf16", "--backends", "torch"))
+    s = bench_command.settings(parse("--precision", "bf16,fp32,bf16", "--backends", "torch"))
     assert s["precisions"] == ["fp32", "bf16"]
     assert s["epoch_images"] == 4 * 64 + 32 and s["gemm_size"] == 2048 and s["fast"] is True  # the defaults
     with pytest.raises(ConfigError):
-        bench.settings(parse("--precision", "", "--backends", "torch"))
+        bench_command.settings(parse("--precision", "", "--backends", "torch"))
 
 
 def test_targets_from_a_synthetic_report():

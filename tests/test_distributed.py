@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nin_multi import distributed
+from nin_multi import host
+from nin_multi.backends import capabilities
 from nin_multi.config import TrainConfig
-from nin_multi.distributed import Context, check_config, from_env, strip_workers
+from nin_multi.cluster import Context, from_env
+from nin_multi.distributed import check_config, strip_workers
 from nin_multi.errors import ConfigError, DistributedError
 from nin_multi.train import train
 from nin_multi.weights import load_weights
@@ -71,10 +73,11 @@ def test_global_batches_that_workers_cannot_share_are_refused():
 
 
 def test_mxnet_fp64_workers_refuse_a_server_that_rounds_float64(sample_dir, tmp_path, procs):
-    """MXNet 1.9.1's server leaves its multi-precision flag uninitialised (distributed.MXNET_SERVER_TUNABLES):
+    """MXNet 1.9.1's server leaves its multi-precision flag uninitialised (mxnet_dist.MXNET_SERVER_TUNABLES):
     a server whose allocations glibc fills with 0xfe sets it and sums float64 in float32. An fp64 worker
     finds out before training (one line, nothing written); ``--workers`` gives its server zero-filled memory."""
-    port = distributed.free_ports(1)[0]
+    mxnet_dist = pytest.importorskip("nin_multi.backends.mxnet_dist")
+    port = host.free_ports(1)[0]
     dmlc = {**os.environ, "DMLC_NUM_WORKER": "1", "DMLC_NUM_SERVER": "1", "DMLC_PS_ROOT_URI": "127.0.0.1",
             "DMLC_PS_ROOT_PORT": str(port), "DMLC_NODE_HOST": "127.0.0.1"}
     args = cli_args("mxnet", recipe(sample_dir, precision="fp64"), tmp_path / "run")
@@ -84,7 +87,7 @@ def test_mxnet_fp64_workers_refuse_a_server_that_rounds_float64(sample_dir, tmp_
     rc, _, err = procs.run(args, timeout=120, env={**dmlc, "DMLC_ROLE": "worker"})
     assert rc == DistributedError.exit_code, err[-2000:]
     assert err.startswith("nin-multi: error: --precision fp64: this MXNet parameter server rounds float64 to float32")
-    assert distributed.MXNET_SERVER_TUNABLES in err and "Traceback" not in err
+    assert mxnet_dist.MXNET_SERVER_TUNABLES in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
 
@@ -167,7 +170,7 @@ class Processes:
 @pytest.fixture
 def parallel(backend):
     """The backends with a data-parallel engine; the others are skipped with the reason."""
-    if not hasattr(backend, "distribute"):
+    if not capabilities(backend.NAME).data_parallel:
         pytest.skip(f"the {backend.NAME} backend has no data-parallel engine")
     return backend
 
@@ -290,7 +293,7 @@ def test_a_killed_worker_stops_the_run_and_it_resumes_exactly(parallel, sample_d
 
 def test_without_a_launcher_a_lone_worker_gives_up_within_the_timeout(sample_dir, tmp_path, procs):
     """Worker 0 of two whose partner never comes: the engine's own bound, not the launcher's teardown."""
-    port = distributed.free_ports(1)[0]
+    port = host.free_ports(1)[0]
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(port), "NIN_MULTI_DIST_TIMEOUT": "5"}
     t0 = time.monotonic()

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from nin_multi.cli import NATIVE_SUFFIXES, main
+from nin_multi.cli import main
 from nin_multi.config import TrainConfig
 from nin_multi.errors import DamagedFileError, WriteError
 from nin_multi.fileio import atomic_write, write_bytes
@@ -243,7 +243,7 @@ def test_checkpoint_write_beyond_the_file_size_limit_ends_in_one_line(run):
 def test_convert_beyond_the_file_size_limit_keeps_the_old_file(backend, torch_run, tmp_path, capsys):
     """``convert`` hands the framework a temporary path; its failure (PyTorch and MXNet raise their own
     errors, not OSError) is one line, and the previous file stays."""
-    dest = tmp_path / ("model" + NATIVE_SUFFIXES[backend.NAME][0])
+    dest = tmp_path / ("model" + backend.NATIVE_SUFFIXES[0])
     dest.write_bytes(b"the previous export")
     args = ["convert", "--backend", backend.NAME, "--weights", str(torch_run / "weights.safetensors"),
             "--out", str(dest)]
@@ -394,7 +394,7 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
 # -- continue in another framework ------------------------------------------------------------------------
 CONTINUE = """
 import shutil, sys
-from nin_multi.cli import NATIVE_SUFFIXES, main
+from nin_multi.cli import main
 run, backend, epochs, start_copy = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 args = ["train", "--resume", run, "--backend", backend, "--no-progress", "--epochs"]
 first = main(args + [str(epochs)])  # no epoch left to train: weights.safetensors is what the new backend loaded

@@ -20,14 +20,18 @@ def test_wheel_installs_the_backends_inside_the_package(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"nin_multi"}
-    for module in ("__init__", "torch", "tf", "mxnet", "jax", "onnx", "torch_bench", "tf_bench", "mxnet_bench",
-                   "jax_bench"):
+    for module in ("__init__", "contract", "torch", "torch_dist", "tf", "tf_dist", "mxnet", "mxnet_dist", "jax",
+                   "onnx", "torch_bench", "tf_bench", "mxnet_bench", "jax_bench"):
         assert f"nin_multi/backends/{module}.py" in names
-    for module in ("__init__", "__main__", "command", "runner", "protocol", "worker", "epochs", "pipeline", "load",
+    for module in ("__init__", "__main__", "runner", "protocol", "worker", "epochs", "pipeline", "load",
                    "figures", "targets", "report"):
         assert f"nin_multi/bench/{module}.py" in names  # ``python -m nin_multi.bench`` starts the workers
-    for module in ("__init__", "runner", "comparison", "statistics", "plots", "report", "command"):
+    for module in ("__init__", "runner", "comparison", "statistics", "plots", "report"):
         assert f"nin_multi/reproduce/{module}.py" in names  # a subpackage ships only when pyproject lists it
+    from nin_multi.cli import COMMANDS
+
+    for module in ("__init__", "common", *COMMANDS):
+        assert f"nin_multi/cli/{module}.py" in names
     top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
     assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["nin_multi"]
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()

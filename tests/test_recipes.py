@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from nin_multi.cli import build_parser, config_from_args, main
+from nin_multi.cli import build_parser, main
+from nin_multi.cli.common import config_from_args
 from nin_multi.data import to_float_batch
 from nin_multi.errors import ImageTooSmallError, SpecError
 from nin_multi.recipes import DEFAULT, RECIPES

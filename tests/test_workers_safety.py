@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from nin_multi import isolation
-from nin_multi.distributed import free_ports
+from nin_multi.host import free_ports
 from nin_multi.errors import DistributedError
 from nin_multi.run import WEIGHTS
 from nin_multi.weights import load_weights

@@ -9,9 +9,9 @@ For every backend three kinds of code path run on the same random batch, in the 
 * ``default``: the backend's ``Trainer`` as ``nin-multi train`` uses it, at each ``--precision``.
 
 The chapter and fast paths of each framework, its GEMM probe and how to wait for its pending work live
-beside its rendering, in ``backends/<module>_bench.py``; this package names no framework.
+beside its rendering, in ``backends/<module>_bench.py``; this package names no framework. Its options
+and their checks are ``nin_multi.cli.bench``'s.
 
-    command.py   the options, their checks, the command
     runner.py    one worker process per backend, the JSON lines they send, the run's report
     protocol.py  what a worker and the runner share: the tagged lines, a row, the planned paths
     worker.py    the worker: GEMM, the paths' interleaved steps, memory over chunks of steps
@@ -22,9 +22,8 @@ beside its rendering, in ``backends/<module>_bench.py``; this package names no f
     targets.py   the targets and their verdicts
     report.py    the table
 """
-from .command import BENCH_DEFAULTS, cmd_bench, register, settings
 from .report import format_report
 from .runner import run_bench
 from .targets import evaluate_targets
 
-__all__ = ["BENCH_DEFAULTS", "cmd_bench", "evaluate_targets", "format_report", "register", "run_bench", "settings"]
+__all__ = ["evaluate_targets", "format_report", "run_bench"]

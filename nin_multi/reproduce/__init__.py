@@ -20,16 +20,15 @@ directory, and one overlaid plot and comparison table at its top.
 
 By job: ``runner`` (the training, one start and several), ``comparison`` (epoch and step tables, weight
 differences), ``statistics`` (across seeds), ``plots`` (``drift.png``, ``seeds.png``), ``report`` (the
-printed text, its prose as templates) and ``command`` (the subcommand's arguments).
+printed text, its prose as templates); the subcommand's arguments are ``nin_multi.cli.reproduce``'s.
 """
 from ..data import epoch_order
 from ..weights import initial_weights
-from .command import cmd_reproduce, register
 from .comparison import drift_rows, step_drift, step_table, weight_differences
 from .report import format_report, format_seeds_report, format_step_drift
 from .runner import one_start, reproduce, several_starts
 from .statistics import parse_seeds, seed_statistics
 
-__all__ = ["cmd_reproduce", "drift_rows", "epoch_order", "format_report", "format_seeds_report",
-           "format_step_drift", "initial_weights", "one_start", "parse_seeds", "register", "reproduce",
+__all__ = ["drift_rows", "epoch_order", "format_report", "format_seeds_report",
+           "format_step_drift", "initial_weights", "one_start", "parse_seeds", "reproduce",
            "seed_statistics", "several_starts", "step_drift", "step_table", "weight_differences"]

@@ -1,41 +1,44 @@
-"""``nin-multi bench``'s options, their checks, and the command: run, print the table, write the JSON."""
+"""``nin-multi bench``: its options, their checks, and the command: run, print the table, write the JSON."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 
-from ..config import PRECISIONS
-from ..errors import BackendUnavailableError, ConfigError
-from ..fileio import write_text
-from ..spec import VARIANTS, make_spec
-from .report import format_report
-from .runner import run_bench
+from nin_multi.config import PRECISIONS
+from nin_multi.errors import BackendUnavailableError, ConfigError
+from nin_multi.fileio import write_text
+from nin_multi.spec import VARIANTS, make_spec
 
-#: What bench measures when neither a flag nor --recipe says otherwise (a batch of 64 keeps steps short).
-BENCH_DEFAULTS = {"resize": 224, "batch_size": 64, "precision": "fp32", "variant": "chapter", "in_channels": 1}
+from .common import DEFAULTS, add_backends_arg, add_recipe_preset_arg, apply_recipe
+
+#: What bench measures when neither a flag nor --recipe says otherwise: the chapter's network and input,
+#: at a batch of 64 (which keeps steps short).
+BENCH_DEFAULTS = {**{k: getattr(DEFAULTS, k) for k in ("resize", "precision", "variant", "in_channels")},
+                  "batch_size": 64}
 
 
 def register(sub) -> None:
-    from ..cli import add_backends_arg, add_recipe_preset_arg
-
     p = sub.add_parser("bench", help="training and inference throughput of each backend vs the chapter's code",
                        description="Images per second of each backend's training and inference step, its "
                                    "default path against the chapter's plain code, plus the data pipeline's "
                                    "share of a step and memory growth. Prints a table and writes JSON.")
     add_backends_arg(p)
-    p.add_argument("--resize", type=int, default=224, help="input image size (default: 224, the chapter's)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
-    p.add_argument("--precision", default="fp32",
-                   help="comma-separated precisions of the default path: fp32, bf16, fp16, fp64 (default: fp32); "
-                        "the chapter path is always fp32")
+    p.add_argument("--resize", type=int, default=DEFAULTS.resize,
+                   help=f"input image size (default: {DEFAULTS.resize}, the chapter's)")
+    p.add_argument("--batch-size", type=int, default=BENCH_DEFAULTS["batch_size"],
+                   help=f"batch size (default: {BENCH_DEFAULTS['batch_size']})")
+    p.add_argument("--precision", default=DEFAULTS.precision,
+                   help=f"comma-separated precisions of the default path: {', '.join(PRECISIONS)} (default: "
+                        f"{DEFAULTS.precision}); the chapter path is always fp32")
     p.add_argument("--steps", type=int, default=5, help="timed steps per path (default: 5; the median counts)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first, per path (default: 2)")
     p.add_argument("--chunks", type=int, default=3,
                    help="chunks of --steps training steps of the first precision's default path, RSS after "
                         "each, for memory growth (default: 3; 0 skips)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per framework (default: every core)")
-    p.add_argument("--variant", default="chapter", choices=list(VARIANTS), help="network variant (default: chapter)")
+    p.add_argument("--variant", default=DEFAULTS.variant, choices=list(VARIANTS),
+                   help=f"network variant (default: {DEFAULTS.variant})")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
                    help="also time each framework's one-switch fast path (torch.compile, Keras XLA, Gluon "
                         "hybridize); --no-fast skips them and their compile time (default: on)")
@@ -51,7 +54,7 @@ def register(sub) -> None:
     p.add_argument("--json", default="bench.json",
                    help="where to write the results as JSON; a directory gets bench.json (default: ./bench.json)")
     add_recipe_preset_arg(p)  # after the options it covers: with no --recipe, BENCH_DEFAULTS fill them
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=run)
 
 
 def _positive(name: str, v, zero_ok: bool = False) -> None:
@@ -73,8 +76,6 @@ def _precisions(text: str) -> list[str]:
 def settings(a) -> dict:
     """The run's settings from the parsed options, every one checked (``ConfigError`` says which)."""
     from nin_multi import backends
-
-    from ..cli import apply_recipe
 
     apply_recipe(a, fallback=BENCH_DEFAULTS)
     for name, zero_ok in (("resize", False), ("batch-size", False), ("steps", False), ("warmup", True),
@@ -99,7 +100,9 @@ def settings(a) -> dict:
             "epoch_images": a.epoch_images, "fast": a.fast}
 
 
-def cmd_bench(a) -> int:
+def run(a: argparse.Namespace) -> int:
+    from nin_multi.bench import format_report, run_bench
+
     s = settings(a)
     out = Path(a.json)
     if out.is_dir():

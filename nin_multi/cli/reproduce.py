@@ -1,14 +1,13 @@
-"""The ``reproduce`` subcommand's arguments: kept apart from the domain code so that the command layer
-can own it (``register`` adds the parser, ``cmd_reproduce`` runs it)."""
+"""``nin-multi reproduce``: several frameworks trained from one start, their curves compared."""
 from __future__ import annotations
 
 import argparse
 
+from .common import (add_backends_arg, add_data_args, add_network_args, add_output_args, add_recipe_args,
+                     add_recipe_preset_arg, config_from_args)
+
 
 def register(sub) -> None:
-    from ..cli import (add_backends_arg, add_data_args, add_network_args, add_output_args, add_recipe_args,
-                       add_recipe_preset_arg)
-
     p = sub.add_parser("reproduce", help="train several frameworks from one start and compare their curves",
                        description="Train every named backend from one set of initial weights (drawn in "
                                    "NumPy) and one example order per epoch, then overlay their curves, "
@@ -28,12 +27,11 @@ def register(sub) -> None:
     add_data_args(p)
     add_recipe_preset_arg(p)
     add_output_args(p, "runs/<time>-reproduce")
-    p.set_defaults(func=cmd_reproduce)
+    p.set_defaults(func=run)
 
 
-def cmd_reproduce(a: argparse.Namespace) -> int:
-    from ..cli import config_from_args
-    from .runner import reproduce
+def run(a: argparse.Namespace) -> int:
+    from nin_multi.reproduce import reproduce
 
     cfg = config_from_args(a, dropout=0.0 if a.no_dropout else None)
     reproduce(cfg, a.backends, overwrite=a.overwrite, seeds=a.seeds)

@@ -1,0 +1,37 @@
+"""``nin-multi summary``: the layer-by-layer shape walk of a framework's model, beside the spec's."""
+from __future__ import annotations
+
+import argparse
+
+from .common import add_network_args, add_recipe_preset_arg, apply_recipe
+
+
+def register(sub) -> None:
+    p = sub.add_parser("summary", help="print the layer-by-layer shape walk of the framework's model")
+    add_network_args(p)
+    add_recipe_preset_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    from nin_multi.backends import get_backend
+    from nin_multi.config import param_dtype
+    from nin_multi.spec import make_spec
+
+    apply_recipe(a)
+    backend = get_backend(a.backend)
+    spec = make_spec(a.variant, a.in_channels, a.num_classes, image_size=a.resize)
+    infos = spec.walk(a.resize)
+    backend.configure(None, 0)
+    model = backend.build_model(spec, dtype=param_dtype(a.precision))
+    shapes = backend.layer_shapes(model, spec, a.resize)
+    print(f"NiN ({spec.variant}) rendered by {backend.NAME}, input {spec.in_channels}x{a.resize}x{a.resize}, "
+          f"layout {backend.LAYOUT}, {param_dtype(a.precision)}" + (f", recipe {a.recipe}" if a.recipe else ""))
+    print(f"{'layer':<10} {'type':<14} {'output shape':<22} {'params':>10} {'multiply-adds':>15}")
+    for (name, shape), info in zip(shapes, infos):
+        print(f"{name:<10} {info.kind:<14} {str(shape):<22} {info.params:>10,} {info.macs:>15,}"
+              + (f"  ({info.note})" if info.note else ""))
+    n = backend.count_params(model)
+    print(f"total parameters: {n:,} (spec: {spec.num_params:,}); "
+          f"multiply-adds per image: {sum(i.macs for i in infos):,}")
+    return 0

@@ -1,0 +1,62 @@
+"""``nin-multi train``: the chapter's training, resumable, in one process or several workers."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nin_multi.isolation import ALLOW_ENV
+
+from .common import (DEFAULTS, add_data_args, add_network_args, add_recipe_args, add_recipe_preset_arg,
+                     config_from_args)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train on Fashion-MNIST with the chapter's recipe")
+    add_network_args(p)
+    add_recipe_args(p)
+    add_data_args(p)
+    add_recipe_preset_arg(p)
+    p.add_argument("--out", default=None, help="run directory (default: runs/<time>-<backend>)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    g.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue a stopped run from its newest intact checkpoint, with its saved settings "
+                        "(--epochs may extend it; --backend continues it in another framework)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="data-parallel workers on this machine, started with the framework's own launcher "
+                        "(torchrun, TF_CONFIG, MXNet's parameter server); --batch-size stays the global batch "
+                        "(default: 1)")
+    p.add_argument("--allow-network", action="store_true",
+                   help=f"let a data-parallel engine that cannot be bound to one address (TensorFlow's gRPC "
+                        f"server) listen on every interface of a machine on a network; its workers accept "
+                        f"work from anyone who can reach them, so only on a trusted network (also "
+                        f"${ALLOW_ENV}=1)")
+    p.set_defaults(func=run, backend=None)  # None: the default backend, or on --resume the run's own
+
+
+def run(a: argparse.Namespace) -> int:
+    from nin_multi.train import resume, train
+
+    if a.workers != 1:
+        return workers(a)
+    if a.resume:
+        resume(a.resume, epochs=a.epochs, progress_bar=a.progress, backend=a.backend)
+        return 0
+    train(config_from_args(a, backend=a.backend or DEFAULTS.backend), overwrite=a.overwrite)
+    return 0
+
+
+def workers(a: argparse.Namespace) -> int:
+    """``--workers N``: the framework's own launcher starts N copies of this command without it."""
+    from nin_multi.backends import canonical_name
+    from nin_multi.distributed import launch
+    from nin_multi.record import read_run_config
+    from nin_multi.run import default_run_dir
+
+    backend = canonical_name(a.backend or DEFAULTS.backend)
+    if a.resume and not a.backend:  # the run's own framework, read as resume() reads it
+        backend = read_run_config(Path(a.resume))["backend"]
+    given = a.resume or a.out  # every worker must be given the same run directory
+    out = given or str(default_run_dir(backend))
+    launch(backend, a.workers, a.argv if given else [*a.argv, "--out", out], out)
+    return 0

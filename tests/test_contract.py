@@ -1,0 +1,109 @@
+"""Every backend against ``backends/contract.py``: the protocols at run time, the signatures with
+``inspect``, the capability fields' values, and the companion modules the fields promise."""
+import importlib.util
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nin_multi import backends
+from nin_multi.backends import contract
+from nin_multi.errors import ConfigError
+from nin_multi.spec import make_spec
+
+BACKENDS_DIR = Path(backends.__file__).parent
+LAUNCHERS = ("torchrun", "tf_config", "dmlc")  # the Context.launcher values cluster.from_env sets
+
+
+def module_file(name: str) -> str:
+    return backends._REGISTRY[name][0].rsplit(".", 1)[1]
+
+
+def parameters(fn) -> list[tuple[str, object]]:
+    return [(p.name, p.default) for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+
+
+@pytest.mark.parametrize("name", backends.ORDER)
+def test_capability_fields_are_literals_with_meaningful_values(name):
+    caps = backends.capabilities(name)  # read from the source, without importing the framework
+    assert isinstance(caps.trains, bool)
+    assert caps.precisions and set(caps.precisions) <= set(contract.PRECISIONS) and "fp32" in caps.precisions
+    assert len(set(caps.precisions)) == len(caps.precisions)
+    assert caps.native_suffixes and all(s.startswith(".") for s in caps.native_suffixes)
+    assert caps.data_parallel is None or caps.data_parallel in LAUNCHERS
+    if not caps.trains:
+        assert caps.data_parallel is None and caps.precisions == ("fp32",)
+    # a data-parallel engine is promised exactly where its companion module exists
+    assert (BACKENDS_DIR / f"{module_file(name)}_dist.py").is_file() == (caps.data_parallel is not None)
+
+
+def test_each_launcher_belongs_to_one_backend():
+    launchers = [backends.capabilities(n).data_parallel for n in backends.data_parallel()]
+    assert len(launchers) == len(set(launchers)) and set(launchers) == set(LAUNCHERS)
+    assert backends.trainable() == [n for n in backends.ORDER if n != "onnx"]
+
+
+def test_the_module_fields_are_the_ones_the_registry_reads(backend):
+    caps = backends.capabilities(backend.NAME)
+    assert (backend.TRAINS, backend.PRECISIONS, backend.DATA_PARALLEL, backend.NATIVE_SUFFIXES) == tuple(caps)
+    assert isinstance(backend, contract.Backend)
+    assert backend.NAME == backends.canonical_name(backend.NAME) and backend.LAYOUT in contract.LAYOUTS
+
+
+def test_signatures_are_the_contracts(backend):
+    assert parameters(backend.build_model) == [("spec", inspect.Parameter.empty), ("init", "xavier"), ("seed", 0),
+                                               ("dtype", "float32")]
+    assert parameters(backend.layer_shapes) == [("model", inspect.Parameter.empty), ("spec", inspect.Parameter.empty),
+                                                ("image_size", 224), ("batch", 1)]
+    assert parameters(backend.configure) == [("threads", None), ("seed", 0)]
+    assert parameters(backend.forward)[2] == ("training", False)
+    init = [(n, d) for n, d in parameters(backend.Trainer.__init__)]
+    assert [n for n, _ in init] == list(contract.TRAINER_PARAMETERS), "one Trainer constructor for every backend"
+    assert dict(init)["precision"] == "fp32" and dict(init)["optim"] is None
+    for step in ("train_step", "eval_step"):
+        assert [n for n, _ in parameters(getattr(backend.Trainer, step))] == ["x", "y"]
+
+
+def test_a_trainer_is_the_protocols_trainer(backend):
+    spec = make_spec("mini", dropout=0.0, image_size=28)
+    backend.configure(None, 0)
+    trainer = backend.Trainer(backend.build_model(spec, "kaiming", 0), 0.05, "fp32")
+    assert isinstance(trainer, contract.Trainer)
+    x = np.random.default_rng(0).random((4, 1, 28, 28), np.float32)
+    if backend.LAYOUT == "NHWC":
+        x = x.transpose(0, 2, 3, 1).copy()
+    y = np.array([0, 1, 2, 3], np.int64)
+    loss, correct = trainer.eval_step(x, y)
+    assert np.isfinite(loss) and 0 <= correct <= 4
+    if backend.TRAINS:
+        loss, correct = trainer.train_step(x, y)
+        assert np.isfinite(loss) and isinstance(correct, int)
+    else:
+        with pytest.raises(ConfigError, match="inference-only"):
+            trainer.train_step(x, y)
+
+
+def test_a_data_parallel_companion_is_the_protocols(backend):
+    if backend.DATA_PARALLEL is None:
+        assert importlib.util.find_spec(f"nin_multi.backends.{module_file(backend.NAME)}_dist") is None
+        return
+    dist = backends.companion(backend.NAME, "dist")
+    assert isinstance(dist, contract.DataParallel)
+    assert [n for n, _ in parameters(dist.distribute)] == list(contract.DISTRIBUTE_PARAMETERS)
+    assert [n for n, _ in parameters(dist.start_workers)] == list(contract.START_WORKERS_PARAMETERS)
+    engines = [c for _, c in inspect.getmembers(dist, inspect.isclass) if c.__module__ == dist.__name__
+               and hasattr(c, "all_sum")]
+    assert engines, "the companion defines its Engine"
+    for engine in engines:
+        assert isinstance(object.__new__(engine), contract.Engine)
+        assert [n for n, _ in parameters(engine.train_step)] == ["x", "y", "total"]
+
+
+def test_the_protocols_refuse_what_lacks_a_member():
+    class Half:
+        def train_step(self, x, y):
+            return 0.0, 0
+
+    assert not isinstance(Half(), contract.Trainer)
+    assert not isinstance(Half(), contract.Engine)
