@@ -3,7 +3,9 @@
 Each replica's loss is its examples' summed loss over the global batch size and Keras's optimizer sums
 the replicas' gradients (an all-reduce), so the update is one process's on the global batch.
 ``start_workers`` is ``train --workers N``'s launcher: N processes on 127.0.0.1, each given the cluster
-and its own index in ``TF_CONFIG``.
+and its own index in ``TF_CONFIG``. TensorFlow's gRPC server cannot be bound to one address (see
+``nin_multi.isolation``): the workers share a private network namespace where the kernel allows one, and
+are refused on a machine with a network interface otherwise, unless the user allows the network.
 """
 from __future__ import annotations
 
@@ -14,6 +16,11 @@ import numpy as np
 from nin_multi.backends.tf import _dtype, _floatx, _load_training_state, _training_state, keras, tf
 from nin_multi.cluster import rank_seed
 from nin_multi.host import check_port, free_ports
+from nin_multi.isolation import (PRIVATE_ENV, join_private_network, new_private_network, private_network_available,
+                                 refuse_unbound)
+
+#: What a TensorFlow worker exposes, for ``refuse_unbound``.
+EXPOSURE = ("TensorFlow's gRPC worker", "runs any graph it is sent (file reads and writes included)")
 
 
 def distribute(ctx, cfg, make_model, make_trainer):
@@ -22,6 +29,7 @@ def distribute(ctx, cfg, make_model, make_trainer):
     created inside ``strategy.scope()``, so the engine keeps its own SGD and step (the single-process
     Trainer's functions are traced outside any replica context and cannot update mirrored variables);
     ``make_trainer`` is not used."""
+    refuse_unbound(*EXPOSURE)  # its server will listen on every interface, whatever TF_CONFIG says
     host, port = ctx.address.rsplit(":", 1)
     check_port(host, int(port), "this TensorFlow worker", "TF_CONFIG")
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=ctx.timeout)
@@ -128,10 +136,19 @@ class _StrategyEngine:
 
 
 def start_workers(launch, workers: int, command: list, env: dict) -> list:
-    """N workers on free local ports, each told the cluster and its own index."""
+    """N workers on free local ports, each told the cluster and its own index; in one private network
+    namespace (its only interface loopback) where the kernel allows it."""
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # a lost peer is one line below, not pages of gRPC errors
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(workers)]}
+    private = private_network_available()
+    if private:
+        env[PRIVATE_ENV] = "1"
+    else:
+        refuse_unbound(*EXPOSURE)
+    first = None
     for i in range(workers):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        launch.start(f"worker {i}", command, {**env, "TF_CONFIG": tf_config})
+        step = None if not private else new_private_network if first is None else join_private_network(first.pid)
+        p = launch.start(f"worker {i}", command, {**env, "TF_CONFIG": tf_config}, step)
+        first = first or p
     return [f"worker {i}" for i in range(workers)]

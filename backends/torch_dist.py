@@ -34,6 +34,7 @@ from nin_multi.backends.torch import Trainer, device
 from nin_multi.cluster import rank_seed
 from nin_multi.errors import DistributedError
 from nin_multi.host import check_port, free_ports
+from nin_multi.isolation import listening_socket, loopback_interface
 from nin_multi.machine import usable_cores
 
 REPORT_ENV = "NIN_MULTI_TORCHRUN_REPORT"
@@ -46,14 +47,29 @@ def distribute(ctx, cfg, make_model, make_trainer):
     engine = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(ctx.local_rank)
+    timeout = datetime.timedelta(seconds=ctx.timeout)
     try:
-        tdist.init_process_group(engine, timeout=datetime.timedelta(seconds=ctx.timeout))
+        tdist.init_process_group(engine, timeout=timeout, **_own_store(ctx, timeout))
     except (RuntimeError, ValueError) as e:
         raise DistributedError(f"worker {ctx.rank} could not join the {engine} process group at {ctx.address} "
                                f"within {ctx.timeout:g} s: {str(e).splitlines()[0]}") from None
     model = make_model()
     trainer = make_trainer(model)
     return model, _DDPEngine(model, trainer, ctx)
+
+
+def _own_store(ctx, timeout) -> dict:
+    """Launched without torchrun's agent store (``RANK``/``MASTER_ADDR`` set by hand or by another launcher):
+    rank 0's store listens on ``MASTER_ADDR`` alone, not on every interface as ``env://`` would have it."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return {}
+    if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
+        raise DistributedError("$RANK and $WORLD_SIZE are set but $MASTER_ADDR or $MASTER_PORT is not: set both "
+                               "(rank 0's address and a free port), or start the workers with torchrun")
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    fd = listening_socket(host, port).detach() if ctx.rank == 0 else None
+    store = tdist.TCPStore(host, port, ctx.world_size, ctx.rank == 0, timeout, master_listen_fd=fd)
+    return {"store": store, "rank": ctx.rank, "world_size": ctx.world_size}
 
 
 class _DDPEngine:
@@ -110,6 +126,7 @@ def start_workers(launch, workers: int, command: list, env: dict) -> list:
     report = Path(tempfile.mkdtemp(prefix="nin-multi-torchrun-")) / "failure.json"
     # torchrun would set 1 with a banner; the cores shared out is what it means
     env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // workers)))
+    env["GLOO_SOCKET_IFNAME"] = loopback_interface()  # gloo's pairs on loopback, not the host name's address
     launch.start("torchrun", [command[0], "-m", __spec__.name, "--nnodes", "1", "--nproc-per-node", str(workers),
                               "--master-addr", "127.0.0.1", "--master-port", str(port), "--max-restarts", "0",
                               "--monitor-interval", "0.5", *command[1:]], {**env, REPORT_ENV: str(report)})
@@ -133,7 +150,22 @@ def _torchrun_failure(report: Path, name: str, rc: int) -> tuple[str, int]:
         return name, rc
 
 
+def bind_store_where_told() -> None:
+    """The static rendezvous's store (the agent's on node 0) listens on ``--master-addr`` alone: torchrun
+    creates its ``TCPStore`` without ``master_listen_fd``, and the store then binds every interface
+    (tests/test_workers_safety.py reproduces it)."""
+    from torch.distributed.elastic.rendezvous import static_tcp_rendezvous
+
+    def bound_store(host, port, world_size=None, is_master=False, *args, **kwargs):
+        if is_master and "master_listen_fd" not in kwargs:
+            kwargs["master_listen_fd"] = listening_socket(host, port).detach()
+        return tdist.TCPStore(host, port, world_size, is_master, *args, **kwargs)
+
+    static_tcp_rendezvous.TCPStore = bound_store
+
+
 def main(argv: list[str]) -> int:
+    bind_store_where_told()
     try:
         run(parse_args(argv))
     except ChildFailedError as e:

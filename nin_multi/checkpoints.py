@@ -8,15 +8,19 @@ does not trust the newest file blindly: it verifies it and falls back to the nex
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .errors import DamagedFileError, RunDirError
-from .weights import read_weights_file, save_weights
+from .fileio import real_dir
+from .weights import read_weights_file, save_weights, written_by_nin_multi
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 3
+_NAME = re.compile(r"epoch-\d{4,}\.npz\Z")
 
 
 @dataclass
@@ -39,21 +43,31 @@ class Restored:
         return self.meta.get("history")
 
 
+def is_checkpoint_name(name: str) -> bool:
+    return bool(_NAME.match(name))
+
+
 def checkpoint_paths(run_dir) -> list[Path]:
-    """Oldest first."""
-    return sorted((Path(run_dir) / CHECKPOINTS).glob("epoch-*.npz"))
+    """Oldest first: the regular files named as this module names them, in a ``checkpoints`` folder that
+    is not a link (one is refused: resuming would write into, and prune, the folder it points to)."""
+    folder = real_dir(Path(run_dir) / CHECKPOINTS, create=False)
+    if not folder.is_dir():
+        return []
+    found = [Path(e.path) for e in os.scandir(folder)
+             if is_checkpoint_name(e.name) and e.is_file(follow_symlinks=False)]
+    return sorted(found, key=lambda p: (len(p.name), p.name))
 
 
 def save_checkpoint(run_dir, spec, weights: dict, state: dict, epoch: int, backend: str, config: dict,
                     history: list) -> Path:
     """After each epoch; the last ``KEEP_CHECKPOINTS`` are kept (older ones removed only after the new
     one is safely on disk)."""
-    path = Path(run_dir) / CHECKPOINTS / f"epoch-{epoch + 1:04d}.npz"
-    path.parent.mkdir(exist_ok=True)
+    path = real_dir(Path(run_dir) / CHECKPOINTS) / f"epoch-{epoch + 1:04d}.npz"
     save_weights(path, spec, weights, state=state,
                  meta={"epochs_done": epoch + 1, "backend": backend, "config": config, "history": history})
     for old in checkpoint_paths(run_dir)[:-KEEP_CHECKPOINTS]:
-        old.unlink()
+        if written_by_nin_multi(old):  # a file copied in under a checkpoint's name is not ours to delete
+            old.unlink()
     return path
 
 

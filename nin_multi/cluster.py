@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import environment
 from .errors import DistributedError
 
 TIMEOUT_ENV = "NIN_MULTI_DIST_TIMEOUT"
@@ -82,8 +83,10 @@ def timeout_from_env(env=None) -> float:
 
 
 def from_env(env=None) -> Context:
-    """The launcher's environment, read once; none of them set: a single process."""
+    """The launcher's environment, read once and checked (``environment.check``); none of them set: a
+    single process."""
     env = os.environ if env is None else env
+    environment.check(env)
     timeout = timeout_from_env(env)
     if "RANK" in env and "WORLD_SIZE" in env:
         return Context("torchrun", _int_env("RANK", env), _int_env("WORLD_SIZE", env),

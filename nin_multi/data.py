@@ -8,6 +8,7 @@ TensorFlow's resize) and costs two matrix products per batch instead of a loop o
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import queue
 import re
@@ -20,6 +21,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from .downloads import Guarded
 from .errors import DataError, WriteError
 from .fileio import cause
 
@@ -41,6 +43,8 @@ DATA_DIR_ENV = "NIN_MULTI_DATA_DIR"
 CACHE_DIR_ENV = "NIN_MULTI_CACHE_DIR"
 MIRROR_ENV = "NIN_MULTI_MIRROR"
 _IDX_MAGIC = {2049: 1, 2051: 3}  # labels: 1 dimension, images: 3 dimensions
+#: The largest IDX file read: the full training images are 47,040,016 bytes; ten times that is allowed.
+MAX_IDX_BYTES = 470_400_160
 
 
 def default_cache_dir() -> Path:
@@ -59,20 +63,39 @@ def read_idx(path: Path, expect_magic: Optional[int] = None) -> np.ndarray:
     """Parse one (optionally gzip-compressed) IDX file, refusing anything that is not exactly one.
 
     The checks are the ones that catch real accidents: an HTML error page saved as ``.gz``, a
-    download cut short, images and labels swapped, a file from another dataset.
+    download cut short, images and labels swapped, a file from another dataset. The header is read
+    first and the body only up to the size it promises plus one byte, so a gzip bomb costs no more
+    memory than a genuine file of that header (``MAX_IDX_BYTES`` at most).
     """
     path = Path(path)
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            raw = f.read()
+            head = _idx_header(path, f.read(8), f, expect_magic)
+            dims, header = head[1], len(head[0])
+            expected = header + math.prod(dims)
+            if expected > MAX_IDX_BYTES:
+                raise DataError(f"{path}: its header promises {dims} items = {expected:,} bytes, more than any "
+                                f"Fashion-MNIST file ({MAX_IDX_BYTES:,} bytes at most)")
+            raw = head[0] + f.read(expected - header + 1)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
         raise DataError(f"{path}: not a valid gzip file ({e}); delete it and download it again") from None
-    if len(raw) < 8:
-        raise DataError(f"{path}: only {len(raw)} bytes, too short for an IDX header")
-    magic = int.from_bytes(raw[:4], "big")
+    if len(raw) != expected:
+        shown = f"{len(raw):,} bytes" if len(raw) < expected else "more bytes"
+        raise DataError(
+            f"{path}: {shown}, but its header promises {dims} items = {expected} bytes "
+            f"({'truncated' if len(raw) < expected else 'trailing data'})"
+        )
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def _idx_header(path: Path, head: bytes, f, expect_magic: Optional[int]) -> tuple[bytes, list[int]]:
+    """(the header's bytes, dims) from the first 8 bytes and the rest of the header read from ``f``."""
+    if len(head) < 8:
+        raise DataError(f"{path}: only {len(head)} bytes, too short for an IDX header")
+    magic = int.from_bytes(head[:4], "big")
     if magic not in _IDX_MAGIC:
         raise DataError(f"{path}: wrong magic number {magic} (expected 2049 for labels or 2051 for images)")
     if expect_magic is not None and magic != expect_magic:
@@ -80,18 +103,14 @@ def read_idx(path: Path, expect_magic: Optional[int] = None) -> np.ndarray:
         raise DataError(f"{path}: holds {kind[magic]} but {kind[expect_magic]} were expected")
     ndim = _IDX_MAGIC[magic]
     header = 4 + 4 * ndim
-    if len(raw) < header:
+    rest = f.read(header - len(head)) if header > len(head) else b""
+    full = head + rest
+    if len(full) < header:
         raise DataError(f"{path}: truncated IDX header")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(full[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     if ndim == 3 and dims[1:] != [28, 28]:
         raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, Fashion-MNIST's are 28x28")
-    expected = header + int(np.prod(dims))
-    if len(raw) != expected:
-        raise DataError(
-            f"{path}: {len(raw)} bytes, but its header promises {dims} items = {expected} bytes "
-            f"({'truncated' if len(raw) < expected else 'trailing data'})"
-        )
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+    return full, dims
 
 
 @dataclass
@@ -166,7 +185,8 @@ def ensure_file(cache: Path, name: str, md5: str, download: bool = True, mirrors
     env = os.environ.get(MIRROR_ENV)
     errors = []
     pooch.get_logger().setLevel("WARNING")  # its "downloading"/"retrying" lines; a terminal gets its progress bar
-    downloader = pooch.HTTPDownloader(progressbar=sys.stderr.isatty(), timeout=60)
+    # within a size cap and one deadline for every attempt at every mirror (downloads.py)
+    downloader = Guarded(pooch.HTTPDownloader(progressbar=sys.stderr.isatty(), timeout=60))
     for base in mirrors or ((env,) if env else MIRRORS):
         source = pooch.create(path=cache, base_url=base.rstrip("/") + "/", registry={name: f"md5:{md5}"},
                               retry_if_failed=retries - 1)

@@ -34,10 +34,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import isolation
 from .cluster import LAUNCH_VARS, TIMEOUT_ENV, Context, from_env
 from .errors import ConfigError, DistributedError, NinMultiError
 from .host import check_port
 
+#: Set for every process ``--workers`` starts (and inherited by torchrun's workers): it dies with its parent.
+LAUNCHED_ENV = "NIN_MULTI_LAUNCHED"
 DROPOUT_NOTE = ("dropout masks differ per worker (each draws its own for its share of the batch), so with "
                 "dropout a distributed run matches one process in distribution, not bit for bit")
 
@@ -248,8 +251,13 @@ class Launch:
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self._at_stop: list[Callable] = []
 
-    def start(self, name: str, cmd: list[str], env: dict) -> None:
-        self.procs.append((name, subprocess.Popen(cmd, env=env, start_new_session=True)))
+    def start(self, name: str, cmd: list[str], env: dict, preexec=None) -> subprocess.Popen:
+        """In its own process group, killed with the launcher (``PR_SET_PDEATHSIG``, even by SIGKILL);
+        ``preexec`` runs in the child before it starts ``cmd`` (a private network namespace, say)."""
+        p = subprocess.Popen(cmd, env={**env, LAUNCHED_ENV: "1"}, start_new_session=True,
+                             preexec_fn=isolation.preexec(preexec))
+        self.procs.append((name, p))
+        return p
 
     def stop(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -340,9 +348,9 @@ def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
         failure = run.wait(names)
         if failure is None:
             run.linger(30)
-    except KeyboardInterrupt:
-        raise DistributedError(f"interrupted; stopped all {workers} workers; continue with --resume {run_dir} "
-                               f"--workers {workers}") from None
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (the CLI's handlers raise Terminated)
+        raise DistributedError(f"{getattr(e, 'how', 'interrupted')}; stopped all {workers} workers; continue "
+                               f"with --resume {run_dir} --workers {workers}") from None
     finally:
         run.stop()
         failure = run.settle(failure)
@@ -351,6 +359,14 @@ def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
         raise DistributedError(f"{name} {_describe(rc)}, so the {workers}-worker {backend} run was stopped (every "
                                f"process ended); the last completed epoch's checkpoint is in {run_dir}: continue "
                                f"with --resume {run_dir} --workers {workers}")
+
+
+def die_with_launcher() -> None:
+    """A worker ``--workers`` started (or torchrun's worker under it) ends when its parent does."""
+    if os.environ.get(LAUNCHED_ENV) == "1":
+        isolation.die_with_parent()
+        if os.getppid() == 1:  # the parent is already gone
+            os._exit(DistributedError.exit_code)
 
 
 def serve(ctx: Context, backend: str) -> None:

@@ -73,10 +73,16 @@ class Interrupted(NinMultiError):
 
 
 class Terminated(KeyboardInterrupt):
-    """Raised by the CLI's SIGTERM handler (what schedulers send before preempting a job), so every
-    ``except KeyboardInterrupt`` clean-up path treats it like Ctrl-C; the exit status is 128 + 15."""
+    """Raised by the CLI's SIGTERM handler (what schedulers send before preempting a job) and its SIGHUP
+    handler (a closed terminal), so every ``except KeyboardInterrupt`` clean-up path treats them like
+    Ctrl-C; the exit status is 128 + the signal's number (143, 129)."""
 
     exit_code = 143
+    how = "stopped by SIGTERM"
+
+    def __init__(self, signum: int = 15, name: str = "SIGTERM"):
+        super().__init__()
+        self.exit_code, self.how = 128 + signum, f"stopped by {name}"
 
 
 class DistributedError(NinMultiError):

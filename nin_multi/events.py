@@ -20,6 +20,7 @@ its first step, which makes TensorBoard drop what the interrupted attempt wrote 
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import socket
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import WriteError
-from .fileio import cause
+from .fileio import cause, no_follow
 
 PREFIX = "events.out.tfevents"
 #: metrics.jsonl's per-epoch columns, each logged under ``epoch/<column>``.
@@ -93,7 +94,7 @@ class EventLog:
     def _open(self, step: int) -> None:
         event_pb2 = self._pb
         self.path = self.dir / f"{PREFIX}.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_files)}"
-        self._file = self._guard(open, self.path, "ab")
+        self._file = self._guard(functools.partial(open, opener=no_follow), self.path, "ab")
         self._records = self._record_writer(self._file)
         first = [event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")]
         if self.resumed:

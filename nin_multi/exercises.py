@@ -230,7 +230,7 @@ def compare(variants, cfg_kwargs: dict, out, overwrite: bool = False, log=print)
     against the input size before any training starts. Returns the table's rows.
     """
     from .config import TrainConfig
-    from .run import prepare_dir
+    from .run import prepare_dir, release_dir
     from .train import train
 
     cfgs = [TrainConfig(**{**cfg_kwargs, "variant": v}) for v in variants]
@@ -256,6 +256,7 @@ def compare(variants, cfg_kwargs: dict, out, overwrite: bool = False, log=print)
     title = (f"NiN variants on {c.backend}: {c.epochs} epoch(s), {c.resize}x{c.resize}, batch {c.batch_size}, "
              f"lr {c.lr:g}, seed {c.seed}" + (f", {c.subset} train images" if c.subset else ""))
     plot_compare(rows, out / COMPARE_PNG, title)
+    release_dir(out)
     return rows
 
 

@@ -6,6 +6,11 @@ survives a power cut (the sequence TFDS and write-file-atomic use). A reader or 
 file or the new one, never half of one. A write that fails (disk full, file-size limit, I/O error, no
 permission, read-only file system) removes its temporary file, leaves the destination as it was, and
 raises one ``WriteError`` that names the file and the cause.
+
+Nothing is written through a symbolic link: temporary files are created exclusively (``O_EXCL``, which
+refuses any existing name, a dangling link included), and the rename replaces a link planted at the
+destination instead of writing into the file it points to. A replaced file keeps its mode (a ``chmod 600``
+survives the next save); a new one gets the user's umask, as ``open`` gives it.
 """
 from __future__ import annotations
 
@@ -14,11 +19,13 @@ import errno
 import io
 import json
 import os
+import re
 import secrets
+import stat
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from .errors import WriteError
+from .errors import RunDirError, WriteError
 
 CAUSES = {
     errno.ENOSPC: "no space left on the device",
@@ -31,6 +38,11 @@ CAUSES = {
 }
 #: What ``fsync`` of a directory raises on file systems that do not support it: not a failure.
 _DIR_SYNC_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EISDIR}
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_EXCL = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_BINARY", 0)
+#: The names of the temporary files ``atomic_write``, ``atomic_path`` and ``writable`` create: what a
+#: killed process can leave behind, and the only names ``sweep_temporaries`` removes.
+TEMPORARY = re.compile(r"(\..+\.\d+-[0-9a-f]{8}\.tmp|\.tmp-\d+-[0-9a-f]{8}-.+|\.write-test-\d+-[0-9a-f]{8})\Z")
 
 
 def cause(e: OSError) -> str:
@@ -76,7 +88,7 @@ def atomic_write(path, text: bool = False, newline=None):
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666: the umask decides, as open()
+        fd = os.open(tmp, _EXCL, 0o666)  # 0o666: the umask decides, as open()
     except OSError as e:
         raise write_error(path, e) from None
     f = None
@@ -85,6 +97,7 @@ def atomic_write(path, text: bool = False, newline=None):
         yield _Checked(f, path)
         try:
             f.flush()
+            _keep_mode(path, tmp, fd)
             os.fsync(f.fileno())
             f.close()
             os.replace(tmp, path)
@@ -110,8 +123,9 @@ def atomic_path(path):
     try:
         try:
             yield tmp
-            fd = os.open(tmp, os.O_RDONLY)
+            fd = os.open(tmp, os.O_RDONLY | _NOFOLLOW)
             try:
+                _keep_mode(path, tmp, fd)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -122,6 +136,72 @@ def atomic_path(path):
         _discard(tmp)
         raise
     sync_dir(path.parent)
+
+
+def _keep_mode(dest: Path, tmp: Path, fd: int) -> None:
+    """A file that is replaced keeps its permission bits (not a link's: a link is replaced, not read)."""
+    try:
+        st = os.lstat(dest)
+    except OSError:
+        return
+    if stat.S_ISREG(st.st_mode):
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        else:
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+
+
+def no_follow(path, flags: int) -> int:
+    """An ``opener`` for ``open()``: a symbolic link at ``path`` is refused (ELOOP), not written through."""
+    return os.open(path, flags | _NOFOLLOW, 0o666)
+
+
+def writable(directory) -> None:
+    """Raise ``OSError`` unless a file can be created in ``directory``: an exclusively created probe with
+    a fresh name, so a link planted in the directory is never written through."""
+    probe = Path(directory) / f".write-test-{os.getpid()}-{secrets.token_hex(4)}"
+    os.close(os.open(probe, _EXCL, 0o600))
+    os.unlink(probe)
+
+
+def real_dir(path, create: bool = True) -> Path:
+    """``path`` as a directory of the run that is not a symbolic link (``mkdir`` and every write below it
+    would follow one into another folder): created if absent, refused in one line if it is a link or a file."""
+    path = Path(path)
+    if create:
+        try:
+            path.mkdir(exist_ok=True)
+        except FileExistsError:
+            pass  # a file or a link at the name: refused below
+        except OSError as e:
+            raise write_error(path, e) from None
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    if stat.S_ISLNK(st.st_mode):
+        raise RunDirError(f"{path} is a symbolic link, which nin-multi never writes through (it did not create "
+                          f"it): remove it, or choose another --out")
+    if not stat.S_ISDIR(st.st_mode):
+        raise RunDirError(f"{path} exists and is not a directory: remove it, or choose another --out")
+    return path
+
+
+def sweep_temporaries(directory) -> list[str]:
+    """Remove the temporary files a killed writer left in ``directory`` (regular files with this module's
+    temporary names only; call it under the run's lock, when no writer of this run is alive). Returns
+    their names."""
+    swept = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return swept
+    for e in entries:
+        if TEMPORARY.match(e.name) and e.is_file(follow_symlinks=False):
+            with suppress(OSError):
+                os.unlink(e.path)
+                swept.append(e.name)
+    return swept
 
 
 def _discard(tmp: Path) -> None:

@@ -7,14 +7,16 @@ the same files behind and a plot from one can be laid over a plot from another.
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import re
 import sys
 import time
 from pathlib import Path
 
+from .checkpoints import CHECKPOINTS, is_checkpoint_name
 from .errors import RunDirError
-from .events import EventLog
-from .fileio import save_figure, write_csv, write_json, write_text
+from .events import PREFIX as EVENTS_PREFIX, EventLog
+from .fileio import TEMPORARY, save_figure, sweep_temporaries, writable, write_csv, write_json, write_text
 from .lock import LOCK, RunLock
 
 METRICS_JSONL = "metrics.jsonl"
@@ -29,25 +31,49 @@ def default_run_dir(backend: str) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{backend}"
 
 
+#: Every name a command of this project writes in a run directory (``train``'s files, ``reproduce``'s and
+#: ``compare``'s reports): with the lock, checkpoints, temporary files and sub-runs, what ``--overwrite``
+#: may remove. tests/test_safety.py checks that every output name the commands define is listed.
+PROJECT_FILES = frozenset({
+    CONFIG, METRICS_JSONL, METRICS_CSV, PLOT, WEIGHTS, "weights.npz",  # (.npz: runs before safetensors)
+    "initial_weights.safetensors", "initial_weights.npz", "backends.csv", "drift.csv", "reproduce.json",
+    "steps.csv", "drift.png", "seeds.csv", "seeds.png", "compare.csv", "compare.png",
+})
+#: TensorBoard's event files (``events.EventLog``): one per process that wrote to the run.
+EVENT_FILE = re.compile(re.escape(EVENTS_PREFIX) + r"\.\d+\..+\.\d+\.\d+\Z")
+#: What makes a folder a run's (beside its lock): a command writes one of these first.
+MARKERS = (CONFIG, CHECKPOINTS, "reproduce.json", "compare.csv")
+_HELD: dict = {}  # absolute run directory -> the RunLock this process holds on it (``prepare_dir``)
+
+
 def prepare_dir(path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create a run directory, refusing to mix a new run into an old one's files."""
-    path = _make_dir(path)
-    try:
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise RunDirError(f"cannot write to run directory {path}: {e.strerror or e}") from None
-    _clear(path, overwrite, resume)
+    """A run directory for a command that writes several files (``reproduce``, ``compare``): taken under
+    its lock like ``open_run_dir``, and held by this process until ``release_dir`` or its exit (a second
+    call in the same process, a notebook's next cell, takes it again)."""
+    key = Path(path).absolute()
+    held = _HELD.get(key)
+    if held is not None and held.held:
+        _clear(_make_dir(path), overwrite, resume)
+        return Path(path)
+    path, _HELD[key] = open_run_dir(path, overwrite, resume)
     return path
 
 
+def release_dir(path) -> None:
+    """Release the locks ``prepare_dir`` took on ``path`` and the folders below it (at exit the kernel
+    drops them anyway)."""
+    top = Path(path).absolute()
+    for key in [k for k in _HELD if k == top or top in k.parents]:
+        _HELD.pop(key).release()
+
+
 def open_run_dir(path, overwrite: bool = False, resume: bool = False) -> tuple[Path, RunLock]:
-    """``prepare_dir`` under the directory's lock, taken before anything in it is looked at or removed:
+    """The run directory under its lock, taken before anything in it is looked at, written or removed:
     a second process is refused before it can ``--overwrite`` a run that is still training."""
     path = _make_dir(path)
     try:
         lock = RunLock(path).acquire()
+        writable(path)
     except OSError as e:
         raise RunDirError(f"cannot write to run directory {path}: {e.strerror or e}") from None
     try:
@@ -70,13 +96,73 @@ def _make_dir(path) -> Path:
 
 
 def _clear(path: Path, overwrite: bool, resume: bool) -> None:
-    old = [p for p in path.iterdir() if p.name != LOCK]
-    if old and not resume:
-        if not overwrite:
-            raise RunDirError(f"run directory {path} already holds files; pass --overwrite to replace "
-                              f"them, --resume {path} to continue that run, or choose another --out")
-        for p in old:
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    """Under the lock: a resume sweeps the temporary files a killed run left; ``overwrite`` removes a
+    run's files and nothing else; a new run wants an empty folder."""
+    if resume:
+        sweep_temporaries(path)
+        if (path / CHECKPOINTS).is_dir() and not (path / CHECKPOINTS).is_symlink():
+            sweep_temporaries(path / CHECKPOINTS)
+        return
+    old = [e for e in os.scandir(path) if e.name != LOCK]
+    if not old:
+        return
+    if not overwrite:
+        raise RunDirError(f"run directory {path} already holds files; pass --overwrite to replace "
+                          f"them, --resume {path} to continue that run, or choose another --out")
+    foreign = _foreign(path)
+    if foreign:
+        raise RunDirError(f"--overwrite refuses {path}: {foreign}; nin-multi only removes what its own runs "
+                          f"wrote. Choose another --out, or move those files away yourself")
+    _remove_run(path)
+
+
+def _foreign(path: Path, depth: int = 0) -> str:
+    """Why ``path`` is not a folder that only runs of this project wrote ("" when it is). Files are looked
+    at before folders, and sub-runs only three deep, so a home folder is refused without walking it."""
+    entries = [e for e in os.scandir(path) if e.name != LOCK]
+    files = [e for e in entries if not e.is_dir(follow_symlinks=False)]
+    others = sorted(e.name for e in files if not _own_file(e))
+    folders = [e for e in entries if e.is_dir(follow_symlinks=False)]
+    if not others:
+        others = sorted(e.name for e in folders if depth >= 3 or not _own_folder(Path(e.path), depth))
+    if others:
+        shown = ", ".join(repr(n) for n in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        return f"it holds {shown}, which no nin-multi run wrote"
+    if folders or any(e.name in MARKERS for e in files) or all(TEMPORARY.match(e.name) for e in files):
+        return ""
+    return f"it is not a nin-multi run directory (it has no {CONFIG}, {CHECKPOINTS}/ or report)"
+
+
+def _own_file(e: os.DirEntry) -> bool:
+    """A regular file (never a link: the project creates none) of a name the project writes."""
+    return e.is_file(follow_symlinks=False) and (e.name in PROJECT_FILES or bool(TEMPORARY.match(e.name))
+                                                 or bool(EVENT_FILE.match(e.name)))
+
+
+def _own_folder(p: Path, depth: int) -> bool:
+    if p.name == CHECKPOINTS:
+        return all(e.is_file(follow_symlinks=False) and (is_checkpoint_name(e.name) or TEMPORARY.match(e.name))
+                   for e in os.scandir(p) if e.name != LOCK)
+    return not _foreign(p, depth + 1)  # a sub-run: reproduce's per-framework and per-seed folders, compare's
+
+
+def _remove_run(path: Path) -> None:
+    """Remove what ``_foreign`` found to be the project's, depth first. The folder's own lock stays (its
+    caller holds it); a sub-run's is taken first, so a run another process is writing is never emptied."""
+    for e in sorted(os.scandir(path), key=lambda e: not e.is_dir(follow_symlinks=False)):
+        if e.name == LOCK:
+            continue
+        if e.is_dir(follow_symlinks=False):
+            sub = Path(e.path)
+            if e.name == CHECKPOINTS:
+                _remove_run(sub)
+            else:
+                release_dir(sub)  # a sub-run this process prepared (reproduce's) is this process's own
+                with RunLock(sub):
+                    _remove_run(sub)
+            os.rmdir(sub)
+        else:
+            os.unlink(e.path)
 
 
 class Run:

@@ -16,25 +16,28 @@ from typing import Optional
 from . import data as data_mod
 from . import optim
 from .config import TrainConfig, param_dtype
-from .distributed import World, serve
+from .distributed import World, die_with_launcher, serve
 from .errors import ConfigError, Interrupted, NinMultiError, RunDirError, TrainingDivergedError, WriteError
 from .record import Record, read_run_config, restore  # noqa: F401  (restore: part of the driver's API)
 from .recipes import get_recipe
 from .run import CONFIG, WEIGHTS, Run, default_run_dir, final_line, progress
 from .spec import NiNSpec, make_spec
+from .untrusted import check_memory
 
 
 def spec_for(cfg: TrainConfig) -> NiNSpec:
     spec = make_spec(cfg.variant, cfg.in_channels, cfg.num_classes, cfg.dropout, cfg.resize)
-    check_fits_fashion_mnist(spec, cfg.resize)
+    check_fits_fashion_mnist(spec, cfg.resize, cfg.batch_size, cfg.precision)
     return spec
 
 
-def check_fits_fashion_mnist(spec: NiNSpec, resize: int) -> None:
+def check_fits_fashion_mnist(spec: NiNSpec, resize: int, batch: int = 1, precision: str = "fp32") -> None:
     """Refuse, before loading anything, a network that cannot take Fashion-MNIST at this size: too
-    small an image, another channel count (the images are grayscale), fewer outputs than its 10 classes.
-    ``--in-channels`` and ``--num-classes`` exist for ``summary`` and ``resources``."""
+    small an image, another channel count (the images are grayscale), fewer outputs than its 10 classes,
+    more memory than the machine has. ``--in-channels`` and ``--num-classes`` exist for ``summary`` and
+    ``resources``."""
     spec.walk(resize)
+    check_memory(spec, resize, batch, 8 if precision == "fp64" else 4)
     if spec.in_channels not in (data_mod.CHANNELS, 3):
         raise ConfigError(f"the network takes {spec.in_channels} input channels but Fashion-MNIST images have "
                           f"{data_mod.CHANNELS} (repeated to 3 for an RGB network): train and evaluate need "
@@ -73,17 +76,18 @@ def evaluate(trainer, images, labels, cfg: TrainConfig, layout: str, desc: str =
 
 
 def train_epoch(trainer, ds, cfg: TrainConfig, layout: str, epoch: int, order=None, step_losses=None,
-                log_step=None) -> dict:
+                log_step=None, prefetch: int = 2) -> dict:
     """One pass over the training set; ``step_losses``, a list, receives every batch's mean loss (what
     ``reproduce`` compares step by step between frameworks); ``log_step(step, mean loss, lr)`` (a
-    ``Run``'s) is called after every step, ``step`` counted from 1 over the whole run."""
+    ``Run``'s) is called after every step, ``step`` counted from 1 over the whole run. ``prefetch=0``
+    prepares each batch only when the step asks for it (bench measures what prefetching hides)."""
     n = len(ds.train_images)
     first_step = epoch * data_mod.num_batches(n, cfg.batch_size) + 1
     loss_sum, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
     batches = data_mod.batches(ds.train_images, ds.train_labels, cfg.batch_size, cfg.resize, layout,
                                shuffle=True, seed=cfg.seed, epoch=epoch, order=order,
-                               dtype=param_dtype(cfg.precision), channels=cfg.in_channels)
+                               dtype=param_dtype(cfg.precision), channels=cfg.in_channels, prefetch=prefetch)
     with progress(data_mod.num_batches(n, cfg.batch_size), f"epoch {epoch + 1}/{cfg.epochs}",
                   cfg.progress) as bar:
         for i, (x, y) in enumerate(batches):
@@ -146,6 +150,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                           f"{or_list(trainable())}, then evaluate or convert its {WEIGHTS} with --backend "
                           f"{cfg.backend}")
     world = World()
+    if world.ctx.active:
+        die_with_launcher()
     if world.serves:  # a parameter server's scheduler or server: it serves the workers until they finish
         serve(world.ctx, cfg.backend)
         return Path(cfg.out or "."), []
@@ -170,7 +176,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                       meta={"backend": backend.NAME, "epochs": cfg.epochs, "config": cfg.to_dict()})
     except KeyboardInterrupt as e:
         code = getattr(e, "exit_code", 130)
-        how = "stopped by SIGTERM" if code == 143 else "interrupted"
+        how = getattr(e, "how", "interrupted")
         where = f"during epoch {record.done + 1}" if record.done < cfg.epochs else f"while writing {WEIGHTS}"
         raise Interrupted(f"{how} {where}; {record.kept(world.size)}", code) from None
     except WriteError as e:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +30,7 @@ from .config import INITS
 from .errors import ConfigError, DamagedFileError, WeightsError
 from .fileio import atomic_write
 from .spec import Conv, NiNSpec
+from .untrusted import MAX_STATE_BYTES, NpzMembers, damaged, header_text, load_json, spec_from_header
 
 FORMAT = "nin_multi.weights/1"
 LAYOUT = "conv OIHW, dense (in, out), bias (out,)"
@@ -105,32 +108,92 @@ def load_weights(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict]:
 
 
 def read_weights_file(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict, dict, dict]:
-    """(spec, weights, meta, state): everything a weights or checkpoint file holds, validated."""
+    """(spec, weights, meta, state): everything a weights or checkpoint file holds, validated before it is
+    read: the header within its limits, the stored network within its bounds, and every array's shape
+    and dtype, as the container states them, against that network (``untrusted``); only then the arrays,
+    and their checksum."""
     from safetensors import SafetensorError
 
     path = Path(path)
     try:
-        header, arrays = _read_safetensors(path) if is_safetensors(path) else _read_npz(path)
+        with (_open_safetensors if is_safetensors(path) else _open_npz)(path) as (header, found, read):
+            file_spec, dtype = check_header(path, header, spec)
+            check_arrays(path, found, file_spec, dtype)
+            arrays = {k: read(k) for k in found}
     except FileNotFoundError:
         raise WeightsError(f"weights file {path} not found") from None
-    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, SafetensorError) as e:
-        why = "no nin_multi header" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
-        raise DamagedFileError(f"{path} is damaged or not a nin_multi weights file ({why})", why) from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, SafetensorError) as e:
+        raise damaged(path, f"{type(e).__name__}: {e}") from None
     # Files written before checksums existed have none and are read as before.
     if "checksum" in header and checksum(arrays) != header["checksum"]:
         why = "its arrays do not match the checksum stored with them"
         raise DamagedFileError(f"{path} is damaged: {why}", why)
     weights = {k: v for k, v in arrays.items() if not k.startswith(STATE_PREFIX)}
     state = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
+    meta = header.get("meta", {})
+    return file_spec, weights, meta if isinstance(meta, dict) else {}, state
+
+
+def check_header(path: Path, header, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, str]:
+    """(the file's network, its dtype): what the header of either container says, checked before any array
+    is read; ``spec``, if given, must be that network."""
+    if not isinstance(header, dict):
+        raise damaged(path, "its header is not a JSON object")
+    if header.get("format") != FORMAT:
+        raise WeightsError(f"{path}: format {_short(header.get('format'))}, expected {FORMAT!r}")
+    if header.get("layout") not in (LAYOUT, _LEGACY_LAYOUT):
+        raise WeightsError(f"{path}: kernel layout {_short(header.get('layout'))}, expected {LAYOUT!r}")
     dtype = header.get("dtype", "float32")
-    if any(w.dtype != dtype for w in weights.values()):
-        why = f"its arrays are not all {dtype}, as its header says"
-        raise DamagedFileError(f"{path} is damaged: {why}", why)
-    file_spec = NiNSpec.from_dict(header["spec"])
+    if dtype not in DTYPES:
+        raise damaged(path, f"its header names the dtype {_short(dtype)}, not one of {', '.join(DTYPES)}")
+    if "spec" not in header:
+        raise damaged(path, "its header holds no network description (spec)")
+    file_spec = spec_from_header(header["spec"], path)
     if spec is not None and file_spec != spec:
         raise WeightsError(f"{path} was made for another network: {_first_difference(file_spec, spec)}")
-    check_weights(file_spec, weights, str(path))
-    return file_spec, weights, header.get("meta", {}), state
+    return file_spec, dtype
+
+
+def check_arrays(path, found: dict, spec: NiNSpec, dtype: str) -> None:
+    """``found``: name -> (shape, numpy dtype, bytes) as the container's own headers state them, before any
+    array is read. Every weight the network has, of its shape and the header's dtype; a bounded training
+    state; nothing else."""
+    expected = spec.weight_shapes()
+    for name, shape in expected.items():
+        if name not in found:
+            raise DamagedFileError(f"{path}: no entry for {name} (expected shape {shape})", f"no entry for {name}")
+        got_shape, got_dtype, _ = found[name]
+        if tuple(got_shape) != shape:
+            why = f"{name} has shape {tuple(got_shape)}, the spec expects {shape}"
+            raise DamagedFileError(f"{path}: {why}", why)
+        if np.dtype(got_dtype) != np.dtype(dtype):
+            why = f"its arrays are not all {dtype}, as its header says"
+            raise DamagedFileError(f"{path} is damaged: {why}", why)
+    state = [n for n in found if n.startswith(STATE_PREFIX)]
+    extra = sorted(set(found) - set(expected) - set(state))
+    if extra:
+        raise DamagedFileError(f"{path}: entries {extra[:5]} are not in the spec", "entries not in the spec")
+    state_bytes = sum(found[n][2] for n in state)
+    if state_bytes > MAX_STATE_BYTES:
+        raise damaged(path, f"its training state claims {state_bytes:,} bytes, more than the {MAX_STATE_BYTES:,} "
+                            f"allowed")
+
+
+def written_by_nin_multi(path) -> bool:
+    """Whether ``path`` is a weights or checkpoint file of this format: its header member names it (read
+    within the limits above; no array is read)."""
+    try:
+        with NpzMembers(path) as members:
+            text = header_text(members)
+            header = load_json(text, path) if text is not None else None
+            return isinstance(header, dict) and header.get("format") == FORMAT
+    except (OSError, WeightsError):
+        return False
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def is_safetensors(path: Path) -> bool:
@@ -147,16 +210,23 @@ def is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def _read_npz(path: Path) -> tuple[dict, dict]:
-    with np.load(path, allow_pickle=False) as f:
-        header = json.loads(str(f["__header__"]))
-        check_header(path, header)
-        return header, {k: f[k] for k in f.files if k != "__header__"}
+@contextmanager
+def _open_npz(path: Path):
+    """(header, {name: (shape, dtype, bytes)}, read): the zip's directory and each member's ``.npy``
+    header, nothing more, until ``read(name)``."""
+    with NpzMembers(path) as members:
+        text = header_text(members)
+        if text is None:
+            raise damaged(path, "no nin_multi header")
+        found = {k: v[:3] for k, v in members.headers.items() if k != "__header__"}
+        yield load_json(text, path), found, members.read
 
 
-def _read_safetensors(path: Path) -> tuple[dict, dict]:
-    """safetensors bounds its own header (100 MB) and checks that the arrays' offsets tile the file
-    before anything is read; arrays are read from the memory map only after the header is checked."""
+@contextmanager
+def _open_safetensors(path: Path):
+    """The same from a safetensors file: safetensors bounds its own header (100 MB) and checks that the
+    arrays' offsets tile the file before anything is read; the metadata's JSON is parsed within
+    ``untrusted``'s limits, and each array's shape and dtype come from the header alone."""
     from safetensors import safe_open
 
     with safe_open(path, framework="numpy") as f:
@@ -166,23 +236,21 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
                                f"layout, dtype, checksum), so nothing says which network its arrays belong to; "
                                f"write it with nin_multi.weights.save_weights, or pass that metadata to "
                                f"safetensors' save_file")
-        header = {k: json.loads(v) if k in _JSON_ENTRIES else v for k, v in metadata.items()}
-        check_header(path, header)
-        return header, {k: f.get_tensor(k) for k in f.keys()}
+        header = {k: load_json(v, path) if k in _JSON_ENTRIES else v for k, v in metadata.items()}
+        found = {}
+        for name in f.keys():
+            part = f.get_slice(name)
+            shape, dtype = tuple(part.get_shape()), _SAFETENSORS_DTYPES.get(part.get_dtype())
+            if dtype is None:
+                raise damaged(path, f"{name[:60]!r} holds {part.get_dtype()[:10]}, not numbers NumPy reads")
+            found[name] = (shape, dtype, math.prod(shape) * dtype.itemsize)
+        yield header, found, f.get_tensor
 
 
-def check_header(path: Path, header) -> None:
-    """The header of either container, checked before any array is read: what a file says it is."""
-    if not isinstance(header, dict):
-        why = "its header is not a JSON object"
-        raise DamagedFileError(f"{path} is damaged or not a nin_multi weights file ({why})", why)
-    if header.get("format") != FORMAT:
-        raise WeightsError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
-    if header.get("layout") not in (LAYOUT, _LEGACY_LAYOUT):
-        raise WeightsError(f"{path}: kernel layout {header.get('layout')!r}, expected {LAYOUT!r}")
-    if header.get("dtype", "float32") not in DTYPES:
-        why = f"its header names dtype {header.get('dtype')!r}, not one of {', '.join(DTYPES)}"
-        raise DamagedFileError(f"{path} is damaged: {why}", why)
+#: safetensors' dtype names and NumPy's (bfloat16, which NumPy lacks, is not one this project writes).
+_SAFETENSORS_DTYPES = {k: np.dtype(v) for k, v in {
+    "F64": "float64", "F32": "float32", "F16": "float16", "I64": "int64", "I32": "int32", "I16": "int16",
+    "I8": "int8", "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}.items()}
 
 
 def _first_difference(a: NiNSpec, b: NiNSpec) -> str:

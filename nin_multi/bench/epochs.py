@@ -8,12 +8,10 @@ from __future__ import annotations
 import statistics
 import time
 import traceback
-from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 
 import numpy as np
 
-from .. import data
 from ..config import TrainConfig, param_dtype
 from .protocol import LR, emit, error_text
 
@@ -30,18 +28,6 @@ class _StepTimer:
         out = self.trainer.train_step(x, y)
         self.steps.append((time.perf_counter() - t0, len(y)))
         return out
-
-
-@contextmanager
-def _no_prefetch():
-    """``nin_multi.data.batches`` without its background thread, in this worker process only:
-    ``train_epoch`` offers no way to ask for ``prefetch=0`` itself."""
-    batches = data.batches
-    data.batches = lambda *a, **k: batches(*a, **{**k, "prefetch": 0})
-    try:
-        yield
-    finally:
-        data.batches = batches
 
 
 def _split(timer: _StepTimer, n: int, batch: int, wall: float, prefetch: bool) -> dict:
@@ -82,8 +68,7 @@ def measure_epochs(backend, bench_module, spec, s: dict, precision: str, epochs:
             timer.steps = []
             prefetch = epoch < epochs
             t0 = time.perf_counter()
-            with nullcontext() if prefetch else _no_prefetch():
-                train_epoch(timer, ds, cfg, backend.LAYOUT, epoch)
+            train_epoch(timer, ds, cfg, backend.LAYOUT, epoch, prefetch=2 if prefetch else 0)
             sync()
             out["epochs"].append(_split(timer, n, batch, time.perf_counter() - t0, prefetch))
     except Exception as e:  # noqa: BLE001 - this measurement's failure is its result

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from contextlib import contextmanager
 
-from nin_multi import __version__
+from nin_multi import __version__, environment, isolation
 from nin_multi.errors import NinMultiError, Terminated
 
 #: The commands, in the order ``--help`` lists them; each module of this package registers its own.
@@ -33,29 +34,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextmanager
 def sigterm_as_interrupt():
-    """SIGTERM (what schedulers send before preempting a job) raises ``Terminated``, a
-    ``KeyboardInterrupt``: a run stops as on Ctrl-C, keeping its last checkpoint. Only in the main thread
-    (where Python delivers signals); the previous handler is restored afterwards."""
+    """SIGTERM (what schedulers send before preempting a job) and SIGHUP (a closed terminal) raise
+    ``Terminated``, a ``KeyboardInterrupt``: a run stops as on Ctrl-C, keeping its last checkpoint, and a
+    launcher stops its workers. Only in the main thread (where Python delivers signals); the previous
+    handlers are restored afterwards."""
     def handler(signum, frame):
-        raise Terminated()
+        raise Terminated(signum, signal.Signals(signum).name)
 
+    signals = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {s: signal.signal(s, handler) for s in signals}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def main(argv=None) -> int:
     """Exit status: 0 done, 2 an error (one line on stderr), 3 training diverged, 4 a data-parallel run
-    failed, 130 Ctrl-C, 143 SIGTERM."""
+    failed or a bad value of its environment, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # ``train --workers`` starts it again per worker
     try:
+        environment.check()  # every variable a run reads, before anything starts
+        if getattr(args, "allow_network", False):  # for this process and every worker it starts
+            os.environ[isolation.ALLOW_ENV] = "1"
         with sigterm_as_interrupt():
             return args.func(args)
     except NinMultiError as e:
@@ -63,7 +70,7 @@ def main(argv=None) -> int:
         return e.exit_code
     except KeyboardInterrupt as e:
         code = getattr(e, "exit_code", 130)
-        print(f"nin-multi: {'stopped by SIGTERM' if code == 143 else 'interrupted'}", file=sys.stderr)
+        print(f"nin-multi: {getattr(e, 'how', 'interrupted')}", file=sys.stderr)
         return code
 
 

@@ -23,8 +23,11 @@ def run(a: argparse.Namespace) -> int:
     from nin_multi.train import check_fits_fashion_mnist, evaluate
 
     cfg = config_from_args(a)
-    backend, spec, model = load_weights_into(a.backend, a.weights, cfg.precision,
-                                             check=lambda spec: check_fits_fashion_mnist(spec, cfg.resize))
+
+    def check(spec):  # before any framework allocates: the size, and the memory it needs at this batch
+        check_fits_fashion_mnist(spec, cfg.resize, cfg.batch_size, cfg.precision)
+
+    backend, spec, model = load_weights_into(a.backend, a.weights, cfg.precision, check=check)
     ds = load_fashion_mnist(cfg.data_dir).subset(None, cfg.test_subset)
     trainer = backend.Trainer(model, cfg.lr, cfg.precision)
     loss, acc = evaluate(trainer, ds.test_images, ds.test_labels, cfg, backend.LAYOUT, "evaluate")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nin_multi.isolation import ALLOW_ENV
+
 from .common import (DEFAULTS, add_data_args, add_network_args, add_recipe_args, add_recipe_preset_arg,
                      config_from_args)
 
@@ -24,6 +26,11 @@ def register(sub) -> None:
                    help="data-parallel workers on this machine, started with the framework's own launcher "
                         "(torchrun, TF_CONFIG, MXNet's parameter server); --batch-size stays the global batch "
                         "(default: 1)")
+    p.add_argument("--allow-network", action="store_true",
+                   help=f"let a data-parallel engine that cannot be bound to one address (TensorFlow's gRPC "
+                        f"server) listen on every interface of a machine on a network; its workers accept "
+                        f"work from anyone who can reach them, so only on a trusted network (also "
+                        f"${ALLOW_ENV}=1)")
     p.set_defaults(func=run, backend=None)  # None: the default backend, or on --resume the run's own
 
 

@@ -12,7 +12,7 @@ from .. import optim
 from ..data import epoch_order, num_batches
 from ..errors import ConfigError
 from ..fileio import write_json
-from ..run import CONFIG, PLOT, WEIGHTS, Run, default_run_dir, plot_curves, prepare_dir
+from ..run import CONFIG, PLOT, WEIGHTS, Run, default_run_dir, plot_curves, prepare_dir, release_dir
 from ..spec import NiNSpec
 from ..train import evaluate, load_data, spec_for, train_epoch
 from ..weights import initial_weights, save_weights
@@ -40,13 +40,14 @@ def reproduce(cfg: TrainConfig, backend_names=None, overwrite: bool = False, log
     mods = registry.load_backends(keys)  # PyTorch before TensorFlow
     spec = spec_for(cfg)
     ds = load_data(cfg)
-    run_dir = prepare_dir(cfg.out or default_run_dir("reproduce"), overwrite=overwrite)
+    run_dir = prepare_dir(cfg.out or default_run_dir("reproduce"), overwrite=overwrite)  # under its lock
     if len(seeds) == 1:
         report = one_start(dataclasses.replace(cfg, seed=seeds[0]), mods, spec, ds, run_dir, log)
         log(format_report(report, run_dir))
-        return run_dir, report
-    report = several_starts(dataclasses.replace(cfg, out=str(run_dir)), seeds, mods, spec, ds, run_dir, log)
-    log(format_seeds_report(report, run_dir))
+    else:
+        report = several_starts(dataclasses.replace(cfg, out=str(run_dir)), seeds, mods, spec, ds, run_dir, log)
+        log(format_seeds_report(report, run_dir))
+    release_dir(run_dir)
     return run_dir, report
 
 
