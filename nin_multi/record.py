@@ -125,8 +125,9 @@ class Record:
         if self.run:
             save_checkpoint(self.path, spec, weights, state, row["epoch"] - 1, row["backend"], config,
                             self.run.history + [row])
+        self.done = row["epoch"]  # before the metrics, plot and events: a stop there still names this checkpoint
+        if self.run:
             self.run.log_epoch(row)
-        self.done = row["epoch"]
 
     def finish(self, spec, weights: dict, meta: dict) -> None:
         if self.run:

@@ -43,6 +43,7 @@ def installed_selected():
     return names
 
 
+@pytest.mark.slow
 def test_bench_end_to_end(tmp_path, capsys):
     names = installed_selected()
     out = tmp_path / "out"
