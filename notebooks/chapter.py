@@ -28,7 +28,7 @@ def intro(fw: str) -> list[tuple]:
             **The outputs stored here come from the quick setting** (the parameter cell below,
             `QUICK = True`): a few minutes on a 2-core CPU. It builds, walks and checks the chapter's network
             at 224×224, but trains a narrow NiN (the `mini` variant: the same four NiN blocks with 32, 64
-            and 128 channels) for 3 epochs on 1,024 unresized 28×28 images. `QUICK = False` trains the chapter's own
+            and 128 channels) for 5 epochs on 3,443 unresized 28×28 images. `QUICK = False` trains the chapter's own
             setting (all 60,000 images at 224×224, 10 epochs): several hours on a CPU.
 
             The same chapter in the other frameworks: {', '.join(f'`{o}`' for o in others)}, beside this one."""), ()),
@@ -37,10 +37,10 @@ def intro(fw: str) -> list[tuple]:
             # QUICK = False: the chapter's own setting, RECIPE below, on all of Fashion-MNIST (hours on a CPU).
             QUICK = True
             RECIPE = "d2l-1st-edition"  # lr 0.1, 10 epochs, batch 128, 224x224, Xavier init; or "d2l-2nd-edition"
-            # The quick setting: a narrow NiN on the first 1,024 training and 250 test images, unresized (28x28),
+            # The quick setting: a narrow NiN on the first 3,443 training and 500 test images, unresized (28x28),
             # with He init.
-            QUICK_SETTINGS = dict(variant="mini", resize=28, init="kaiming", lr=0.05, batch_size=32, epochs=3,
-                                  subset=1024, test_subset=250)
+            QUICK_SETTINGS = dict(variant="mini", resize=28, init="kaiming", lr=0.05, batch_size=32, epochs=5,
+                                  subset=3443, test_subset=500)
             DATA_DIR = None  # the four Fashion-MNIST files; None: $NIN_MULTI_DATA_DIR, else downloaded once (30 MB)
             RUNS_DIR = "runs"  # every training writes its run directory below this one"""), (PARAMETERS,)),
         (CODE, src("""
