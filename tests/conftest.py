@@ -7,6 +7,7 @@ it explicitly: then the run fails, so CI cannot pass by silently skipping a fram
 import os
 from pathlib import Path
 
+import psutil
 import pytest
 
 from nin_multi import backends
@@ -52,3 +53,11 @@ def sample_dir():
     if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR} (set NIN_MULTI_SAMPLE_DIR)")
     return SAMPLE_DIR
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``; none when it has already gone (its children were reparented)."""
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []

@@ -25,7 +25,7 @@ from nin_multi.errors import ConfigError, DistributedError
 from nin_multi.train import train
 from nin_multi.weights import load_weights
 
-from conftest import ROOT
+from conftest import ROOT, descendants
 
 TIMEOUT = 240  # seconds for one multi-process run on the shared 2-core machine
 
@@ -222,24 +222,6 @@ def test_two_workers_equal_one_process_in_fp32(parallel, sample_dir, tmp_path, p
     assert files[0] == files[1] and files[0].count("events") == 1
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, from /proc (Linux)."""
-    parents = {}
-    for d in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (ValueError, OSError):
-            continue
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        kids = [c for c, p in parents.items() if p == parent]
-        found += kids
-        todo += kids
-    return found
-
-
 def _environ(pid: int) -> dict:
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
@@ -251,7 +233,7 @@ def _environ(pid: int) -> dict:
 def _worker_to_kill(launcher_pid: int):
     """A worker that is not rank 0 (MXNet's scheduler assigns ranks: any worker), found by its environment;
     the python process itself, not the ``timeout`` or shell around it."""
-    for pid in _descendants(launcher_pid):
+    for pid in descendants(launcher_pid):
         env = _environ(pid)
         if "nin_multi" in open(f"/proc/{pid}/cmdline").read() and (
                 env.get("RANK") == "1" or env.get("DMLC_ROLE") == "worker" or '"index": 1' in env.get("TF_CONFIG", "")):

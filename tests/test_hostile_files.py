@@ -17,19 +17,11 @@ from nin_multi.spec import make_spec
 from nin_multi.weights import read_weights_file, save_weights
 
 from conftest import SAMPLE_DIR
-from test_safety import RUN_ARGS, cli, one_line, snapshot, train_mini, victim
+import test_safety
+from test_safety import RUN_ARGS, cli, one_line, snapshot, victim
 
-
-@pytest.fixture(scope="module")
-def torch_run(tmp_path_factory):
-    return train_mini(tmp_path_factory.mktemp("hostile") / "run")
-
-
-@pytest.fixture
-def run(torch_run, tmp_path):
-    dest = tmp_path / "run"
-    shutil.copytree(torch_run, dest)
-    return dest
+# test_safety's finished torch run and its per-test copy, shared rather than trained again
+torch_run, run = test_safety.torch_run, test_safety.run
 
 
 # -- hostile weights files --------------------------------------------------------------------------------

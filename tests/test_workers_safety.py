@@ -22,7 +22,7 @@ from nin_multi.errors import DistributedError
 from nin_multi.run import WEIGHTS
 from nin_multi.weights import load_weights
 
-from conftest import ROOT, SAMPLE_DIR, load
+from conftest import ROOT, SAMPLE_DIR, descendants, load
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
 TIMEOUT = 240
@@ -39,23 +39,6 @@ def sample():
 def nin_multi(args, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "nin_multi", *args], cwd=ROOT, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-
-
-def descendants(pid: int) -> list[int]:
-    parents = {}
-    for d in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (ValueError, OSError):
-            continue
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        kids = [c for c, p in parents.items() if p == parent]
-        found += kids
-        todo += kids
-    return found
 
 
 def alive(pid: int) -> bool:
