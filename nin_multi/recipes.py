@@ -71,7 +71,3 @@ def get_recipe(name: str | None) -> Recipe:
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
     return RECIPES[name]
-
-
-def recipes_help() -> str:
-    return "; ".join(r.describe() for r in RECIPES.values())

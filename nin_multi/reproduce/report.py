@@ -24,7 +24,7 @@ SEEDS_PLOT = "seeds.png"
 
 #: The explanation's sentences. The kernel note is measured, not assumed: on a CPU PyTorch's convolutions run
 #: in oneDNN too (``aten::mkldnn_convolution`` in its profiler), as TensorFlow's and MXNet's do, each in its
-#: own version and layout; JAX's run in XLA's own CPU kernels (the README's Speed section).
+#: own version and layout; JAX's run in XLA's own CPU kernels (docs/speed.md).
 PROSE = {
     "start": (
         "The backends started from identical weights (their test loss agreed to {start_loss:.1e} before "
