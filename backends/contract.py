@@ -40,9 +40,11 @@ class Trainer(Protocol):
     """One process's training step around the framework's own autodiff and optimizer.
 
     ``train_step`` and ``eval_step`` take a batch (``LAYOUT``, in the model's parameter dtype, labels
-    int64) and return (summed loss, correct count). ``precision`` "fp64" takes a float64 model and batches
-    and rounds no scalar (the learning rate included) to float32. ``extra_state`` is what a checkpoint
-    keeps beyond the weights (RNG state, optimizer variables), as a dict of numpy values."""
+    int64) and return (summed loss, correct count). ``train_step``'s loss is the one it minimizes (label
+    smoothing included); ``eval_step``'s is the plain cross-entropy, so a test loss means the same under
+    every recipe and equals ``evaluate``'s. ``precision`` "fp64" takes a float64 model and batches and
+    rounds no scalar (the learning rate included) to float32. ``extra_state`` is what a checkpoint keeps
+    beyond the weights (RNG state, optimizer variables), as a dict of numpy values."""
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]: ...
 

@@ -298,7 +298,8 @@ class Trainer:
         def metrics(params, x, y, train, key):
             logits = module.apply({"params": params}, x, train=train, rngs={"dropout": key})[-1]
             logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-            return loss_of(logits, y), (logits.argmax(1) == y).sum()
+            loss = loss_of(logits, y) if train else optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, (logits.argmax(1) == y).sum()
 
         def train_step(params, opt_state, x, y, key, lr):
             (loss, correct), grads = jax.value_and_grad(metrics, has_aux=True)(params, x, y, True, key)

@@ -269,6 +269,7 @@ class Trainer:
             amp.init_trainer(self.trainer)
         self.smooth = o.label_smoothing
         self.loss = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=not self.smooth)
+        self.plain_loss = gluon.loss.SoftmaxCrossEntropyLoss()
 
     def _inputs(self, x, y):
         return mx.nd.array(x, ctx=self.ctx, dtype=self.dtype), mx.nd.array(y, ctx=self.ctx, dtype=self.dtype)
@@ -302,7 +303,7 @@ class Trainer:
         xs, ys = self._inputs(x, y)
         with autograd.predict_mode():
             logits = self.model(xs).astype(self.dtype)
-        return self._metrics(logits, self._loss(logits, ys), y)
+        return self._metrics(logits, self.plain_loss(logits, ys), y)
 
     def _loss(self, logits, ys):
         if not self.smooth:

@@ -257,8 +257,9 @@ class Trainer:
             # A NumPy double: SGD casts a Python float momentum through float32 (0.9 -> 0.899999976, measured)
             self.opt = keras.optimizers.SGD(learning_rate=o.lr_at(0), momentum=np.float64(o.momentum),
                                             nesterov=o.nesterov)
+            self.plain_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
             self.loss = (keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=o.label_smoothing)
-                         if o.label_smoothing else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                         if o.label_smoothing else self.plain_loss)
         # Coupled decay as the L2 term whose gradient is wd * w. Not keras.regularizers.L2: it multiplies by
         # its factor as a Python float, which TensorFlow rounds to float32 (5e-12 apart in fp64, measured).
         self.l2 = tf.constant(o.weight_decay / 2, self.dtype) if o.weight_decay else None
@@ -295,7 +296,8 @@ class Trainer:
         return loss, correct
 
     def _eval_graph(self, x, y):
-        return self._metrics(tf.cast(self.model(x, training=False), self.dtype), y)
+        logits = tf.cast(self.model(x, training=False), self.dtype)
+        return self.plain_loss(y, logits), tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == y, tf.int32))
 
     def _result(self, step, x, y) -> tuple[float, int]:
         loss, correct = step(tf.constant(x, self.dtype), tf.constant(y))

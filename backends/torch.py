@@ -219,7 +219,7 @@ class Trainer:
         self.model.eval()
         with self.autocast():
             logits = self.model(x).to(self.dtype)
-        return self.loss(logits, y).item() * len(y), int((logits.argmax(1) == y).sum())
+        return nn.functional.cross_entropy(logits, y).item() * len(y), int((logits.argmax(1) == y).sum())
 
     def extra_state(self) -> dict:
         """What a checkpoint needs beyond the weights: the dropout RNG, the updates taken (the schedule's

@@ -1,6 +1,7 @@
-"""The optimizer's settings (nin_multi/optim.py): the schedule's numbers, the label-smoothed loss of every
-framework against NumPy, each feature rendered in the framework's own optimizer, and checkpoints that keep
-the momentum and the schedule's position (a resumed run is the uninterrupted one, exactly)."""
+"""The optimizer's settings (nin_multi/optim.py): the schedule's numbers, the label-smoothed training loss
+of every framework against NumPy (the test loss plain), each feature rendered in the framework's own
+optimizer, and checkpoints that keep the momentum and the schedule's position (a resumed run is the
+uninterrupted one, exactly)."""
 import math
 
 import numpy as np
@@ -80,19 +81,21 @@ def _smoothed_cross_entropy(logits, y, eps):
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.3])
-def test_label_smoothed_loss_equals_numpy(trainable_backend, eps):
+def test_label_smoothing_is_the_training_loss_and_the_test_loss_is_plain(trainable_backend, eps):
+    """A step minimizes (and reports) the smoothed loss; an evaluation reports the model's cross-entropy,
+    whatever the recipe, so a test loss means one thing in every run and in ``evaluate``."""
     backend = trainable_backend
-    spec = make_spec("mini")
+    spec = make_spec("mini", dropout=0.0)  # no dropout: the step's logits are the forward pass's
     model = backend.build_model(spec, dtype="float64")
     backend.set_weights(model, spec, {k: v.astype(np.float64) for k, v in random_weights(spec, seed=5).items()})
-    x = np.random.default_rng(6).random((8, 1, 28, 28))
+    x = to_layout(np.random.default_rng(6).random((8, 1, 28, 28)), backend)
     y = np.array([0, 1, 2, 3, 4, 5, 6, 7], np.int64)
+    logits = backend.forward(model, x)
+    smoothed, plain = _smoothed_cross_entropy(logits, y, eps), _smoothed_cross_entropy(logits, y, 0)
+    assert plain > 0.5 and (eps == 0 or abs(smoothed - plain) > 1e-4)
     trainer = backend.Trainer(model, 0.05, "fp64", optim=SGDSettings(0.05, label_smoothing=eps))
-    loss_sum, _ = trainer.eval_step(to_layout(x, backend), y)
-    logits = backend.forward(model, to_layout(x, backend))
-    want = _smoothed_cross_entropy(logits, y, eps)
-    assert want > 0.5 and (eps == 0 or abs(want - _smoothed_cross_entropy(logits, y, 0)) > 1e-4)
-    assert loss_sum / len(y) == pytest.approx(want, rel=1e-12)
+    assert trainer.eval_step(x, y)[0] / len(y) == pytest.approx(plain, rel=1e-12)
+    assert trainer.train_step(x, y)[0] / len(y) == pytest.approx(smoothed, rel=1e-12)  # the loss before the step
 
 
 def test_each_feature_is_the_frameworks_own_optimizer():

@@ -47,14 +47,15 @@ def test_time_to_accuracy_records_the_curve_and_the_cpu(sample_dir):
 
 
 def test_table_puts_the_fastest_first_and_the_misses_last():
-    common = {"resize": 67, "batch_size": 32, "epochs": 10, "precision": "fp32", "best_val_acc": 0.8,
+    common = {"resize": 67, "batch_size": 32, "epochs": 10, "precision": "fp32", "nesterov": True, "seed": 0,
+              "best_val_acc": 0.8,
               "wall_seconds": 100.0, "cpu_seconds": 90.0, "others_cpu_share": 0.5}
     rows = [{**common, "lr": 0.01, "seconds_to_target": None, "epoch_reached": None},
             {**common, "lr": 0.02, "seconds_to_target": 80.0, "epoch_reached": 8},
             {**common, "lr": 0.04, "seconds_to_target": 60.0, "epoch_reached": 6}]
     lines = sweep.table(rows, 0.8).splitlines()
     assert [line.split("|")[3].strip() for line in lines[2:]] == ["0.04", "0.02", "0.01"]
-    assert "60.0 (6)" in lines[2] and "not reached" in lines[4] and "50%" in lines[2]
+    assert "| fp32 | yes | 0 | 60.0 (6) |" in lines[2] and "not reached" in lines[4] and "50%" in lines[2]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -70,16 +71,25 @@ def test_bad_sweep_options_are_one_line(argv, message, capsys, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_value_that_is_not_yes_or_no_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "--nesterov", "yes,maybe"])
+    assert e.value.code == 2 and "expected comma-separated yes/no values, got 'yes,maybe'" in capsys.readouterr().err
+
+
 def test_sweep_writes_rows_as_they_come(sample_dir, tmp_path, monkeypatch, capsys):
     """The command end to end, with the measurement itself replaced (it trains for minutes)."""
     monkeypatch.setattr(sweep, "time_to_accuracy", lambda backend, cfg, ds, target, log: {
         "epoch_reached": 1, "seconds_to_target": cfg.lr * 100, "best_val_acc": 0.9, "final_val_acc": 0.9,
         "val_acc": [0.9], "wall_seconds": 5.0, "cpu_seconds": 4.0, "others_cpu_share": 0.0})
     load("torch")
-    code = main(["sweep", "--data-dir", str(sample_dir), "--lr", "0.02,0.04", "--out", str(tmp_path / "s")])
+    code = main(["sweep", "--data-dir", str(sample_dir), "--lr", "0.02,0.04", "--nesterov", "no", "--seed", "0,3",
+                 "--out", str(tmp_path / "s")])
     assert code == 0
     rows = [json.loads(line) for line in (tmp_path / "s" / "sweep.jsonl").read_text().splitlines()]
-    assert [r["lr"] for r in rows] == [0.01, 0.02, 0.04] and all(r["resize"] == 67 for r in rows)
+    assert [(r["lr"], r["nesterov"], r["seed"]) for r in rows] == \
+        [(0.01, True, 0), (0.02, True, 0), (0.04, True, 0), (0.01, False, 0), (0.01, True, 3)]
+    assert all(r["resize"] == 67 for r in rows)
     table = (tmp_path / "s" / "sweep.md").read_text()
     assert table.splitlines()[2].startswith("| 67 | 32 | 0.01 |") and "3099 training and 344 validation" in \
         capsys.readouterr().out

@@ -18,6 +18,17 @@ def _list(kind):
     return parse
 
 
+def _yes_no(text: str) -> bool:
+    if text.strip().lower() in ("yes", "true", "1"):
+        return True
+    if text.strip().lower() in ("no", "false", "0"):
+        return False
+    raise ValueError(text)
+
+
+_yes_no.__name__ = "yes/no"
+
+
 def register(sub) -> None:
     p = sub.add_parser("sweep", help="time to a validation accuracy for settings around a recipe (tunes on a "
                                      "validation split of the training images, never the test images)")
@@ -30,6 +41,10 @@ def register(sub) -> None:
     p.add_argument("--lr", type=_list(float), default=[], metavar="X,X", help="peak learning rates to try")
     p.add_argument("--epochs", type=_list(int), default=[], metavar="N,N", help="epoch counts (the schedule's length)")
     p.add_argument("--precision", type=_list(str), default=[], metavar="P,P", help="fp32, bf16")
+    p.add_argument("--nesterov", type=_list(_yes_no), default=[], metavar="yes,no",
+                   help="Nesterov momentum or plain momentum")
+    p.add_argument("--seed", type=_list(int), default=[], metavar="N,N",
+                   help="seeds to try (initial weights, example order, dropout)")
     p.add_argument("--grid", action="store_true", help="every combination (default: one factor at a time)")
     p.add_argument("--data-dir", default=None,
                    help="the Fashion-MNIST files (default: $NIN_MULTI_DATA_DIR or the cache)")
@@ -56,7 +71,8 @@ def cmd_sweep(a) -> int:
         raise ConfigError(f"{a.backend} is inference-only: sweep with torch, tensorflow, mxnet or jax")
     base = TrainConfig(**recipe.settings, backend=a.backend, threads=a.threads, recipe=recipe.name, progress=False)
     values = {k: v for k, v in (("resize", a.resize), ("batch_size", a.batch_size), ("lr", a.lr),
-                                ("epochs", a.epochs), ("precision", a.precision)) if v}
+                                ("epochs", a.epochs), ("precision", a.precision),
+                                ("nesterov", a.nesterov), ("seed", a.seed)) if v}
     settings = sweep.settings_around({k: getattr(base, k) for k in sweep.FACTORS}, values, a.grid)
     for s in settings:  # every setting checked (the image size against the network too) before one trains
         spec_for(TrainConfig(**{**recipe.settings, **s}))
