@@ -140,6 +140,15 @@ def build(backend, spec, cfg: TrainConfig, n_train: int):
     return make_model, make_trainer
 
 
+def check_plain_for_workers(cfg: TrainConfig) -> None:
+    """The data-parallel engines step the chapter's plain SGD only; said before a launcher starts
+    anything (and again in each worker, for a resumed run whose settings only the run directory holds)."""
+    if not optim.from_config(cfg, 1).plain:
+        raise ConfigError("--workers trains with the chapter's plain SGD only (no --momentum, --weight-decay, "
+                          "--label-smoothing or --schedule, as the fast recipe sets): train this recipe in one "
+                          "process")
+
+
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
           log=print) -> tuple[Path, list[dict]]:
     """Train ``cfg`` (left as it is) in a new run directory, or continue the one at ``cfg.out``."""
@@ -158,9 +167,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     backend = get_backend(cfg.backend)
     cfg = dataclasses.replace(cfg, backend=backend.NAME)
     spec, ds = spec_for(cfg), load_data(cfg)
-    if world.size > 1 and not optim.from_config(cfg, 1).plain:
-        raise ConfigError("--workers trains with the chapter's plain SGD only (no --momentum, --weight-decay, "
-                          "--label-smoothing or --schedule): train this recipe in one process")
+    if world.size > 1:
+        check_plain_for_workers(cfg)
     model, trainer = world.prepare(backend, cfg, *build(backend, spec, cfg, len(ds.train_images)),
                                    len(ds.train_images), len(ds.test_images))
     record = open_record(world, cfg, spec, len(ds.train_images), overwrite, resume)
