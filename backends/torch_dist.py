@@ -170,9 +170,10 @@ def main(argv: list[str]) -> int:
         run(parse_args(argv))
     except ChildFailedError as e:
         # the cause rather than its echoes: a worker killed by a signal before one that then lost its peer
-        # (the agent sends SIGTERM to the rest once one fails, and a worker that lost its peer exits with
-        # DistributedError's status)
-        rank, failure = min(e.failures.items(), key=lambda kv: (kv[1].exitcode == -signal.SIGTERM,
+        # (the agent sends SIGTERM to the rest once one fails: a worker dies of it, or stops cleanly with
+        # 128 + SIGTERM, whichever comes first; one that lost its peer exits with DistributedError's status)
+        rank, failure = min(e.failures.items(), key=lambda kv: (kv[1].exitcode in (-signal.SIGTERM,
+                                                                                   128 + signal.SIGTERM),
                                                                 kv[1].exitcode == DistributedError.exit_code,
                                                                 kv[1].timestamp, kv[0]))
         report = os.environ.get(REPORT_ENV)
