@@ -10,16 +10,14 @@ slow only because something else ran.
 from __future__ import annotations
 
 import dataclasses
-import os
-import resource
 import time
 from typing import Callable, Iterable
 
 from . import data as data_mod
-from . import optim
-from .config import TrainConfig, param_dtype
+from .bench import load
+from .config import TrainConfig
 from .errors import ConfigError
-from .train import evaluate, spec_for, train_epoch
+from .train import build, evaluate, spec_for, train_epoch
 
 #: What the sweep varies, one at a time around the base recipe unless a full grid is asked for. The seed
 #: is one of them because on a few thousand images it moves the accuracy as much as any setting does: a
@@ -54,42 +52,26 @@ def settings_around(base: dict, values: dict[str, list], grid: bool = False) -> 
     return out
 
 
-def _busy_seconds() -> float | None:
-    """CPU seconds the whole machine has been busy (Linux's /proc/stat, less idle and iowait)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _own_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def time_to_accuracy(backend, cfg: TrainConfig, ds: data_mod.FashionMNIST, target: float,
                      log: Callable[[str], None] = print) -> dict:
     """Train ``cfg`` on ``ds`` (its test split being the validation images), evaluating after every epoch;
     the wall seconds from the first step to the first epoch whose validation accuracy reaches ``target``."""
-    spec = spec_for(cfg)
     backend.configure(cfg.threads, cfg.seed)
-    model = backend.build_model(spec, cfg.init, cfg.seed, dtype=param_dtype(cfg.precision))
-    settings = optim.from_config(cfg, data_mod.num_batches(len(ds.train_images), cfg.batch_size))
-    trainer = backend.Trainer(model, cfg.lr, cfg.precision, optim=settings)
-    wall0, cpu0, busy0 = time.perf_counter(), _own_seconds(), _busy_seconds()
+    make_model, make_trainer = build(backend, spec_for(cfg), cfg, len(ds.train_images))
+    trainer = make_trainer(make_model())
+    before = load.cpu_counters(own=True)
     curve, reached = [], None
     for epoch in range(cfg.epochs):
         stats = train_epoch(trainer, ds, cfg, backend.LAYOUT, epoch)
         _, acc = evaluate(trainer, ds.test_images, ds.test_labels, cfg, backend.LAYOUT, "validation")
-        wall = time.perf_counter() - wall0
+        wall = time.perf_counter() - before[0]
         curve.append(round(acc, 4))
         log(f"  epoch {epoch + 1}: train loss {stats['train_loss']:.3f}, validation acc {acc:.3f}, {wall:.1f} s")
         if reached is None and acc >= target:
             reached = (epoch + 1, wall)
-    wall, cpu, busy = time.perf_counter() - wall0, _own_seconds() - cpu0, _busy_seconds()
-    others = None if busy is None or busy0 is None else max(0.0, (busy - busy0 - cpu) / (wall * (os.cpu_count() or 1)))
+    after = load.cpu_counters(own=True)
+    wall, cpu = after[0] - before[0], after[1] - before[1]
+    others = load.others_share(before, after)
     return {"epoch_reached": reached[0] if reached else None, "seconds_to_target": reached[1] if reached else None,
             "best_val_acc": max(curve), "final_val_acc": curve[-1], "val_acc": curve, "wall_seconds": wall,
             "cpu_seconds": cpu, "others_cpu_share": others}

@@ -9,16 +9,18 @@ import time
 import psutil
 
 
-def cpu_counters() -> tuple[float, float, float | None]:
-    """(wall clock, CPU seconds of finished children, CPU seconds busy machine-wide or None)."""
+def cpu_counters(own: bool = False) -> tuple[float, float, float | None]:
+    """(wall clock, CPU seconds of finished children, or with ``own`` of this process, CPU seconds busy
+    machine-wide or None): bench's workers are children, the sweep trains in its own process."""
     try:
         t = psutil.cpu_times()
         idle = sum(getattr(t, k, 0.0) for k in ("idle", "iowait", "guest", "guest_nice"))  # guest: within user
         busy = sum(t) - idle
     except (psutil.Error, OSError):
         busy = None
-    own = psutil.Process().cpu_times()
-    return time.perf_counter(), own.children_user + own.children_system, busy
+    mine = psutil.Process().cpu_times()
+    spent = mine.user + mine.system if own else mine.children_user + mine.children_system
+    return time.perf_counter(), spent, busy
 
 
 def others_share(before, after) -> float | None:

@@ -55,7 +55,7 @@ def register(sub) -> None:
 
 
 def cmd_sweep(a) -> int:
-    from nin_multi.backends import can_train, get_backend
+    from nin_multi.backends import can_train, get_backend, or_list, trainable
 
     from nin_multi import sweep
     from nin_multi.config import TrainConfig
@@ -68,7 +68,7 @@ def cmd_sweep(a) -> int:
     if target is None or not 0 < target <= 1:
         raise ConfigError(f"--target must be an accuracy in (0, 1]; the {recipe.name} recipe states none")
     if not can_train(a.backend):
-        raise ConfigError(f"{a.backend} is inference-only: sweep with torch, tensorflow, mxnet or jax")
+        raise ConfigError(f"{a.backend} is inference-only: sweep with {or_list(trainable())}")
     base = TrainConfig(**recipe.settings, backend=a.backend, threads=a.threads, recipe=recipe.name, progress=False)
     values = {k: v for k, v in (("resize", a.resize), ("batch_size", a.batch_size), ("lr", a.lr),
                                 ("epochs", a.epochs), ("precision", a.precision),
