@@ -268,8 +268,8 @@ class Trainer:
         if self.scaled:
             amp.init_trainer(self.trainer)
         self.smooth = o.label_smoothing
-        self.loss = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=not self.smooth)
         self.plain_loss = gluon.loss.SoftmaxCrossEntropyLoss()
+        self.loss = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False) if self.smooth else self.plain_loss
 
     def _inputs(self, x, y):
         return mx.nd.array(x, ctx=self.ctx, dtype=self.dtype), mx.nd.array(y, ctx=self.ctx, dtype=self.dtype)
