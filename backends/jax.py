@@ -25,12 +25,13 @@ import flax
 import flax.linen as nn
 import optax
 
-from nin_multi.config import check_model_dtype
+from nin_multi.config import SHARED_DRAW_INITS, check_model_dtype
 from nin_multi.optim import SGDSettings, resolve
 from nin_multi.errors import ConfigError
 from nin_multi.machine import usable_cores
 from nin_multi.spec import (AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec, image_hw)
+from nin_multi.weights import initial_weights
 
 NAME = "jax"
 LAYOUT = "NHWC"
@@ -192,7 +193,10 @@ def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0, dtype: str =
             entry = params.setdefault(block, {}).setdefault(conv, {})
         entry["kernel"] = _draw(jax.random.fold_in(key, i), shape, init, *fans, module.param_dtype)
         entry["bias"] = jnp.zeros((units,), module.param_dtype)
-    return Model(module, params, spec)
+    model = Model(module, params, spec)
+    if init in SHARED_DRAW_INITS:
+        set_weights(model, spec, initial_weights(spec, init, seed, dtype))
+    return model
 
 
 _apply = jax.jit(lambda module, params, x, key, train: module.apply({"params": params}, x, train=train,

@@ -15,12 +15,13 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from nin_multi.config import check_model_dtype
+from nin_multi.config import INITS, SHARED_DRAW_INITS, check_model_dtype
 from nin_multi.errors import ConfigError
 from nin_multi.machine import usable_cores
 from nin_multi.optim import SGDSettings, resolve
 from nin_multi.spec import (AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec, image_hw)
+from nin_multi.weights import initial_weights
 
 # MXNet 1.9.1 still reads ``numpy.bool``, an alias NumPy 1.24 removed; restore it before the import
 # (looked up in vars(): getattr on NumPy 1.2x warns).
@@ -114,16 +115,18 @@ def _render(layer) -> nn.HybridBlock:
 
 
 def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0, dtype: str = "float32") -> nn.HybridSequential:
-    if init not in _INITS:
-        raise ConfigError(f"unknown init {init!r}; choose one of: {', '.join(_INITS)}")
+    if init not in INITS:
+        raise ConfigError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
     mx.random.seed(seed)
     model = nn.HybridSequential(prefix="")
     with model.name_scope():
         for layer in spec.layers:
             model.add(_render(layer))
-    model.initialize(_INITS[init](), ctx=_ctx())  # biases keep their own initializer: zeros
+    model.initialize(_INITS.get(init, mx_init.Zero)(), ctx=_ctx())  # biases keep their own initializer: zeros
     if dtype != "float32":
         model.cast(dtype)  # float64: drawn in float32, then widened
+    if init in SHARED_DRAW_INITS:
+        set_weights(model, spec, initial_weights(spec, init, seed, dtype))
     model.hybridize(static_alloc=True, static_shape=True)
     return model
 

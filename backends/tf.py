@@ -18,12 +18,13 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from nin_multi.config import check_model_dtype
+from nin_multi.config import SHARED_DRAW_INITS, check_model_dtype
 from nin_multi.errors import ConfigError
 from nin_multi.machine import usable_cores
 from nin_multi.optim import SGDSettings, resolve
 from nin_multi.spec import (AvgPool, ChannelDropout, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec, image_hw)
+from nin_multi.weights import initial_weights
 
 _ABSL_MESSAGE = re.compile(r"([IWEF])\d{4} ")  # absl's "I0000 ..." line; unprefixed lines continue one
 _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog()"
@@ -155,7 +156,10 @@ def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0, dtype: str =
     keras.utils.set_random_seed(seed)  # initializers and dropout draw their seeds from it
     with _floatx(dtype):
         layers = [_render(layer, init) for layer in spec.layers]
-        return keras.Sequential([keras.Input((None, None, spec.in_channels)), *layers], name="nin")
+        model = keras.Sequential([keras.Input((None, None, spec.in_channels)), *layers], name="nin")
+    if init in SHARED_DRAW_INITS:
+        set_weights(model, spec, initial_weights(spec, init, seed, dtype))
+    return model
 
 
 def _dtype(model: keras.Model):

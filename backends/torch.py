@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from nin_multi.config import check_model_dtype
+from nin_multi.config import SHARED_DRAW_INITS, check_model_dtype
 from nin_multi.machine import usable_cores
 from nin_multi.optim import SGDSettings, resolve
 from nin_multi.spec import (AvgPool, ChannelDropout, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec, image_hw)
+from nin_multi.weights import initial_weights
 
 NAME = "torch"
 LAYOUT = "NCHW"
@@ -107,7 +108,10 @@ def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0, dtype: str =
             else:
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             nn.init.zeros_(m.bias)
-    return model.to(device(), dtype=getattr(torch, dtype))  # float64: drawn in float32, then widened
+    model = model.to(device(), dtype=getattr(torch, dtype))  # float64: drawn in float32, then widened
+    if init in SHARED_DRAW_INITS:
+        set_weights(model, spec, initial_weights(spec, init, seed, dtype))
+    return model
 
 
 def _dtype(model: nn.Module) -> torch.dtype:

@@ -10,7 +10,10 @@ from . import optim
 from .errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
-INITS = ("xavier", "kaiming")
+#: "kaiming-identity" is the fast recipe's: no framework has it, so it is drawn once in NumPy
+#: (``nin_multi.weights.initial_weights``, which says what it is and why) and every backend loads that draw.
+INITS = ("xavier", "kaiming", "kaiming-identity")
+SHARED_DRAW_INITS = ("kaiming-identity",)
 
 
 def param_dtype(precision: str) -> str:

@@ -22,7 +22,7 @@ from .train import build, evaluate, spec_for, train_epoch
 #: What the sweep varies, one at a time around the base recipe unless a full grid is asked for. The seed
 #: is one of them because on a few thousand images it moves the accuracy as much as any setting does: a
 #: setting is only better than another if it is so over several seeds.
-FACTORS = ("resize", "batch_size", "lr", "epochs", "precision", "nesterov", "seed")
+FACTORS = ("init", "resize", "batch_size", "lr", "epochs", "precision", "nesterov", "seed")
 #: The share of the training images held out for validation: the last ones, a fixed split.
 VALIDATION = 0.1
 
@@ -96,14 +96,15 @@ def describe(s: dict) -> str:
 
 def table(rows: list[dict], target: float) -> str:
     """A Markdown table, fastest to the target first (settings that never reached it last)."""
-    head = (f"| resize | batch | peak lr | epochs | precision | Nesterov | seed | s to val acc {target:g} (epoch) "
-            f"| best val acc | wall s | CPU s | others' CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = (f"| init | resize | batch | peak lr | epochs | precision | Nesterov | seed "
+            f"| s to val acc {target:g} (epoch) | best val acc | wall s | CPU s | others' CPU |\n"
+            f"|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     order = sorted(rows, key=lambda r: (r["seconds_to_target"] is None, r["seconds_to_target"] or r["wall_seconds"]))
     lines = [head]
     for r in order:
         hit = f"{r['seconds_to_target']:.1f} ({r['epoch_reached']})" if r["seconds_to_target"] else "not reached"
         share = "?" if r["others_cpu_share"] is None else f"{r['others_cpu_share']:.0%}"
-        lines.append(f"| {r['resize']} | {r['batch_size']} | {r['lr']:g} | {r['epochs']} | {r['precision']} "
-                     f"| {'yes' if r['nesterov'] else 'no'} | {r['seed']} | {hit} "
+        lines.append(f"| {r['init']} | {r['resize']} | {r['batch_size']} | {r['lr']:g} | {r['epochs']} "
+                     f"| {r['precision']} | {'yes' if r['nesterov'] else 'no'} | {r['seed']} | {hit} "
                      f"| {r['best_val_acc']:.3f} | {r['wall_seconds']:.1f} | {r['cpu_seconds']:.1f} | {share} |")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ import pytest
 
 from nin_multi.data import load_fashion_mnist, to_float_batch
 from nin_multi.spec import VARIANTS, BlockDef, build_spec, chapter_spec, make_spec
-from nin_multi.weights import load_weights, save_weights
+from nin_multi.weights import initial_weights, load_weights, save_weights
 
 from conftest import ALL_BACKENDS, TRAINABLE, load
 from reference import forward as reference_forward, random_weights
@@ -153,6 +153,19 @@ def test_init_is_xavier_uniform_with_zero_bias(backend):
     assert all(not w[n].any() for n in w if n.endswith(".bias"))
     he = backend.get_weights(backend.build_model(spec, "kaiming", seed=0), spec)["nin2.conv0.weight"]
     np.testing.assert_allclose(he.std(), np.sqrt(2 / (96 * 25)), rtol=0.02)
+
+
+def test_kaiming_identity_is_the_one_numpy_draw_in_every_framework(backend):
+    """No framework has this init, so every backend loads the shared NumPy draw: every framework starts a
+    fast-recipe run from exactly the same weights (float64 ones too, where the backend builds them)."""
+    spec = chapter_spec()
+    for dtype in ["float32"] + (["float64"] if "fp64" in backend.PRECISIONS else []):
+        got = backend.get_weights(backend.build_model(spec, "kaiming-identity", seed=4, dtype=dtype), spec)
+        want = initial_weights(spec, "kaiming-identity", 4, dtype=dtype)
+        assert set(got) == set(want)
+        for k in want:
+            assert got[k].dtype == np.dtype(dtype)
+            np.testing.assert_array_equal(got[k], want[k])
 
 
 def test_sgd_steps_agree_across_frameworks(sample_dir):

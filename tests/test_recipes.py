@@ -36,7 +36,7 @@ def test_each_recipe_sets_its_sources_settings(name):
     cfg = config_from_args(parse("--recipe", name))
     assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.resize, cfg.precision, cfg.variant, cfg.in_channels) == \
         EXPECTED[name]
-    assert cfg.recipe == name and cfg.init == ("kaiming" if name == "fast" else "xavier")
+    assert cfg.recipe == name and cfg.init == ("kaiming-identity" if name == "fast" else "xavier")
     if name != "fast":  # the books' plain SGD
         assert (cfg.momentum, cfg.weight_decay, cfg.label_smoothing, cfg.schedule, cfg.warmup_epochs) == \
             (0, 0, 0, "constant", 0)
@@ -56,19 +56,21 @@ def test_fast_recipe_is_the_chapters_network_with_an_optimizer_and_a_target():
 
 
 @pytest.mark.slow
-def test_fast_recipe_learns_on_the_sample(sample_dir, tmp_path, capsys):
-    """The learning signal of the recipe itself, at the recipe's size and settings on 1,024 training images
-    for 4 epochs (the schedule shortened with it): it leaves the 2.30 plateau, where a network that died
-    stays. Measured (seed 0): train loss 2.30 -> 2.11, test accuracy 0.215 at best on the first 200 test
-    images. The same at peak lr 0.02 fell back to loss 2.302 and accuracy 0.13 by its 4th epoch."""
-    code = main(["train", "--recipe", "fast", "--data-dir", str(sample_dir), "--subset", "1024", "--epochs", "4",
-                 "--test-subset", "200", "--out", str(tmp_path / "run"), "--no-progress"])
+def test_fast_recipe_learns_on_the_sample(trainable_backend, sample_dir, tmp_path, capsys):
+    """The learning signal of the recipe itself in every framework, at the recipe's size and settings on
+    1,024 training images for 4 epochs (the schedule shortened with it). Measured (seed 0, PyTorch): train
+    loss 2.26 -> 1.13, test accuracy 0.775 on the first 200 test images. Under plain He init the same run
+    reached 0.215 (train loss 2.30 -> 2.11): classes lost in the last ReLU block, which the recipe's init
+    prevents."""
+    code = main(["train", "--recipe", "fast", "--backend", trainable_backend.NAME, "--data-dir", str(sample_dir),
+                 "--subset", "1024", "--epochs", "4", "--test-subset", "200", "--out", str(tmp_path / "run"),
+                 "--no-progress"])
     assert code == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     out = capsys.readouterr().out
     print(out)
-    assert rows[-1]["train_loss"] < 2.2 and rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.1
-    assert max(r["test_acc"] for r in rows) >= 0.15  # chance is 0.10
+    assert rows[-1]["train_loss"] < 1.5 and rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.5
+    assert max(r["test_acc"] for r in rows) >= 0.65  # chance is 0.10
     best = max(rows, key=lambda r: r["test_acc"])
     assert f"best test acc {best['test_acc']:.3f} at epoch {best['epoch']}, after " in out
     assert "test acc 0.8 (the fast recipe's target)" in out

@@ -43,18 +43,18 @@ def test_time_to_accuracy_records_the_curve_and_the_cpu(sample_dir):
     assert 0 < row["seconds_to_target"] <= row["wall_seconds"] and row["cpu_seconds"] > 0
     assert row["others_cpu_share"] is None or 0 <= row["others_cpu_share"] <= 1
     text = sweep.table([{**row, **{k: getattr(cfg, k) for k in sweep.FACTORS}}], 0.0)
-    assert text.splitlines()[2].startswith("| 28 | 32 | 0.05 | 2 | fp32 | ")
+    assert text.splitlines()[2].startswith(f"| {cfg.init} | 28 | 32 | 0.05 | 2 | fp32 | ")
 
 
 def test_table_puts_the_fastest_first_and_the_misses_last():
-    common = {"resize": 67, "batch_size": 32, "epochs": 10, "precision": "fp32", "nesterov": True, "seed": 0,
-              "best_val_acc": 0.8,
+    common = {"init": "kaiming-identity", "resize": 67, "batch_size": 32, "epochs": 10, "precision": "fp32",
+              "nesterov": True, "seed": 0, "best_val_acc": 0.8,
               "wall_seconds": 100.0, "cpu_seconds": 90.0, "others_cpu_share": 0.5}
     rows = [{**common, "lr": 0.01, "seconds_to_target": None, "epoch_reached": None},
             {**common, "lr": 0.02, "seconds_to_target": 80.0, "epoch_reached": 8},
             {**common, "lr": 0.04, "seconds_to_target": 60.0, "epoch_reached": 6}]
     lines = sweep.table(rows, 0.8).splitlines()
-    assert [line.split("|")[3].strip() for line in lines[2:]] == ["0.04", "0.02", "0.01"]
+    assert [line.split("|")[4].strip() for line in lines[2:]] == ["0.04", "0.02", "0.01"]
     assert "| fp32 | yes | 0 | 60.0 (6) |" in lines[2] and "not reached" in lines[4] and "50%" in lines[2]
 
 
@@ -63,6 +63,7 @@ def test_table_puts_the_fastest_first_and_the_misses_last():
     (["--backend", "onnx"], "onnx is inference-only"),
     (["--resize", "40"], "too small"),
     (["--recipe", "nope"], "unknown recipe 'nope'"),
+    (["--init", "kaiming,he"], "--init must be one of xavier, kaiming, kaiming-identity, got 'he'"),
 ])
 def test_bad_sweep_options_are_one_line(argv, message, capsys, tmp_path):
     code = main(["sweep", "--out", str(tmp_path / "out"), *argv])
@@ -84,12 +85,13 @@ def test_sweep_writes_rows_as_they_come(sample_dir, tmp_path, monkeypatch, capsy
         "val_acc": [0.9], "wall_seconds": 5.0, "cpu_seconds": 4.0, "others_cpu_share": 0.0})
     load("torch")
     code = main(["sweep", "--data-dir", str(sample_dir), "--lr", "0.02,0.04", "--nesterov", "no", "--seed", "0,3",
-                 "--out", str(tmp_path / "s")])
+                 "--init", "kaiming", "--out", str(tmp_path / "s")])
     assert code == 0
     rows = [json.loads(line) for line in (tmp_path / "s" / "sweep.jsonl").read_text().splitlines()]
-    assert [(r["lr"], r["nesterov"], r["seed"]) for r in rows] == \
-        [(0.01, True, 0), (0.02, True, 0), (0.04, True, 0), (0.01, False, 0), (0.01, True, 3)]
+    assert [(r["init"], r["lr"], r["nesterov"], r["seed"]) for r in rows] == \
+        [("kaiming-identity", 0.01, True, 0), ("kaiming", 0.01, True, 0), ("kaiming-identity", 0.02, True, 0),
+         ("kaiming-identity", 0.04, True, 0), ("kaiming-identity", 0.01, False, 0), ("kaiming-identity", 0.01, True, 3)]
     assert all(r["resize"] == 67 for r in rows)
     table = (tmp_path / "s" / "sweep.md").read_text()
-    assert table.splitlines()[2].startswith("| 67 | 32 | 0.01 |") and "3099 training and 344 validation" in \
-        capsys.readouterr().out
+    assert table.splitlines()[2].startswith("| kaiming-identity | 67 | 32 | 0.01 |")
+    assert "3099 training and 344 validation" in capsys.readouterr().out

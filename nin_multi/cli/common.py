@@ -48,7 +48,7 @@ def add_recipe_args(p: argparse.ArgumentParser, dropout: bool = True) -> None:
                    help=f"SGD learning rate (default: {DEFAULTS.lr:g}, the chapter's)")
     p.add_argument("--init", default=DEFAULTS.init, choices=INITS,
                    help=f"weight init (default: {DEFAULTS.init}, the chapter's; kaiming leaves the 2.30 plateau "
-                        f"sooner)")
+                        f"sooner; kaiming-identity, the fast recipe's, starts the class scores' block as the identity)")
     if dropout:
         p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: 0.5, the chapter's)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed,

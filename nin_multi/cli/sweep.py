@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from nin_multi.config import INITS
 from nin_multi.errors import ConfigError, WriteError
 from nin_multi.fileio import cause, write_text
 
@@ -36,6 +37,8 @@ def register(sub) -> None:
     p.add_argument("--recipe", default="fast", help="the settings varied around (default: fast)")
     p.add_argument("--target", type=float, default=None,
                    help="validation accuracy to time (default: the recipe's target, 0.80 for fast)")
+    p.add_argument("--init", type=_list(str), default=[], metavar="I,I",
+                   help=f"weight inits to try ({', '.join(INITS)})")
     p.add_argument("--resize", type=_list(int), default=[], metavar="N,N", help="image sizes to try")
     p.add_argument("--batch-size", type=_list(int), default=[], metavar="N,N", help="batch sizes to try")
     p.add_argument("--lr", type=_list(float), default=[], metavar="X,X", help="peak learning rates to try")
@@ -70,7 +73,7 @@ def cmd_sweep(a) -> int:
     if not can_train(a.backend):
         raise ConfigError(f"{a.backend} is inference-only: sweep with {or_list(trainable())}")
     base = TrainConfig(**recipe.settings, backend=a.backend, threads=a.threads, recipe=recipe.name, progress=False)
-    values = {k: v for k, v in (("resize", a.resize), ("batch_size", a.batch_size), ("lr", a.lr),
+    values = {k: v for k, v in (("init", a.init), ("resize", a.resize), ("batch_size", a.batch_size), ("lr", a.lr),
                                 ("epochs", a.epochs), ("precision", a.precision),
                                 ("nesterov", a.nesterov), ("seed", a.seed)) if v}
     settings = sweep.settings_around({k: getattr(base, k) for k in sweep.FACTORS}, values, a.grid)
