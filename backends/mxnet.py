@@ -187,12 +187,22 @@ def save_native(model: nn.HybridSequential, path) -> None:
     model.save_parameters(str(path))
 
 
+_amp_precision = None  # the precision AMP was turned on for in this process; it cannot be turned off
+
+
 def _use_amp(model: nn.HybridSequential, precision: str) -> bool:
     """Turn on AMP for ``precision``; True when the loss needs scaling (fp16).
 
-    AMP patches MXNet's operators process-wide, so every graph traced afterwards (in any model) computes
-    its convolutions and dense layers in the low precision; re-hybridizing drops a graph traced before.
+    AMP patches MXNet's operators process-wide and for good, so every graph traced afterwards (in any
+    model) computes its convolutions and dense layers in the low precision; re-hybridizing drops a graph
+    traced before. A Trainer of another precision later in the same process would silently compute in
+    AMP's, so it is refused.
     """
+    global _amp_precision
+    if _amp_precision not in (None, precision):
+        raise ConfigError(f"MXNet computes in {_amp_precision} for the rest of this process (its AMP, turned on "
+                          f"by an earlier {_amp_precision} run, cannot be turned off), so a {precision} run here "
+                          f"would not be {precision}: run it in a process of its own")
     if precision in ("fp32", "fp64"):
         return False
     on_gpu = mx.context.num_gpus() > 0
@@ -203,6 +213,7 @@ def _use_amp(model: nn.HybridSequential, precision: str) -> bool:
     if precision not in ("fp16", "bf16"):
         raise ConfigError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
     amp.init(target_dtype="float16" if precision == "fp16" else "bfloat16")
+    _amp_precision = precision
     model.hybridize(static_alloc=True, static_shape=True)
     return precision == "fp16"
 

@@ -72,6 +72,17 @@ def test_bad_sweep_options_are_one_line(argv, message, capsys, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_mxnet_is_not_swept_over_two_precisions_in_one_process(capsys, tmp_path):
+    """Its bf16 stays on for the process, so an fp32 row after the recipe's bf16 one would be bf16 too."""
+    load("mxnet")
+    code = main(["sweep", "--backend", "mxnet", "--precision", "fp32", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and err.endswith(
+        "so one sweep cannot compare bf16 and fp32: sweep each precision in a command of its own "
+        "(--grid --precision bf16, then fp32)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_value_that_is_not_yes_or_no_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["sweep", "--nesterov", "yes,maybe"])

@@ -13,7 +13,7 @@ from nin_multi.errors import TrainingDivergedError
 from nin_multi.train import resume, train, train_epoch
 from nin_multi.weights import load_weights
 
-from conftest import ROOT
+from conftest import ROOT, load
 from test_spec import CHAPTER_NCHW
 
 
@@ -58,6 +58,32 @@ def test_bf16_training_still_learns(trainable_backend, sample_dir, tmp_path):
     else:
         _, history = train(cfg, log=quiet)
     assert history[-1]["train_loss"] < 1.9, [r["train_loss"] for r in history]
+
+
+_AMP_THEN_FP32 = """
+import backends.mxnet as m
+from nin_multi.errors import ConfigError
+from nin_multi.spec import make_spec
+spec = make_spec("mini", image_size=28)
+m.Trainer(m.build_model(spec, "kaiming"), 0.05, "bf16")
+m.Trainer(m.build_model(spec, "kaiming"), 0.05, "bf16")  # the same precision again is what AMP computes
+try:
+    m.Trainer(m.build_model(spec, "kaiming"), 0.05, "fp32")
+except ConfigError as e:
+    print(e)
+"""
+
+
+def test_an_mxnet_fp32_trainer_after_a_bf16_one_in_the_same_process_is_refused():
+    """MXNet's AMP cannot be turned off: an fp32 Trainer after a bf16 one would train in bfloat16 while
+    reporting fp32. Run in a process of its own, as it turns AMP on."""
+    load("mxnet")
+    done = subprocess.run([sys.executable, "-c", _AMP_THEN_FP32], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == (
+        "MXNet computes in bf16 for the rest of this process (its AMP, turned on by an earlier bf16 run, cannot be "
+        "turned off), so a fp32 run here would not be fp32: run it in a process of its own")
 
 
 def test_cli_train_end_to_end(trainable_backend, sample_dir, tmp_path, capsys):

@@ -58,7 +58,7 @@ def register(sub) -> None:
 
 
 def cmd_sweep(a) -> int:
-    from nin_multi.backends import can_train, get_backend, or_list, trainable
+    from nin_multi.backends import can_train, companion, get_backend, or_list, trainable
 
     from nin_multi import sweep
     from nin_multi.config import TrainConfig
@@ -80,6 +80,12 @@ def cmd_sweep(a) -> int:
     for s in settings:  # every setting checked (the image size against the network too) before one trains
         spec_for(TrainConfig(**{**recipe.settings, **s}))
     backend = get_backend(a.backend)
+    precisions = sorted({s["precision"] for s in settings})
+    if len(precisions) > 1 and companion(a.backend, "bench").LOWER_PRECISIONS_ALONE:
+        raise ConfigError(f"{backend.NAME} computes every run after a low-precision one in low precision (its "
+                          f"mixed precision stays on for the whole process), so one sweep cannot compare "
+                          f"{' and '.join(precisions)}: sweep each precision in a command of its own "
+                          f"(--grid --precision {precisions[0]}, then {precisions[-1]})")
     ds = sweep.validation_split(load_fashion_mnist(a.data_dir))
     print(f"{len(settings)} settings on {backend.NAME}, {len(ds.train_images)} training and {len(ds.test_images)} "
           f"validation images (the test images are not used)")
