@@ -4,7 +4,8 @@ Every backend module offers the same names: ``backends/contract.py`` states them
 (a backend module, its Trainer, its data-parallel engine) and ``tests/test_contract.py`` checks every
 backend against them. What a backend can do is said by three literal fields at the top of its module
 (``TRAINS``, ``PRECISIONS``, ``DATA_PARALLEL``; ``NATIVE_SUFFIXES``, what its native
-weights file is called), which ``capabilities`` reads without importing the
+weights file is called; ``PRECISION_NEEDS``, the devices or CPU
+classes a precision needs), which ``capabilities`` reads without importing the
 framework, so the commands can choose backends before any framework loads.
 
 A backend's companion modules (``<module>_dist``: its data-parallel engine and launcher; ``<module>_bench``:
@@ -39,7 +40,10 @@ ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "gluon
 #: last so the order above is kept.
 ORDER = tuple(_REGISTRY)
 #: The capability fields every backend module sets, as literals (read by ``capabilities``).
-CAPABILITY_FIELDS = ("TRAINS", "PRECISIONS", "DATA_PARALLEL", "NATIVE_SUFFIXES")
+CAPABILITY_FIELDS = ("TRAINS", "PRECISIONS", "DATA_PARALLEL", "NATIVE_SUFFIXES", "PRECISION_NEEDS")
+#: The modules whose versions decide a backend's speed (``--precision auto`` caches per version).
+_VERSIONED = {"torch": ("torch",), "tensorflow": ("tensorflow",), "mxnet": ("mxnet",), "jax": ("jax", "jaxlib", "flax"),
+              "onnx": ("onnxruntime",)}
 
 
 class Capabilities(NamedTuple):
@@ -47,6 +51,7 @@ class Capabilities(NamedTuple):
     precisions: tuple             # the --precision values its Trainer takes
     data_parallel: Optional[str]  # the launcher its ``<module>_dist`` engine joins (cluster.Context.launcher)
     native_suffixes: tuple        # the endings ``convert`` accepts for its ``save_native`` file
+    precision_needs: dict         # precision -> where it runs ("gpu", CPU classes); absent: anywhere
 
 
 @lru_cache(maxsize=None)
@@ -58,7 +63,7 @@ def capabilities(name: str) -> Capabilities:
     found = {t.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
              for t in node.targets if isinstance(t, ast.Name) and t.id in CAPABILITY_FIELDS}
     return Capabilities(found["TRAINS"], tuple(found["PRECISIONS"]), found["DATA_PARALLEL"],
-                        tuple(found["NATIVE_SUFFIXES"]))
+                        tuple(found["NATIVE_SUFFIXES"]), dict(found["PRECISION_NEEDS"]))
 
 
 def canonical_name(name: str) -> str:
@@ -129,6 +134,11 @@ def get_backend(name: str) -> ModuleType:
             f"the {key} backend needs {framework}, which is not installed: "
             f"pip install 'nin-multi[{extra}]'")
     return importlib.import_module(module)
+
+
+def versions(name: str) -> dict:
+    """The versions of the modules behind a loaded backend, e.g. ``{"torch": "2.13.0+cpu"}``."""
+    return {m: str(getattr(sys.modules.get(m), "__version__", "unknown")) for m in _VERSIONED[canonical_name(name)]}
 
 
 def load_backends(names) -> list[ModuleType]:

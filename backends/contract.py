@@ -9,7 +9,9 @@ signatures with ``inspect``, the capability fields' values.
 Capabilities are fields, not ``hasattr`` probes: ``TRAINS`` (False: the Trainer evaluates only and its
 ``train_step`` refuses), ``PRECISIONS`` (the ``--precision`` values its Trainer takes on a suitable
 device), ``DATA_PARALLEL`` (the launcher whose environment its ``<module>_dist`` engine reads, a
-``nin_multi.cluster.Context.launcher`` value, or None without one). They are literals, so the registry
+``nin_multi.cluster.Context.launcher`` value, or None without one), ``PRECISION_NEEDS`` (a precision
+that runs only somewhere: the places it runs, "gpu" or CPU classes of ``nin_multi.machine.CPU_CLASSES``;
+``--precision`` refuses it elsewhere before training and ``auto`` never picks it). They are literals, so the registry
 reads them without importing the framework.
 """
 from __future__ import annotations
@@ -90,6 +92,7 @@ class Backend(Protocol):
     PRECISIONS: tuple
     DATA_PARALLEL: Optional[str]
     NATIVE_SUFFIXES: tuple
+    PRECISION_NEEDS: dict
     Trainer: type
 
     def configure(self, threads: Optional[int] = None, seed: int = 0) -> None: ...

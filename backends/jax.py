@@ -37,6 +37,7 @@ NAME = "jax"
 LAYOUT = "NHWC"
 TRAINS = True
 PRECISIONS = ("fp32", "bf16", "fp64")
+PRECISION_NEEDS = {}  # XLA computes bf16 on every CPU (converting around fp32 kernels without bf16 hardware)
 DATA_PARALLEL = None
 NATIVE_SUFFIXES = (".msgpack",)  # flax.serialization of the parameters
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from nin_multi.config import INITS, SHARED_DRAW_INITS, check_model_dtype
 from nin_multi.errors import ConfigError
+from nin_multi import machine
 from nin_multi.machine import usable_cores
 from nin_multi.optim import SGDSettings, resolve
 from nin_multi.spec import (AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
@@ -52,6 +53,9 @@ NAME = "mxnet"
 LAYOUT = "NCHW"
 TRAINS = True
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")  # bf16 on a CPU, fp16 on a GPU
+#: MXNet 1.9.1's oneDNN has bf16 kernels only for AVX-512 BF16 and AMX: below them a bf16 convolution ends
+#: in "could not create a primitive descriptor iterator"; its CPU kernels have no float16 path.
+PRECISION_NEEDS = {"bf16": ("AVX-512 BF16", "AMX"), "fp16": ("gpu",)}
 DATA_PARALLEL = "dmlc"  # mxnet_dist.py: the dist_sync kvstore
 NATIVE_SUFFIXES = (".params",)  # Gluon's save_parameters
 
@@ -210,6 +214,9 @@ def _use_amp(model: nn.HybridSequential, precision: str) -> bool:
         raise ConfigError("--precision fp16 needs a GPU; MXNet's CPU kernels have no float16 path (use bf16)")
     if precision == "bf16" and on_gpu:
         raise ConfigError("--precision bf16 is CPU-only in MXNet 1.9.1 (oneDNN); use fp16 on a GPU")
+    if precision == "bf16" and machine.cpu_class() not in PRECISION_NEEDS["bf16"]:  # before AMP patches anything
+        raise ConfigError(f"--precision bf16 needs a CPU with {' or '.join(PRECISION_NEEDS['bf16'])} in mxnet "
+                          f"({machine.describe()}): use --precision fp32, or --precision auto")
     if precision not in ("fp16", "bf16"):
         raise ConfigError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
     amp.init(target_dtype="float16" if precision == "fp16" else "bfloat16")

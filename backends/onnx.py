@@ -25,6 +25,7 @@ NAME = "onnx"
 LAYOUT = "NCHW"
 TRAINS = False
 PRECISIONS = ("fp32",)
+PRECISION_NEEDS = {}
 DATA_PARALLEL = None
 NATIVE_SUFFIXES = (".onnx",)
 OPSET = 17      # every operator used here is unchanged since opset 13 or earlier

@@ -66,6 +66,7 @@ NAME = "tensorflow"
 LAYOUT = "NHWC"
 TRAINS = True
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")  # fp16 on a GPU
+PRECISION_NEEDS = {"fp16": ("gpu",)}  # mixed_float16's loss scaling and kernels are for GPUs
 DATA_PARALLEL = "tf_config"  # tf_dist.py: MultiWorkerMirroredStrategy
 NATIVE_SUFFIXES = (".weights.h5",)  # Keras insists on this ending
 

@@ -26,6 +26,7 @@ TRAINS = True
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
 DATA_PARALLEL = "torchrun"  # torch_dist.py: DistributedDataParallel
 NATIVE_SUFFIXES = (".pt", ".pth")  # a state_dict
+PRECISION_NEEDS = {}  # every precision runs on every CPU (bf16 without AVX-512 BF16/AMX is emulated, slowly)
 
 
 def _keep_freed_memory() -> bool:

@@ -10,6 +10,9 @@ from . import optim
 from .errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
+#: ``--precision auto``: the fastest precision this framework trains correctly on this machine, measured
+#: (``nin_multi.precision``); a run's config records the request and the precision it became.
+AUTO = "auto"
 #: "kaiming-identity" is the fast recipe's: no framework has it, so it is drawn once in NumPy
 #: (``nin_multi.weights.initial_weights``, which says what it is and why) and every backend loads that draw.
 INITS = ("xavier", "kaiming", "kaiming-identity")
@@ -42,7 +45,7 @@ class TrainConfig:
     out: Optional[str] = None
     subset: Optional[int] = None       # train on the first N training examples only
     test_subset: Optional[int] = None  # evaluate on the first N test examples only
-    precision: str = "fp32"
+    precision: str = "fp32"            # or "auto", which train turns into one of PRECISIONS by measuring
     threads: Optional[int] = None      # None: every core
     in_channels: int = 1
     num_classes: int = 10
@@ -57,6 +60,11 @@ class TrainConfig:
     label_smoothing: float = 0.0
     schedule: str = "constant"        # or "cosine", "linear" (one-cycle), from --lr as the peak
     warmup_epochs: float = 0.0        # epochs of linear warm-up before the schedule's decay
+    # Set by ``--precision auto`` (nin_multi/precision.py): the request, the line saying what it chose and
+    # why, and the seconds per step it measured.
+    precision_request: Optional[str] = None
+    precision_choice: Optional[str] = None
+    precision_step_seconds: Optional[dict] = None
 
     def __post_init__(self):
         self.validate()
@@ -74,8 +82,8 @@ class TrainConfig:
             raise ConfigError(f"--lr must be a positive number, got {self.lr!r} (the chapter uses 0.1)")
         if self.lr > 10:
             raise ConfigError(f"--lr {self.lr} is far too large for SGD on this network (the chapter uses 0.1)")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in PRECISIONS + (AUTO,):
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS + (AUTO,))}, got {self.precision!r}")
         if self.init not in INITS:
             raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.dropout is not None and not 0 <= self.dropout < 1:

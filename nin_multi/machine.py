@@ -37,13 +37,35 @@ GEMM_PRECISIONS = ("fp32", "bf16")
 
 @functools.lru_cache(maxsize=1)
 def _cpuinfo() -> dict:
-    """py-cpuinfo's answer (it runs itself in a subprocess, ~1 s; the CPU does not change in a run)."""
+    """The CPU's model and flags: on Linux straight from /proc/cpuinfo (what py-cpuinfo reads there too,
+    without the ~1 s subprocess it starts, so ``train`` can name the CPU class at no cost); elsewhere
+    py-cpuinfo's answer. The CPU does not change in a run."""
+    info = _proc_cpuinfo()
+    if info:
+        return info
     import cpuinfo
 
     try:
         return cpuinfo.get_cpu_info()
     except Exception:  # noqa: BLE001 - an unreadable CPU is "unknown", never the end of a bench run
         return {}
+
+
+def _proc_cpuinfo(path: str = "/proc/cpuinfo") -> dict:
+    """py-cpuinfo's two fields that ``cpu_info`` reads, from Linux's first processor entry."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read(1 << 20)
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = (fields.get("flags") or fields.get("Features") or "").split()
+    if not flags:
+        return {}
+    return {"brand_raw": fields.get("model name", ""), "flags": flags, "source": "/proc/cpuinfo"}
 
 
 def cpu_info(info: dict | None = None, system: str | None = None) -> dict:
@@ -59,7 +81,63 @@ def cpu_info(info: dict | None = None, system: str | None = None) -> dict:
         unknown = not flags or (not present and system != "Linux" and name in LINUX_ONLY_ISA)
         isa[name] = None if unknown else present
     return {"model": model or "unknown", "isa": isa,
-            "source": "py-cpuinfo" if flags else "unknown (py-cpuinfo found no CPU flags)"}
+            "source": info.get("source", "py-cpuinfo") if flags else "unknown (no CPU flags found)"}
+
+
+#: The CPU classes that decide how fast bf16 trains, from least to most capable: without AVX-512 BF16 or
+#: AMX there is no bf16 arithmetic, and oneDNN and XLA convert to fp32 and back around fp32 kernels (a
+#: chapter-network step took 5-10x an fp32 one on an AVX2 CPU). "other": no AVX2 (an old x86, or ARM).
+CPU_CLASSES = ("other", "AVX2", "AVX-512", "AVX-512 BF16", "AMX")
+BF16_HARDWARE = ("AVX-512 BF16", "AMX")
+#: The variables that cap the instruction sets oneDNN (PyTorch, TensorFlow, MXNet) may use, as it reads
+#: them (DNNL_ is the older name, which MXNet 1.9's oneDNN 2.x reads); XLA's cap is a flag in XLA_FLAGS.
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+XLA_ISA_FLAG = "--xla_cpu_max_isa"
+#: oneDNN's and XLA's cap values, to the class they leave at most.
+_CAP_CLASSES = {
+    "SSE41": "other", "SSE4_2": "other", "AVX": "other", "AVX2": "AVX2", "AVX2_VNNI": "AVX2",
+    "AVX2_VNNI_2": "AVX2", "AVX512": "AVX-512", "AVX512_CORE": "AVX-512", "AVX512_CORE_VNNI": "AVX-512",
+    "AVX512_VNNI": "AVX-512", "AVX512_CORE_BF16": "AVX-512 BF16", "AVX512_BF16": "AVX-512 BF16",
+    "AVX512_CORE_FP16": "AVX-512 BF16", "AVX10_1_512": "AVX-512 BF16", "AVX512_CORE_AMX": "AMX",
+    "AVX512_CORE_AMX_FP16": "AMX", "AMX": "AMX", "AVX10_1_512_AMX": "AMX", "AVX10_1_512_AMX_FP16": "AMX",
+    "ALL": "AMX", "DEFAULT": "AMX"}
+
+
+def isa_cap(env=None) -> tuple[str, str] | None:
+    """``(variable, value)`` of the lowest instruction-set cap in force for the kernels of this process, or
+    None: oneDNN's variables and XLA's ``--xla_cpu_max_isa``. An unknown value caps nothing here (oneDNN
+    ignores it too)."""
+    env = os.environ if env is None else env
+    found = [(name, env[name].strip().upper()) for name in ISA_CAP_VARIABLES if env.get(name, "").strip()]
+    for flag in env.get("XLA_FLAGS", "").split():
+        if flag.startswith(XLA_ISA_FLAG + "="):
+            found.append(("XLA_FLAGS", flag.split("=", 1)[1].strip().upper()))
+    known = [(name, value) for name, value in found if value in _CAP_CLASSES]
+    return min(known, key=lambda nv: CPU_CLASSES.index(_CAP_CLASSES[nv[1]])) if known else None
+
+
+def cpu_class(isa: dict | None = None, env=None) -> str:
+    """The CPU class the kernels run at: the best of ``CPU_CLASSES`` the CPU has (``isa``: ``cpu_info``'s),
+    lowered to the cap of ``isa_cap`` where one is set, since a capped oneDNN picks kernels as on that
+    smaller CPU. An instruction set reported unknown counts as absent."""
+    isa = cpu_info()["isa"] if isa is None else isa
+    has = "AMX" if isa.get("AMX") else "AVX-512 BF16" if isa.get("AVX-512 BF16") else \
+        "AVX-512" if isa.get("AVX-512F") else "AVX2" if isa.get("AVX2") else "other"
+    cap = isa_cap(env)
+    if cap is not None and CPU_CLASSES.index(_CAP_CLASSES[cap[1]]) < CPU_CLASSES.index(has):
+        return _CAP_CLASSES[cap[1]]
+    return has
+
+
+def describe(device: str = "cpu", isa: dict | None = None, env=None) -> str:
+    """What every speed figure is tied to: ``CPU class AVX2 (AMD EPYC 7B13, 2 cores)``, the cap when one
+    is set, and the GPU where the framework computes on one."""
+    info = cpu_info() if isa is None else {"model": None, "isa": isa}
+    cls = cpu_class(info["isa"], env)
+    cap = isa_cap(env)
+    model = f"{info['model']}, " if info.get("model") else ""
+    text = f"CPU class {cls} ({model}{usable_cores()} cores" + (f"; capped by {cap[0]}={cap[1]}" if cap else "") + ")"
+    return text if device == "cpu" else f"{text}, GPU {device}"
 
 
 def usable_cores() -> int:

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Optional
 
 from . import data as data_mod
-from . import optim
-from .config import TrainConfig, param_dtype
+from . import machine, optim
+from .config import AUTO, TrainConfig, param_dtype
 from .distributed import World, die_with_launcher, serve
 from .errors import ConfigError, Interrupted, NinMultiError, RunDirError, TrainingDivergedError, WriteError
+from .precision import check_runs_here
+from .precision import resolve as resolve_precision
 from .record import Record, read_run_config, restore  # noqa: F401  (restore: part of the driver's API)
 from .recipes import get_recipe
 from .run import CONFIG, WEIGHTS, Run, default_run_dir, final_line, progress
@@ -140,6 +142,18 @@ def build(backend, spec, cfg: TrainConfig, n_train: int):
     return make_model, make_trainer
 
 
+def choose_precision(backend, spec: NiNSpec, cfg: TrainConfig):
+    """``--precision auto`` made a precision by measuring (with this run's threads; the backend is seeded
+    again before the run's model is built, so a run is the same whether it measured or used the cache),
+    and the ``Choice`` that says what it chose and why. Any other precision is returned as it is, with None."""
+    from nin_multi.backends import versions
+
+    if cfg.precision != AUTO:
+        return cfg, None
+    backend.configure(cfg.threads, cfg.seed)
+    return resolve_precision(backend, spec, cfg, versions(backend.NAME))
+
+
 def check_plain_for_workers(cfg: TrainConfig) -> None:
     """The data-parallel engines step the chapter's plain SGD only; said before a launcher starts
     anything (and again in each worker, for a resumed run whose settings only the run directory holds)."""
@@ -166,9 +180,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         return Path(cfg.out or "."), []
     backend = get_backend(cfg.backend)
     cfg = dataclasses.replace(cfg, backend=backend.NAME)
+    check_runs_here(backend.NAME, cfg.precision, backend.device())
     spec, ds = spec_for(cfg), load_data(cfg)
     if world.size > 1:
         check_plain_for_workers(cfg)
+    cfg, choice = choose_precision(backend, spec, cfg)
     model, trainer = world.prepare(backend, cfg, *build(backend, spec, cfg, len(ds.train_images)),
                                    len(ds.train_images), len(ds.test_images))
     record = open_record(world, cfg, spec, len(ds.train_images), overwrite, resume)
@@ -179,6 +195,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         world.check_same_weights(backend.get_weights(model, spec))
         record.start(_title(cfg, spec, len(ds.train_images)), backend.NAME, {**cfg.to_dict(), **grayscale_note(spec)})
         announce(world, cfg, backend, spec, len(ds.train_images), start, log)
+        if choice is not None:
+            log(choice.line())
         fit(trainer, ds, cfg, backend, model, spec, record, start, log)
         record.finish(spec, backend.get_weights(model, spec),
                       meta={"backend": backend.NAME, "epochs": cfg.epochs, "config": cfg.to_dict()})
@@ -245,7 +263,8 @@ def announce(world: World, cfg: TrainConfig, backend, spec: NiNSpec, n_train: in
         log(grayscale_note(spec)["input_channels"])
     log(f"training {spec.variant} NiN ({spec.num_params:,} parameters) on {backend.NAME} "
         f"({backend.device()}){world.describe(cfg.batch_size)}, {n_train} training images at "
-        f"{cfg.resize}x{cfg.resize}; run directory {cfg.out}" + (f"; resuming after epoch {start}" if start else ""))
+        f"{cfg.resize}x{cfg.resize}, {cfg.precision}; {machine.describe(backend.device())}; run directory {cfg.out}"
+        + (f"; resuming after epoch {start}" if start else ""))
     for note in world.notes(spec):
         log(note)
 

@@ -5,6 +5,7 @@ backend whose framework is not installed is skipped with the reason, unless NIN_
 it explicitly: then the run fails, so CI cannot pass by silently skipping a framework it promised.
 """
 import os
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -14,6 +15,9 @@ from nin_multi import backends
 from nin_multi.errors import BackendUnavailableError
 
 ROOT = Path(__file__).resolve().parents[1]
+# The suite never writes the user's cache (``--precision auto``'s answers, a download): a folder of its own
+# for the session, inherited by every command the tests start, so each session measures afresh.
+os.environ.setdefault("NIN_MULTI_CACHE_DIR", tempfile.mkdtemp(prefix="nin-multi-test-cache-"))
 SAMPLE_DIR = Path(os.environ.get("NIN_MULTI_SAMPLE_DIR", ROOT.parent / "shared" / "data" / "fashion-mnist-sample"))
 ALL_BACKENDS = list(backends.ORDER)
 _ASKED = [backends.canonical_name(b) for b in os.environ.get("NIN_MULTI_BACKENDS", "").split(",") if b.strip()]

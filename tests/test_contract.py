@@ -10,6 +10,7 @@ import pytest
 from nin_multi import backends
 from nin_multi.backends import contract
 from nin_multi.errors import ConfigError
+from nin_multi.machine import CPU_CLASSES
 from nin_multi.spec import make_spec
 
 BACKENDS_DIR = Path(backends.__file__).parent
@@ -34,6 +35,8 @@ def test_capability_fields_are_literals_with_meaningful_values(name):
     assert caps.data_parallel is None or caps.data_parallel in LAUNCHERS
     if not caps.trains:
         assert caps.data_parallel is None and caps.precisions == ("fp32",)
+    assert set(caps.precision_needs) <= set(caps.precisions)  # where a precision runs, for one it offers
+    assert all(needs and set(needs) <= {"gpu", *CPU_CLASSES} for needs in caps.precision_needs.values())
     # a data-parallel engine is promised exactly where its companion module exists
     assert (BACKENDS_DIR / f"{module_file(name)}_dist.py").is_file() == (caps.data_parallel is not None)
 
@@ -46,7 +49,8 @@ def test_each_launcher_belongs_to_one_backend():
 
 def test_the_module_fields_are_the_ones_the_registry_reads(backend):
     caps = backends.capabilities(backend.NAME)
-    assert (backend.TRAINS, backend.PRECISIONS, backend.DATA_PARALLEL, backend.NATIVE_SUFFIXES) == tuple(caps)
+    assert (backend.TRAINS, backend.PRECISIONS, backend.DATA_PARALLEL, backend.NATIVE_SUFFIXES,
+            backend.PRECISION_NEEDS) == tuple(caps)
     assert isinstance(backend, contract.Backend)
     assert backend.NAME == backends.canonical_name(backend.NAME) and backend.LAYOUT in contract.LAYOUTS
 

@@ -29,13 +29,13 @@ EXPECTED = {  # (lr, epochs, batch, resize, precision, variant, in_channels), fr
     "d2l-2nd-edition": (0.05, 10, 128, 224, "fp32", "chapter", 1),
     "d2l-zh-notebook": (0.05, 5, 256, 224, "fp32", "chapter", 1),
     "standalone-ninnet": (0.1, 10, 128, 224, "fp64", "ninnet", 3),
-    "fast": (FAST["lr"], FAST["epochs"], FAST["batch_size"], FAST["resize"], FAST["precision"], "chapter", 1),
+    "fast": (FAST["lr"], FAST["epochs"], FAST["batch_size"], FAST["resize"], "auto", "chapter", 1),
 }
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_each_recipe_sets_its_sources_settings(name):
-    cfg = config_from_args(parse("--recipe", name))
+    cfg = config_from_args(parse("--recipe", name), keep_auto=True)  # as train reads it
     assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.resize, cfg.precision, cfg.variant, cfg.in_channels) == \
         EXPECTED[name]
     assert cfg.recipe == name and cfg.init == ("kaiming-identity" if name == "fast" else "xavier")

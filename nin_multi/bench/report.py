@@ -8,7 +8,7 @@ from .targets import TARGET_MEMORY
 
 HEADER = ("NiN ({variant}) at {resize}x{resize}, batch {batch_size}: median of {steps} steps after {warmup} "
           "warm-up, threads {threads} ({cpus})")
-CPU = "CPU: {model}, {cpus}; {isa}"
+CPU = "CPU: {model}, {cpus}; CPU class {cls}{cap}; {isa}"
 COLUMNS = ("{:<11} {:<8} {:<28} {:<9} {:>11} {:>11} {:>8} {:>11} {:>8} {:>8} {:>8} {:>7}".format(
     "backend", "path", "what", "precision", "train img/s", "infer img/s", "train x", "(rounds)", "infer x",
     "vs peer", "GFLOP/s", "% GEMM"))
@@ -51,7 +51,10 @@ def machine_lines(report: dict) -> list[str]:
     """The CPU, its instruction sets, the GEMM rates and where each backend computed."""
     m, env = report.get("machine", {}), report["environment"]
     cpu = m.get("cpu") or env.get("cpu") or {}
+    cap = env.get("isa_cap")
     lines = [CPU.format(model=cpu.get("model", "unknown"), cpus=_cpus(env),
+                        cls=env.get("cpu_class") or machine.cpu_class(cpu.get("isa", {})),
+                        cap=f" (capped by {cap[0]}={cap[1]})" if cap else "",
                         isa=machine.isa_text(cpu.get("isa", {})) or "instruction sets unknown")]
     by_precision: dict[str, list[str]] = {}
     for e in m.get("gemm", []):

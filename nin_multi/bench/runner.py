@@ -33,7 +33,8 @@ def run_bench(s: dict, log=None) -> dict:
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     found = {key: [] for key in _KINDS.values()}
     environment = {"python": platform.python_version(), "machine": platform.machine(), "cpus": psutil.cpu_count(),
-                   "usable_cpus": machine.usable_cores(), "numpy": np.__version__, "cpu": machine.cpu_info()}
+                   "usable_cpus": machine.usable_cores(), "numpy": np.__version__, "cpu": machine.cpu_info(),
+                   "cpu_class": machine.cpu_class(), "isa_cap": machine.isa_cap()}
     plans = {}
     for name in s["backends"]:
         before = load.cpu_counters()

@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 
 from nin_multi.backends import ALIASES, ORDER, or_list, trainable
-from nin_multi.config import INITS, PRECISIONS, TrainConfig
+from nin_multi.config import AUTO, INITS, PRECISIONS, TrainConfig
 from nin_multi.optim import SCHEDULES
 from nin_multi.recipes import DEFAULT, RECIPE_KEYS, RECIPES, get_recipe
 from nin_multi.spec import VARIANTS
@@ -71,16 +71,20 @@ def add_optimizer_args(p: argparse.ArgumentParser) -> None:
                    help="epochs of linear warm-up before the schedule decays (default: 0)")
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    """Where the data is and how a step runs on it: shared by every command that touches Fashion-MNIST."""
+def add_data_args(p: argparse.ArgumentParser, auto: bool = False) -> None:
+    """Where the data is and how a step runs on it: shared by every command that touches Fashion-MNIST.
+    ``auto``: the command measures ``--precision auto`` (train); the others compare or evaluate in one
+    precision, and a recipe's ``auto`` is fp32 there (``config_from_args``)."""
     p.add_argument("--data-dir", default=None,
                    help="directory with the four Fashion-MNIST IDX files (default: $NIN_MULTI_DATA_DIR, "
                         "else download to the cache)")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
                    help=f"batch size (default: {DEFAULTS.batch_size}, the chapter's)")
-    p.add_argument("--precision", default=DEFAULTS.precision, choices=PRECISIONS,
-                   help="fp32 is the chapter's; bf16 is ~3x faster on CPUs with AMX; fp16 for GPUs; fp64 "
-                        "(float64 throughout) makes the frameworks' trajectories coincide")
+    p.add_argument("--precision", default=DEFAULTS.precision, choices=PRECISIONS + ((AUTO,) if auto else ()),
+                   help="fp32 is the chapter's; bf16 is ~2x faster on CPUs with AMX and 5-10x slower on CPUs "
+                        "without AVX-512 BF16 or AMX; fp16 for GPUs; fp64 (float64 throughout) makes the "
+                        "frameworks' trajectories coincide" + ("; auto (the fast recipe's) times a few steps and "
+                                                               "picks the fastest that runs here" if auto else ""))
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
@@ -115,13 +119,17 @@ def add_output_args(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
 
-def config_from_args(a: argparse.Namespace, **overrides) -> TrainConfig:
-    """A ``TrainConfig`` from the parsed options a command has; the rest keep the chapter's defaults."""
+def config_from_args(a: argparse.Namespace, keep_auto: bool = False, **overrides) -> TrainConfig:
+    """A ``TrainConfig`` from the parsed options a command has; the rest keep the chapter's defaults.
+    A recipe's ``--precision auto`` stays for ``train`` to measure (``keep_auto``); a command that compares
+    frameworks or evaluates runs every framework in one precision, fp32."""
     apply_recipe(a)
     kwargs = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(a, f.name)}
     for key in RECIPE_KEYS:  # neither typed nor set by the recipe: TrainConfig's (the chapter's) default
         if kwargs.get(key) is None:
             kwargs.pop(key, None)
+    if kwargs.get("precision") == AUTO and not keep_auto:
+        kwargs["precision"] = "fp32"
     kwargs.update(overrides)
     return TrainConfig(**kwargs)
 

@@ -43,7 +43,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=_list(int), default=[], metavar="N,N", help="batch sizes to try")
     p.add_argument("--lr", type=_list(float), default=[], metavar="X,X", help="peak learning rates to try")
     p.add_argument("--epochs", type=_list(int), default=[], metavar="N,N", help="epoch counts (the schedule's length)")
-    p.add_argument("--precision", type=_list(str), default=[], metavar="P,P", help="fp32, bf16")
+    p.add_argument("--precision", type=_list(str), default=[], metavar="P,P",
+                   help="fp32, bf16, auto (the fast recipe's: measured once per image size and batch)")
     p.add_argument("--nesterov", type=_list(_yes_no), default=[], metavar="yes,no",
                    help="Nesterov momentum or plain momentum")
     p.add_argument("--seed", type=_list(int), default=[], metavar="N,N",
@@ -55,6 +56,28 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="also write the rows as JSON lines and the table as Markdown here "
                                                "(a directory)")
     p.set_defaults(func=cmd_sweep)
+
+
+def decide_precisions(backend, recipe, settings: list[dict], threads) -> list[dict]:
+    """Every setting's precision checked against this machine, and ``auto`` measured (once per image size
+    and batch; the cache answers the rest) before anything trains, so the table shows what really ran."""
+    from nin_multi.config import AUTO, TrainConfig
+    from nin_multi.precision import check_runs_here
+    from nin_multi.train import choose_precision, spec_for
+
+    decided, out = {}, []
+    for s in settings:
+        check_runs_here(backend.NAME, s["precision"], backend.device())
+        if s["precision"] == AUTO:
+            cfg = TrainConfig(**{**recipe.settings, **s}, backend=backend.NAME, threads=threads, progress=False)
+            shape = (cfg.resize, cfg.batch_size)
+            if shape not in decided:
+                resolved, choice = choose_precision(backend, spec_for(cfg), cfg)
+                print(f"{cfg.resize}x{cfg.resize}, batch {cfg.batch_size}: {choice.line()}")
+                decided[shape] = resolved.precision
+            s = {**s, "precision": decided[shape]}
+        out.append(s)
+    return out
 
 
 def cmd_sweep(a) -> int:
@@ -80,6 +103,7 @@ def cmd_sweep(a) -> int:
     for s in settings:  # every setting checked (the image size against the network too) before one trains
         spec_for(TrainConfig(**{**recipe.settings, **s}))
     backend = get_backend(a.backend)
+    settings = decide_precisions(backend, recipe, settings, a.threads)
     precisions = sorted({s["precision"] for s in settings})
     if len(precisions) > 1 and companion(a.backend, "bench").LOWER_PRECISIONS_ALONE:
         raise ConfigError(f"{backend.NAME} computes every run after a low-precision one in low precision (its "

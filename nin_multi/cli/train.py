@@ -14,7 +14,7 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train on Fashion-MNIST with the chapter's recipe")
     add_network_args(p)
     add_recipe_args(p)
-    add_data_args(p)
+    add_data_args(p, auto=True)
     add_recipe_preset_arg(p)
     p.add_argument("--out", default=None, help="run directory (default: runs/<time>-<backend>)")
     g = p.add_mutually_exclusive_group()
@@ -42,7 +42,7 @@ def run(a: argparse.Namespace) -> int:
     if a.resume:
         resume(a.resume, epochs=a.epochs, progress_bar=a.progress, backend=a.backend)
         return 0
-    train(config_from_args(a, backend=a.backend or DEFAULTS.backend), overwrite=a.overwrite)
+    train(config_from_args(a, keep_auto=True, backend=a.backend or DEFAULTS.backend), overwrite=a.overwrite)
     return 0
 
 
@@ -55,11 +55,31 @@ def workers(a: argparse.Namespace) -> int:
     from nin_multi.train import check_plain_for_workers
 
     backend = canonical_name(a.backend or DEFAULTS.backend)
+    argv = list(a.argv)
     if not a.resume:  # a new run's settings are known here: refuse before the launcher starts
-        check_plain_for_workers(config_from_args(a, backend=backend))
+        cfg = config_from_args(a, keep_auto=True, backend=backend)
+        check_plain_for_workers(cfg)
+        argv += precision_for_workers(cfg)
     if a.resume and not a.backend:  # the run's own framework, read as resume() reads it
         backend = read_run_config(Path(a.resume))["backend"]
     given = a.resume or a.out  # every worker must be given the same run directory
     out = given or str(default_run_dir(backend))
-    launch(backend, a.workers, a.argv if given else [*a.argv, "--out", out], out)
+    launch(backend, a.workers, argv if given else [*argv, "--out", out], out)
     return 0
+
+
+def precision_for_workers(cfg) -> list[str]:
+    """``--precision auto`` is measured once, here, and every worker is given its answer: workers that
+    measured each for itself could choose differently."""
+    from nin_multi.backends import get_backend
+    from nin_multi.config import AUTO
+    from nin_multi.precision import check_runs_here
+    from nin_multi.train import choose_precision, spec_for
+
+    if cfg.precision != AUTO:
+        return []
+    backend = get_backend(cfg.backend)
+    check_runs_here(backend.NAME, cfg.precision, backend.device())
+    resolved, choice = choose_precision(backend, spec_for(cfg), cfg)
+    print(choice.line())
+    return ["--precision", resolved.precision]
