@@ -59,11 +59,12 @@ def checkpoint_paths(run_dir) -> list[Path]:
 
 
 def save_checkpoint(run_dir, spec, weights: dict, state: dict, epoch: int, backend: str, config: dict,
-                    history: list) -> Path:
+                    history: list, trained: Optional[dict] = None) -> Path:
     """After each epoch; the last ``KEEP_CHECKPOINTS`` are kept (older ones removed only after the new
-    one is safely on disk)."""
+    one is safely on disk). ``trained`` (``weights.trained_entry``): what the network is being trained at,
+    so that a checkpoint evaluated or converted is taken at its own size."""
     path = real_dir(Path(run_dir) / CHECKPOINTS) / f"epoch-{epoch + 1:04d}.npz"
-    save_weights(path, spec, weights, state=state,
+    save_weights(path, spec, weights, state=state, trained=trained,
                  meta={"epochs_done": epoch + 1, "backend": backend, "config": config, "history": history})
     for old in checkpoint_paths(run_dir)[:-KEEP_CHECKPOINTS]:
         if written_by_nin_multi(old):  # a file copied in under a checkpoint's name is not ours to delete

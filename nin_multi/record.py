@@ -120,18 +120,19 @@ class Record:
         self.run.title = title.replace(f" on {backend_name}:", f" on {ran_on}:", 1)
         self.run.write_config(config)
 
-    def epoch(self, row: dict, spec, weights: dict, state: dict, config: dict) -> None:
-        """The checkpoint first, holding this epoch's metrics too: metrics files never run ahead of it."""
+    def epoch(self, row: dict, spec, weights: dict, state: dict, config: dict, trained: Optional[dict] = None) -> None:
+        """The checkpoint first, holding this epoch's metrics too: metrics files never run ahead of it.
+        ``trained`` (``weights.trained_entry``) goes into the checkpoint and the final weights alike."""
         if self.run:
             save_checkpoint(self.path, spec, weights, state, row["epoch"] - 1, row["backend"], config,
-                            self.run.history + [row])
+                            self.run.history + [row], trained)
         self.done = row["epoch"]  # before the metrics, plot and events: a stop there still names this checkpoint
         if self.run:
             self.run.log_epoch(row)
 
-    def finish(self, spec, weights: dict, meta: dict) -> None:
+    def finish(self, spec, weights: dict, meta: dict, trained: Optional[dict] = None) -> None:
         if self.run:
-            save_weights(self.path / WEIGHTS, spec, weights, meta=meta)
+            save_weights(self.path / WEIGHTS, spec, weights, meta=meta, trained=trained)
 
     def close(self) -> None:
         if self.run:

@@ -25,6 +25,7 @@ from .recipes import get_recipe
 from .run import CONFIG, WEIGHTS, Run, default_run_dir, final_line, progress
 from .spec import NiNSpec, make_spec
 from .untrusted import check_memory
+from .weights import trained_entry
 
 
 def spec_for(cfg: TrainConfig) -> NiNSpec:
@@ -199,7 +200,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
             log(choice.line())
         fit(trainer, ds, cfg, backend, model, spec, record, start, log)
         record.finish(spec, backend.get_weights(model, spec),
-                      meta={"backend": backend.NAME, "epochs": cfg.epochs, "config": cfg.to_dict()})
+                      meta={"backend": backend.NAME, "epochs": cfg.epochs, "config": cfg.to_dict()},
+                      trained=trained_entry(cfg.resize, backend.LAYOUT, cfg.precision))
     except KeyboardInterrupt as e:
         code = getattr(e, "exit_code", 130)
         how = getattr(e, "how", "interrupted")
@@ -280,6 +282,7 @@ def fit(trainer, ds, cfg: TrainConfig, backend, model, spec: NiNSpec, record: Re
                                                      backend.LAYOUT, "test")
         row["backend"] = backend.NAME
         row["wall_seconds"] = time.perf_counter() - t0
-        record.epoch(row, spec, backend.get_weights(model, spec), trainer.extra_state(), cfg.to_dict())
+        record.epoch(row, spec, backend.get_weights(model, spec), trainer.extra_state(), cfg.to_dict(),
+                     trained_entry(cfg.resize, backend.LAYOUT, cfg.precision))
         log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, train acc {row['train_acc']:.3f}, "
             f"test acc {row['test_acc']:.3f}, {row['examples_per_sec']:.1f} examples/sec")

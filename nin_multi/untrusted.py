@@ -22,7 +22,8 @@ from typing import Optional
 import numpy as np
 
 from . import spec as spec_mod
-from .errors import ConfigError, DamagedFileError
+from .config import PRECISIONS
+from .errors import ConfigError, DamagedFileError, SpecError
 
 MAX_HEADER_CHARS = 8 << 20  # a checkpoint's header holds its run's config and metrics: ~200 bytes an epoch
 MAX_JSON_DEPTH = 32  # ours is 5 deep
@@ -38,6 +39,10 @@ INT_BOUNDS = {
     "in_features": (1, 1 << 24), "out_features": (1, 1 << 24),
 }
 MAX_NAME = 64
+#: The layouts images are fed in: PyTorch's and MXNet's NCHW, TensorFlow's and JAX's NHWC.
+IMAGE_LAYOUTS = ("NCHW", "NHWC")
+#: An image side far beyond any a network is trained at (the memory check refuses far smaller ones).
+MAX_IMAGE_SIZE = 1 << 16
 _NPY_MAGIC = b"\x93NUMPY"
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
@@ -189,6 +194,35 @@ def _expected(want, key) -> str:
 def _short(value) -> str:
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+# -- what the network was trained at ---------------------------------------------------------------------
+_TRAINED = "its record of what it was trained at"
+
+
+def trained_from_header(d, path, spec: spec_mod.NiNSpec) -> dict:
+    """The ``trained`` entry, each field checked for type and range and the size for fitting the stored
+    network: it chooses the size ``evaluate`` and ``summary`` run at, so a lie in it would otherwise end
+    in a framework's traceback or a score that looks like a failed training."""
+    if not isinstance(d, dict):
+        raise damaged(path, f"{_TRAINED} (trained) is not a JSON object")
+    fields = ("image_size", "layout", "precision")
+    unknown, missing = sorted(set(d) - set(fields)), [f for f in fields if f not in d]
+    if unknown or missing:
+        why = f"unknown field {unknown[0][:40]!r}" if unknown else f"no field {missing[0]!r}"
+        raise damaged(path, f"{_TRAINED} has {why}")
+    size = d["image_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise damaged(path, f"{_TRAINED} has image_size = {_short(size)}, not an integer from 1 to "
+                            f"{MAX_IMAGE_SIZE}")
+    for key, known in (("layout", IMAGE_LAYOUTS), ("precision", PRECISIONS)):
+        if not isinstance(d[key], str) or d[key] not in known:
+            raise damaged(path, f"{_TRAINED} has {key} = {_short(d[key])}, not one of {', '.join(known)}")
+    try:
+        spec.walk(size)
+    except SpecError:
+        raise damaged(path, f"{_TRAINED} says {size}x{size}, a size its network cannot take") from None
+    return dict(d)
 
 
 # -- the arrays of an .npz --------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ containers with the same header:
 
 - ``.safetensors`` (``weights.safetensors``, what ``train`` writes): the file that ``safetensors.torch``,
   ``.tensorflow``, ``.flax`` and ``.numpy`` all load, with a bounded header and no pickle. The header is its
-  string metadata: ``format``, ``layout``, ``dtype``, ``checksum`` as they are, ``spec`` and ``meta`` as JSON.
+  string metadata: ``format``, ``layout``, ``dtype``, ``checksum`` as they are, ``spec``, ``meta`` and
+  ``trained`` as JSON.
 - ``.npz`` (checkpoints, and weights written before safetensors): a zip of ``.npy`` arrays plus a
   ``__header__`` member holding the header as JSON. Checkpoints stay here: they are this project's own
   resume files, never another framework's input, and their header nests the run's config and history.
@@ -13,6 +14,11 @@ OIHW, dense kernels (in, out), biases (out,): for a network without dense layers
 PyTorch rendering's ``state_dict()``. A backend whose framework stores kernels otherwise (TensorFlow: HWIO)
 transposes at its own edge. The arrays are float32, or float64 from a ``--precision fp64`` run (kept so
 that its resume stays exact); the header says which.
+
+``trained`` is what the network was trained at: the image size, the layout its framework was fed
+(NCHW or NHWC) and the precision. Canonical weights fit any size their network takes, and nothing in the
+arrays says which one they learned at; but scored at another size they score far lower, as if the
+training had failed, so the size travels with them and ``evaluate`` and ``summary`` default to it (``trained_at``).
 """
 from __future__ import annotations
 
@@ -21,16 +27,18 @@ import json
 import math
 import zipfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .config import INITS
+from .config import INITS, PRECISIONS, TrainConfig
 from .errors import ConfigError, DamagedFileError, WeightsError
 from .fileio import atomic_write
 from .spec import Conv, NiNBlock, NiNSpec
-from .untrusted import MAX_STATE_BYTES, NpzMembers, damaged, header_text, load_json, spec_from_header
+from .untrusted import (MAX_IMAGE_SIZE, MAX_STATE_BYTES, NpzMembers, damaged, header_text, load_json,
+                        spec_from_header, trained_from_header)
 
 FORMAT = "nin_multi.weights/1"
 LAYOUT = "conv OIHW, dense (in, out), bias (out,)"
@@ -38,7 +46,7 @@ _LEGACY_LAYOUT = LAYOUT + ", float32"  # files written before float64 existed: a
 DTYPES = ("float32", "float64")
 SAFETENSORS = ".safetensors"
 #: Header entries that safetensors' string-only metadata holds as JSON text.
-_JSON_ENTRIES = ("spec", "meta")
+_JSON_ENTRIES = ("spec", "meta", "trained")
 
 
 def check_weights(spec: NiNSpec, weights: dict, source: str = "weights") -> None:
@@ -59,13 +67,19 @@ STATE_PREFIX = "state."  # checkpoints: a weights file plus a backend's training
 
 
 def save_weights(path, spec: NiNSpec, weights: dict, meta: Optional[dict] = None,
-                 state: Optional[dict] = None) -> Path:
+                 state: Optional[dict] = None, trained: Optional[dict] = None) -> Path:
     """Written durably (``fileio.atomic_write``): an interrupted or failed save never leaves half a file.
-    The header carries a SHA-256 of every array (``checksum``), verified on load."""
+    The header carries a SHA-256 of every array (``checksum``), verified on load, and, from a writer that
+    knows it, what the network was trained at (``trained_entry``)."""
     check_weights(spec, weights)
     path = Path(path)
     dtype = weights_dtype(weights)
     header = {"format": FORMAT, "layout": LAYOUT, "dtype": dtype, "spec": spec.to_dict(), "meta": meta or {}}
+    if trained is not None:
+        try:  # a record no reader would accept is the writer's bug: found here, not by the next reader
+            header["trained"] = trained_from_header(trained, path, spec)
+        except DamagedFileError as e:
+            raise ValueError(f"trained= for {path.name}: {e.reason}") from None
     arrays = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in weights.items()}
     arrays.update({STATE_PREFIX + k: np.asarray(v) for k, v in (state or {}).items()})
     header["checksum"] = checksum(arrays)
@@ -108,22 +122,32 @@ def load_weights(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict]:
 
 
 def read_weights_file(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, dict, dict, dict]:
-    """(spec, weights, meta, state): everything a weights or checkpoint file holds, validated before it is
-    read: the header within its limits, the stored network within its bounds, and every array's shape
-    and dtype, as the container states them, against that network (``untrusted``); only then the arrays,
-    and their checksum."""
-    from safetensors import SafetensorError
+    """(spec, weights, meta, state): what a weights or checkpoint file holds (``read_weights`` has its
+    whole header too)."""
+    f = read_weights(path, spec)
+    return f.spec, f.weights, f.meta, f.state
 
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """Everything a weights or checkpoint file holds: ``header`` as checked (``trained`` in it, if the
+    file records it), ``meta`` the writer's own notes."""
+    spec: NiNSpec
+    weights: dict
+    meta: dict
+    state: dict
+    header: dict
+
+
+def read_weights(path, spec: Optional[NiNSpec] = None) -> WeightsFile:
+    """A weights or checkpoint file, validated before it is read: the header within its limits, the
+    stored network within its bounds, and every array's shape and dtype, as the container states them,
+    against that network (``untrusted``); only then the arrays, and their checksum."""
     path = Path(path)
-    try:
-        with (_open_safetensors if is_safetensors(path) else _open_npz)(path) as (header, found, read):
-            file_spec, dtype = check_header(path, header, spec)
-            check_arrays(path, found, file_spec, dtype)
-            arrays = {k: read(k) for k in found}
-    except FileNotFoundError:
-        raise WeightsError(f"weights file {path} not found") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, SafetensorError) as e:
-        raise damaged(path, f"{type(e).__name__}: {e}") from None
+    with _reading(path), _open(path) as (header, found, read):
+        file_spec, dtype = check_header(path, header, spec)
+        check_arrays(path, found, file_spec, dtype)
+        arrays = {k: read(k) for k in found}
     # Files written before checksums existed have none and are read as before.
     if "checksum" in header and checksum(arrays) != header["checksum"]:
         why = "its arrays do not match the checksum stored with them"
@@ -131,12 +155,84 @@ def read_weights_file(path, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, di
     weights = {k: v for k, v in arrays.items() if not k.startswith(STATE_PREFIX)}
     state = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
     meta = header.get("meta", {})
-    return file_spec, weights, meta if isinstance(meta, dict) else {}, state
+    return WeightsFile(file_spec, weights, meta if isinstance(meta, dict) else {}, state, header)
+
+
+def read_header(path) -> dict:
+    """The header alone, checked as ``read_weights`` checks it, no array read: what a command needs to
+    know before it builds anything."""
+    path = Path(path)
+    with _reading(path), _open(path) as (header, _, _):
+        check_header(path, header)
+    return header
+
+
+def _open(path: Path):
+    return (_open_safetensors if is_safetensors(path) else _open_npz)(path)
+
+
+@contextmanager
+def _reading(path: Path):
+    """What a container's reader raises, as the project's one-line errors."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except FileNotFoundError:
+        raise WeightsError(f"weights file {path} not found") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, SafetensorError) as e:
+        raise damaged(path, f"{type(e).__name__}: {e}") from None
+
+
+# -- what the network was trained at ----------------------------------------------------------------------
+RECORDED, RUN_SETTINGS, DEFAULT = "recorded", "run settings", "default"
+#: The size a file that does not say is taken at: the chapter's.
+DEFAULT_IMAGE_SIZE = TrainConfig.resize
+
+
+def trained_entry(image_size: int, layout: str, precision: str) -> dict:
+    """The header's ``trained`` entry, as every writer that knows it passes it to ``save_weights``."""
+    return {"image_size": image_size, "layout": layout, "precision": precision}
+
+
+@dataclass(frozen=True)
+class TrainedAt:
+    """The size a file's network was trained at and where that came from (``source``): the file's own
+    record (``RECORDED``); for a file written before weights recorded it, the ``--resize`` of the run
+    that wrote it, kept in its ``meta`` (``RUN_SETTINGS``); else the chapter's 224 (``DEFAULT``), a
+    guess. ``layout`` and ``precision`` are None where the file does not say."""
+    image_size: int
+    source: str
+    layout: Optional[str] = None
+    precision: Optional[str] = None
+
+    @property
+    def recorded(self) -> bool:
+        return self.source == RECORDED
+
+
+def trained_at(source) -> TrainedAt:
+    """What the network in ``source`` (a path, or a header as ``read_header``/``read_weights`` give it)
+    was trained at. Reading a path reads its header only, checked (a hostile ``trained`` is a one-line
+    ``DamagedFileError``); a ``--resize`` in an old file's meta that is not a plausible size is no
+    evidence and is passed over."""
+    header = source if isinstance(source, dict) else read_header(source)
+    entry = header.get("trained")
+    if entry is not None:
+        return TrainedAt(entry["image_size"], RECORDED, entry["layout"], entry["precision"])
+    meta = header.get("meta")
+    config = meta.get("config") if isinstance(meta, dict) else None
+    config = config if isinstance(config, dict) else {}
+    size, precision = config.get("resize"), config.get("precision")
+    precision = precision if isinstance(precision, str) and precision in PRECISIONS else None
+    if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_IMAGE_SIZE:
+        return TrainedAt(size, RUN_SETTINGS, precision=precision)
+    return TrainedAt(DEFAULT_IMAGE_SIZE, DEFAULT)
 
 
 def check_header(path: Path, header, spec: Optional[NiNSpec] = None) -> tuple[NiNSpec, str]:
     """(the file's network, its dtype): what the header of either container says, checked before any array
-    is read; ``spec``, if given, must be that network."""
+    is read (``trained`` too, where the file has it); ``spec``, if given, must be that network."""
     if not isinstance(header, dict):
         raise damaged(path, "its header is not a JSON object")
     if header.get("format") != FORMAT:
@@ -151,6 +247,8 @@ def check_header(path: Path, header, spec: Optional[NiNSpec] = None) -> tuple[Ni
     file_spec = spec_from_header(header["spec"], path)
     if spec is not None and file_spec != spec:
         raise WeightsError(f"{path} was made for another network: {_first_difference(file_spec, spec)}")
+    if "trained" in header:
+        header["trained"] = trained_from_header(header["trained"], path, file_spec)
     return file_spec, dtype
 
 

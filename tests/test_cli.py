@@ -153,3 +153,81 @@ def test_wrong_shape_in_weights_file_names_the_entry(tmp_path):
     w["nin2.conv0.weight"] = w["nin2.conv0.weight"].transpose(0, 1, 3, 2)[:, :, :4]
     with pytest.raises(WeightsError, match=r"nin2.conv0.weight has shape \(256, 96, 4, 5\)"):
         check_weights(spec, w)
+
+
+# -- the size weights were trained at ---------------------------------------------------------------------
+def result(size: int, images: int = 32) -> str:
+    """evaluate's result line at ``size``, as a pattern (the scores of random weights are not the point)."""
+    return rf"test loss \d+\.\d{{4}}, test acc \d\.\d{{4}} on {images} images \(torch, [^,]+, {size}x{size}, fp32\)"
+
+
+def evaluate_out(sample_dir, weights, capsys, *extra) -> list[str]:
+    """The lines ``evaluate`` prints (stdout); it must succeed with nothing on stderr."""
+    code = main(["evaluate", "--backend", "torch", "--weights", str(weights), "--data-dir", str(sample_dir),
+                 "--test-subset", "32", "--batch-size", "32", "--threads", "1", "--no-progress", *extra])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == "", err
+    return out.splitlines()
+
+
+@pytest.fixture
+def mini_weights(tmp_path):
+    """Random weights of the mini net, written as a run at 28x28 writes them, and as files from before
+    weights recorded their size: with the run's settings in their meta, and without."""
+    from nin_multi.spec import make_spec
+    from nin_multi.weights import trained_entry
+
+    spec = make_spec("mini")
+    weights = random_weights(spec)
+    paths = {"recorded": tmp_path / "weights.safetensors", "run settings": tmp_path / "old.npz",
+             "default": tmp_path / "older.npz"}
+    save_weights(paths["recorded"], spec, weights, meta={"config": {"resize": 28}},
+                 trained=trained_entry(28, "NCHW", "fp32"))
+    save_weights(paths["run settings"], spec, weights, meta={"backend": "torch", "config": {"resize": 28}})
+    save_weights(paths["default"], spec, weights)
+    return paths
+
+
+def test_evaluate_takes_the_size_the_weights_were_trained_at(sample_dir, mini_weights, capsys):
+    path = mini_weights["recorded"]
+    lines = evaluate_out(sample_dir, path, capsys)
+    assert len(lines) == 1 and re.fullmatch(result(28), lines[0]), lines  # no note
+    assert evaluate_out(sample_dir, path, capsys, "--resize", "28") == lines  # the same as typing it
+    lines = evaluate_out(sample_dir, path, capsys, "--resize", "32")
+    assert lines[0] == "note: weights.safetensors was trained at 28x28; evaluating at 32x32 as --resize asks"
+    assert len(lines) == 2 and re.fullmatch(result(32), lines[1]), lines
+
+
+def test_evaluate_of_weights_that_do_not_record_their_size_says_where_it_came_from(sample_dir, mini_weights,
+                                                                                   capsys):
+    lines = evaluate_out(sample_dir, mini_weights["run settings"], capsys)
+    assert lines[0] == ("note: old.npz does not record the size it was trained at; evaluating at 28x28, the "
+                        "--resize of the run that wrote it")
+    assert len(lines) == 2 and re.fullmatch(result(28), lines[1]), lines
+    lines = evaluate_out(sample_dir, mini_weights["run settings"], capsys, "--resize", "32")
+    assert lines[0] == ("note: old.npz was trained at 28x28 (the --resize of the run that wrote it); evaluating "
+                        "at 32x32 as --resize asks")
+    agreeing = evaluate_out(sample_dir, mini_weights["run settings"], capsys, "--resize", "28")
+    assert agreeing == evaluate_out(sample_dir, mini_weights["recorded"], capsys)  # no note: the sizes agree
+    lines = evaluate_out(sample_dir, mini_weights["default"], capsys, "--test-subset", "4", "--batch-size", "4")
+    assert lines[0] == ("note: older.npz does not record the size it was trained at; evaluating at 224x224, the "
+                        "chapter's default (pass --resize to choose another)")
+    assert len(lines) == 2 and re.fullmatch(result(224, 4), lines[1]), lines
+    lines = evaluate_out(sample_dir, mini_weights["default"], capsys, "--resize", "32")
+    assert lines[0] == ("note: older.npz does not record the size it was trained at; evaluating at 32x32 as "
+                        "--resize asks")
+    assert len(lines) == 2 and re.fullmatch(result(32), lines[1]), lines
+
+
+def test_summary_walks_a_weights_file_at_its_trained_size(mini_weights, capsys):
+    assert main(["summary", "--backend", "torch", "--weights", str(mini_weights["recorded"])]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "NiN (mini) rendered by torch, input 1x28x28, layout NCHW, float32, weights weights.safetensors"
+    assert out[-1] == "total parameters: 148,390 (spec: 148,390); multiply-adds per image: 10,613,024"
+    assert main(["summary", "--backend", "torch", "--weights", str(mini_weights["recorded"]), "--resize", "32"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "note: weights.safetensors was trained at 28x28; showing its shapes at 32x32 as --resize asks"
+    assert out[1].startswith("NiN (mini) rendered by torch, input 1x32x32, ")
+    code, err = run_cli(["summary", "--backend", "torch", "--weights", str(mini_weights["recorded"]),
+                         "--resize", "3"], capsys)
+    assert code == 2 and err.startswith("nin-multi: error: a 3x3 image is too small for this network"), err

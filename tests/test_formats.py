@@ -13,9 +13,13 @@ from nin_multi.errors import DamagedFileError, WeightsError
 from nin_multi.events import EPOCH_FIELDS, STEP_LOSS, STEP_LR, epoch_tag
 from nin_multi.run import WEIGHTS, read_metrics
 from nin_multi.train import resume, train
-from nin_multi.weights import FORMAT, LAYOUT, checksum, load_weights, read_weights_file
+from nin_multi.checkpoints import save_checkpoint
+from nin_multi.spec import make_spec
+from nin_multi.weights import (DEFAULT, FORMAT, LAYOUT, RECORDED, RUN_SETTINGS, TrainedAt, checksum, load_weights,
+                               read_header, read_weights, read_weights_file, save_weights, trained_at, trained_entry)
 
 from conftest import SAMPLE_DIR, load
+from reference import random_weights
 
 #: 128 training images in batches of 32: 4 SGD steps per epoch.
 STEPS_PER_EPOCH, TEST_IMAGES = 4, 100
@@ -80,8 +84,9 @@ def test_each_safetensors_loader_gives_the_trained_arrays(torch_run):
     # The metadata: strings only, as safetensors requires; the spec and meta as JSON.
     with safetensors.safe_open(torch_run / WEIGHTS, framework="numpy") as f:
         metadata = f.metadata()
-    assert set(metadata) == {"format", "layout", "dtype", "spec", "meta", "checksum"}
+    assert set(metadata) == {"format", "layout", "dtype", "spec", "meta", "checksum", "trained"}
     assert (metadata["format"], metadata["layout"], metadata["dtype"]) == (FORMAT, LAYOUT, "float32")
+    assert json.loads(metadata["trained"]) == {"image_size": 28, "layout": "NCHW", "precision": "fp32"}
     assert json.loads(metadata["spec"]) == spec.to_dict() and json.loads(metadata["meta"]) == meta
     assert metadata["checksum"] == checksum(by_numpy)
 
@@ -131,10 +136,12 @@ def test_convert_writes_either_container(torch_run, tmp_path, capsys):
         assert spec2 == spec and meta2 == meta and state == {}
         for k in weights:
             np.testing.assert_array_equal(weights2[k], weights[k])
-    # A checkpoint's training state stays behind: the result is a weights file.
+        assert trained_at(path) == TrainedAt(28, RECORDED, "NCHW", "fp32")
+    # A checkpoint's training state stays behind: the result is a weights file, trained at the same size.
     assert main(["convert", "--weights", str(torch_run / "checkpoints" / "epoch-0002.npz"),
                  "--out", str(tmp_path / "ck.safetensors")]) == 0
     assert read_weights_file(tmp_path / "ck.safetensors")[3] == {}
+    assert trained_at(tmp_path / "ck.safetensors") == TrainedAt(28, RECORDED, "NCHW", "fp32")
     # A native format needs its framework named.
     assert main(["convert", "--weights", str(torch_run / WEIGHTS), "--out", str(tmp_path / "m.pt")]) == 2
     assert "name a framework with --backend" in capsys.readouterr().err and not (tmp_path / "m.pt").exists()
@@ -162,6 +169,77 @@ def test_a_damaged_or_foreign_safetensors_file_is_refused(torch_run, tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("nin-multi: error: ") and "Traceback" not in err
     assert plain.read_bytes() == before
+
+
+# -- what the network was trained at ---------------------------------------------------------------------
+def test_train_records_its_size_in_the_weights_and_every_checkpoint(torch_run):
+    for path in [torch_run / WEIGHTS, *sorted((torch_run / "checkpoints").glob("*.npz"))]:
+        assert read_header(path)["trained"] == {"image_size": 28, "layout": "NCHW", "precision": "fp32"}, path
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.npz"])
+@pytest.mark.parametrize("size, layout, precision", [(28, "NHWC", "bf16"), (96, "NCHW", "fp64")])
+def test_the_trained_record_round_trips_through_either_container(tmp_path, name, size, layout, precision):
+    spec = make_spec("mini")
+    weights = random_weights(spec)
+    if precision == "fp64":
+        weights = {k: w.astype(np.float64) for k, w in weights.items()}
+    save_weights(tmp_path / name, spec, weights, meta={"config": {"resize": 224}},
+                 trained=trained_entry(size, layout, precision))
+    f = read_weights(tmp_path / name)
+    assert f.header["trained"] == {"image_size": size, "layout": layout, "precision": precision}
+    assert trained_at(tmp_path / name) == trained_at(f.header) == TrainedAt(size, RECORDED, layout, precision)
+    assert f.spec == spec and all(np.array_equal(f.weights[k], weights[k]) for k in weights)
+
+
+def test_the_trained_record_round_trips_through_a_checkpoint(tmp_path):
+    spec = make_spec("mini")
+    path = save_checkpoint(tmp_path, spec, random_weights(spec), {"torch_rng": np.zeros(8, np.uint8)}, 0, "jax",
+                           {"resize": 32}, [], trained=trained_entry(32, "NHWC", "fp32"))
+    assert path.name == "epoch-0001.npz"
+    assert trained_at(path) == TrainedAt(32, RECORDED, "NHWC", "fp32")
+    assert read_weights(path).state["torch_rng"].shape == (8,)
+
+
+def test_convert_between_containers_keeps_the_trained_record(tmp_path, capsys):
+    spec = make_spec("mini")
+    save_weights(tmp_path / "a.safetensors", spec, random_weights(spec), trained=trained_entry(28, "NHWC", "bf16"))
+    assert main(["convert", "--weights", str(tmp_path / "a.safetensors"), "--out", str(tmp_path / "b.npz")]) == 0
+    assert main(["convert", "--weights", str(tmp_path / "b.npz"), "--out", str(tmp_path / "c.safetensors")]) == 0
+    assert capsys.readouterr().out.count("wrote") == 2
+    for name in ("b.npz", "c.safetensors"):
+        assert trained_at(tmp_path / name) == TrainedAt(28, RECORDED, "NHWC", "bf16"), name
+    # A file without the record converts into one without it: no size is made up on the way.
+    save_weights(tmp_path / "old.npz", spec, random_weights(spec))
+    assert main(["convert", "--weights", str(tmp_path / "old.npz"), "--out", str(tmp_path / "old.safetensors")]) == 0
+    assert "trained" not in read_header(tmp_path / "old.safetensors")
+
+
+@pytest.mark.parametrize("meta, expected", [
+    ({"backend": "torch", "config": {"resize": 28, "precision": "bf16"}}, TrainedAt(28, RUN_SETTINGS, None, "bf16")),
+    ({"backend": "torch", "config": {"resize": 28}}, TrainedAt(28, RUN_SETTINGS)),
+    ({"init": "xavier"}, TrainedAt(224, DEFAULT)),  # reproduce's initial weights
+    ({}, TrainedAt(224, DEFAULT)),
+    ({"config": {"resize": True, "precision": "fp8"}}, TrainedAt(224, DEFAULT)),  # no evidence: passed over
+    ({"config": {"resize": 10 ** 9}}, TrainedAt(224, DEFAULT)),
+    ({"config": "28"}, TrainedAt(224, DEFAULT)),
+])
+def test_weights_written_before_the_record_still_load_and_say_where_their_size_came_from(tmp_path, meta,
+                                                                                         expected):
+    spec = make_spec("mini")
+    weights = random_weights(spec)
+    save_weights(tmp_path / "old.npz", spec, weights, meta=meta)
+    assert "trained" not in read_header(tmp_path / "old.npz")
+    assert trained_at(tmp_path / "old.npz") == expected
+    assert all(np.array_equal(w, weights[k]) for k, w in load_weights(tmp_path / "old.npz")[1].items())
+
+
+def test_a_writer_cannot_record_what_no_reader_accepts(tmp_path):
+    spec = make_spec("mini")
+    with pytest.raises(ValueError, match=r"trained= for w.npz: its record of what it was trained at says 3x3, a "
+                                         r"size its network cannot take"):
+        save_weights(tmp_path / "w.npz", spec, random_weights(spec), trained=trained_entry(3, "NCHW", "fp32"))
+    assert not (tmp_path / "w.npz").exists()
 
 
 # -- TensorBoard ------------------------------------------------------------------------------------------

@@ -13,10 +13,12 @@ import zipfile
 import numpy as np
 import pytest
 
+from nin_multi.errors import DamagedFileError
 from nin_multi.spec import make_spec
-from nin_multi.weights import read_weights_file, save_weights
+from nin_multi.weights import read_weights_file, save_weights, trained_entry
 
 from conftest import SAMPLE_DIR
+from reference import random_weights
 import test_safety
 from test_safety import RUN_ARGS, cli, one_line, snapshot, victim
 
@@ -146,6 +148,80 @@ def test_the_files_this_project_writes_still_read_back(tmp_path):
         save_weights(tmp_path / "w.npz", spec, weights, state={"torch_rng": np.zeros(5056, np.uint8)})
         got_spec, got, _, state = read_weights_file(tmp_path / "w.npz")
         assert got_spec == spec and set(got) == set(weights) and state["torch_rng"].shape == (5056,)
+
+
+# -- a hostile record of what the network was trained at --------------------------------------------------
+GOOD_TRAINED = {"image_size": 28, "layout": "NCHW", "precision": "fp32"}
+HOSTILE_TRAINED = {
+    "not an object": ([28, "NCHW"], "its record of what it was trained at (trained) is not a JSON object"),
+    "a size as text": ({**GOOD_TRAINED, "image_size": "28"},
+                       'its record of what it was trained at has image_size = "28", not an integer from 1 to 65536'),
+    "a size as a boolean": ({**GOOD_TRAINED, "image_size": True},
+                            "its record of what it was trained at has image_size = true, not an integer from 1 to "
+                            "65536"),
+    "a huge size": ({**GOOD_TRAINED, "image_size": 1 << 40},
+                    "its record of what it was trained at has image_size = 1099511627776, not an integer from 1 to "
+                    "65536"),
+    "a negative size": ({**GOOD_TRAINED, "image_size": -28},
+                        "its record of what it was trained at has image_size = -28, not an integer from 1 to 65536"),
+    "a size the network cannot take": ({**GOOD_TRAINED, "image_size": 3},
+                                       "its record of what it was trained at says 3x3, a size its network cannot "
+                                       "take"),
+    "an unknown layout": ({**GOOD_TRAINED, "layout": "NWHC"},
+                          'its record of what it was trained at has layout = "NWHC", not one of NCHW, NHWC'),
+    "an unknown precision": ({**GOOD_TRAINED, "precision": "fp8"},
+                             'its record of what it was trained at has precision = "fp8", not one of fp32, bf16, '
+                             'fp16, fp64'),
+    "a missing field": ({"image_size": 28, "layout": "NCHW"},
+                        "its record of what it was trained at has no field 'precision'"),
+    "an unknown field": ({**GOOD_TRAINED, "channels": 1},
+                         "its record of what it was trained at has unknown field 'channels'"),
+}
+
+
+def mini_file(path, trained) -> bytes:
+    """Mini weights whose header holds ``trained`` as given, in either container; returns the file's bytes."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    spec = make_spec("mini")
+    save_weights(path, spec, random_weights(spec), trained=trained_entry(**GOOD_TRAINED))
+    if path.suffix == ".npz":
+        write_members(path, with_header(members_of(path), lambda h: h.update(trained=trained)))
+    else:
+        with safe_open(path, framework="numpy") as f:
+            metadata, arrays = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        save_file(arrays, str(path), metadata={**metadata, "trained": json.dumps(trained)})
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+@pytest.mark.parametrize("case", list(HOSTILE_TRAINED))
+def test_a_hostile_trained_record_is_one_line(case, suffix, tmp_path, capsys):
+    trained, why = HOSTILE_TRAINED[case]
+    path = tmp_path / f"weights{suffix}"
+    data = mini_file(path, trained)
+    code, out, err = cli(["evaluate", "--backend", "torch", "--weights", str(path), "--data-dir", str(SAMPLE_DIR),
+                          "--no-progress"], capsys)
+    assert code == 2 and out == ""
+    assert one_line(err) == f"{path} is damaged or not a nin_multi weights file ({why})"
+    assert path.read_bytes() == data
+
+
+def test_a_hostile_trained_record_is_refused_by_every_reader(tmp_path, capsys):
+    path = tmp_path / "weights.npz"
+    data = mini_file(path, {**GOOD_TRAINED, "image_size": -28})
+    why = (f"{path} is damaged or not a nin_multi weights file (its record of what it was trained at has image_size "
+           f"= -28, not an integer from 1 to 65536)")
+    for args in (["summary", "--backend", "torch", "--weights", str(path)],
+                 ["summary", "--backend", "torch", "--weights", str(path), "--resize", "28"],
+                 ["convert", "--weights", str(path), "--out", str(tmp_path / "w.safetensors")],
+                 ["convert", "--backend", "torch", "--weights", str(path), "--out", str(tmp_path / "w.pt")]):
+        code, out, err = cli(args, capsys)
+        assert code == 2 and out == "" and one_line(err) == why, args
+    assert path.read_bytes() == data and sorted(p.name for p in tmp_path.iterdir()) == ["weights.npz"]
+    with pytest.raises(DamagedFileError, match="image_size = -28"):
+        read_weights_file(path)
 
 
 # -- IDX files --------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import nin_multi.reproduce as reproduce_mod
+from nin_multi import backends
 import nin_multi.reproduce.runner as runner_mod
 from nin_multi.cli import main
 from nin_multi.config import TrainConfig
@@ -14,7 +15,7 @@ from nin_multi.errors import ConfigError
 from nin_multi.reproduce import parse_seeds, step_drift, step_table
 from nin_multi.spec import chapter_spec, make_spec
 from nin_multi.stats import mean_std, welch
-from nin_multi.weights import initial_weights, load_weights
+from nin_multi.weights import RECORDED, TrainedAt, initial_weights, load_weights, trained_at
 
 from conftest import TRAINABLE, load
 
@@ -149,6 +150,8 @@ def test_backends_agree_from_one_start(sample_dir, tmp_path, capsys, monkeypatch
     for n in names:
         for f in ("metrics.jsonl", "metrics.csv", "curves.png", "config.json", "weights.safetensors"):
             assert (out / n / f).is_file(), (n, f)
+        layout = backends.get_backend(n).LAYOUT  # each records the size and layout it was trained at
+        assert trained_at(out / n / "weights.safetensors") == TrainedAt(28, RECORDED, layout, "fp32"), n
     with open(out / "backends.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["backend"] for r in rows] == names

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
+from typing import Optional
 
 from nin_multi.backends import ALIASES, ORDER, or_list, trainable
 from nin_multi.config import AUTO, INITS, PRECISIONS, TrainConfig
@@ -132,6 +134,38 @@ def config_from_args(a: argparse.Namespace, keep_auto: bool = False, **overrides
         kwargs["precision"] = "fp32"
     kwargs.update(overrides)
     return TrainConfig(**kwargs)
+
+
+def size_for_weights(path: str, resize: Optional[int], doing: str, log=print) -> int:
+    """The size to run a weights file's network at: ``--resize`` if typed (``resize``), else the size it
+    was trained at. Weights scored at another size than their training's score like an untrained network,
+    so a size that differs from the training's, or a file that does not say, is said in one line."""
+    from nin_multi.weights import trained_at
+
+    trained = trained_at(path)
+    note = size_note(Path(path).name, trained, resize, doing)
+    if note:
+        log(note)
+    return trained.image_size if resize is None else resize
+
+
+def size_note(name: str, trained, resize: Optional[int], doing: str) -> Optional[str]:
+    """The line ``size_for_weights`` says, if any: ``trained`` is ``weights.trained_at``'s answer,
+    ``doing`` the command's verb ("evaluating")."""
+    from nin_multi.weights import RUN_SETTINGS
+
+    t = trained.image_size
+    if trained.recorded or (trained.source == RUN_SETTINGS and resize is not None):
+        if resize is None or resize == t:
+            return None
+        by = "" if trained.recorded else " (the --resize of the run that wrote it)"
+        return f"note: {name} was trained at {t}x{t}{by}; {doing} at {resize}x{resize} as --resize asks"
+    unknown = f"note: {name} does not record the size it was trained at"
+    if resize is not None:
+        return f"{unknown}; {doing} at {resize}x{resize} as --resize asks"
+    if trained.source == RUN_SETTINGS:
+        return f"{unknown}; {doing} at {t}x{t}, the --resize of the run that wrote it"
+    return f"{unknown}; {doing} at {t}x{t}, the chapter's default (pass --resize to choose another)"
 
 
 def load_weights_into(backend_name: str, path: str, precision=None, check=None):

@@ -57,14 +57,15 @@ def run(a: argparse.Namespace) -> int:
 
 
 def convert_portable(source: str, out: str) -> int:
-    """The same arrays, header and metadata in the other container (a checkpoint's training state is
-    left behind: the result is a weights file)."""
+    """The same arrays, header and metadata in the other container, what the network was trained at
+    included (a checkpoint's training state is left behind: the result is a weights file)."""
     from nin_multi.errors import ConfigError
-    from nin_multi.weights import read_weights_file, save_weights, weights_dtype
+    from nin_multi.weights import read_weights, save_weights, weights_dtype
 
     if not Path(out).parent.is_dir():
         raise ConfigError(f"--out {out}: directory {Path(out).parent} does not exist")
-    spec, weights, meta, _ = read_weights_file(source)
-    save_weights(out, spec, weights, meta=meta)
+    f = read_weights(source)
+    spec, weights = f.spec, f.weights
+    save_weights(out, spec, weights, meta=f.meta, trained=f.header.get("trained"))
     print(f"wrote {out} ({Path(out).suffix.lstrip('.')}, {spec.num_params:,} parameters, {weights_dtype(weights)})")
     return 0

@@ -15,7 +15,7 @@ from ..fileio import write_json
 from ..run import CONFIG, PLOT, WEIGHTS, Run, default_run_dir, plot_curves, prepare_dir, release_dir
 from ..spec import NiNSpec
 from ..train import evaluate, load_data, spec_for, train_epoch
-from ..weights import initial_weights, save_weights
+from ..weights import initial_weights, save_weights, trained_entry
 from .comparison import drift_rows, step_drift, step_table, weight_differences, write_rows_csv, write_steps_csv
 from .plots import plot_drift, plot_seeds
 from .report import (BACKENDS_CSV, DRIFT_CSV, DRIFT_PLOT, INITIAL_WEIGHTS, REPORT_JSON, SEEDS_CSV, SEEDS_PLOT,
@@ -104,7 +104,8 @@ def _train_backend(m, model, trainer, spec: NiNSpec, cfg: TrainConfig, ds, run: 
             f"test acc {row['test_acc']:.3f}, {row['examples_per_sec']:.1f} examples/sec")
     final = m.get_weights(model, spec)
     save_weights(run.path / WEIGHTS, spec, final, meta={"backend": m.NAME, "epochs": cfg.epochs,
-                                                        "config": bcfg.to_dict()})
+                                                        "config": bcfg.to_dict()},
+                 trained=trained_entry(cfg.resize, m.LAYOUT, cfg.precision))
     run.close()
     last, seconds = run.history[-1], sum(r["seconds"] for r in run.history)
     return {"name": m.NAME, "history": run.history, "initial": {"test_loss": loss0, "test_acc": acc0},
