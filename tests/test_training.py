@@ -10,6 +10,7 @@ import pytest
 from nin_multi.cli import main
 from nin_multi.config import TrainConfig
 from nin_multi.errors import TrainingDivergedError
+from nin_multi.precision import unsupported
 from nin_multi.train import resume, train, train_epoch
 from nin_multi.weights import load_weights
 
@@ -43,21 +44,38 @@ def test_learns_on_the_real_sample(trainable_backend, sample_dir, tmp_path):
 
 @pytest.mark.slow
 def test_bf16_training_still_learns(trainable_backend, sample_dir, tmp_path):
+    """Where the framework can run bf16 on this CPU it learns; where it cannot (MXNet below AVX-512 BF16, or
+    under an AVX2 cap) the run is refused before training in one line, never a traceback. 60 steps with the
+    fast recipe's init and Nesterov momentum, since a CPU without bf16 hardware emulates it at ~1 s a step
+    of the narrow network (fp32: 0.06 s); measured in fp32, train loss 2.23 -> 1.28 and test accuracy 0.63."""
     backend = trainable_backend
-    cfg = mini_config(backend, sample_dir, tmp_path / "run", precision="bf16")
+    cfg = mini_config(backend, sample_dir, tmp_path / "run", precision="bf16", init="kaiming-identity", lr=0.02,
+                      momentum=0.9, nesterov=True, subset=640, test_subset=200, epochs=3)
+    why = unsupported(backend.NAME, "bf16", backend.device())
+    if why is not None:
+        done = subprocess.run([sys.executable, "-m", "nin_multi", "train", "--backend", backend.NAME, "--precision",
+                               "bf16", "--variant", "mini", "--resize", "28", "--data-dir", str(sample_dir),
+                               "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+        assert lines[0].startswith(f"nin-multi: error: --precision bf16 {why} (CPU class ")
+        assert not (tmp_path / "run").exists()
+        return
     if backend.NAME == "mxnet":
         # MXNet's AMP rewrites its operators for the whole process once on: train in a process of its
         # own, through the CLI, so the fp32 tests after this one still run in fp32.
         args = [f"--{k.replace('_', '-')}={v}" for k, v in cfg.to_dict().items()
                 if k in ("backend", "variant", "resize", "init", "lr", "batch_size", "epochs", "data_dir",
-                         "out", "precision")]
+                         "out", "precision", "momentum", "subset", "test_subset")] + ["--nesterov"]
         done = subprocess.run([sys.executable, "-m", "nin_multi", "train", *args, "--no-progress"],
                               cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     else:
         _, history = train(cfg, log=quiet)
-    assert history[-1]["train_loss"] < 1.9, [r["train_loss"] for r in history]
+    losses = [r["train_loss"] for r in history]  # measured in bf16: 2.19-2.24 -> 1.58-1.81 at the lowest
+    assert min(losses[1:]) < losses[0] - 0.3, losses  # chance is ln 10 = 2.303
+    assert max(r["test_acc"] for r in history) >= 0.3, history  # chance is 0.10
 
 
 _AMP_THEN_FP32 = """
@@ -65,7 +83,11 @@ import backends.mxnet as m
 from nin_multi.errors import ConfigError
 from nin_multi.spec import make_spec
 spec = make_spec("mini", image_size=28)
-m.Trainer(m.build_model(spec, "kaiming"), 0.05, "bf16")
+try:
+    m.Trainer(m.build_model(spec, "kaiming"), 0.05, "bf16")
+except ConfigError as e:  # no bf16 kernels for this CPU: refused before AMP is turned on
+    print(e)
+    raise SystemExit(0)
 m.Trainer(m.build_model(spec, "kaiming"), 0.05, "bf16")  # the same precision again is what AMP computes
 try:
     m.Trainer(m.build_model(spec, "kaiming"), 0.05, "fp32")
@@ -76,11 +98,16 @@ except ConfigError as e:
 
 def test_an_mxnet_fp32_trainer_after_a_bf16_one_in_the_same_process_is_refused():
     """MXNet's AMP cannot be turned off: an fp32 Trainer after a bf16 one would train in bfloat16 while
-    reporting fp32. Run in a process of its own, as it turns AMP on."""
+    reporting fp32. Run in a process of its own, as it turns AMP on. On a CPU without MXNet's bf16 kernels
+    the bf16 Trainer itself is refused, before AMP is on."""
     load("mxnet")
     done = subprocess.run([sys.executable, "-c", _AMP_THEN_FP32], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    if unsupported("mxnet", "bf16") is not None:
+        assert done.stdout.strip().splitlines()[-1].startswith("--precision bf16 needs a CPU with AVX-512 BF16 or "
+                                                               "AMX in mxnet (CPU class ")
+        return
     assert done.stdout.strip().splitlines()[-1] == (
         "MXNet computes in bf16 for the rest of this process (its AMP, turned on by an earlier bf16 run, cannot be "
         "turned off), so a fp32 run here would not be fp32: run it in a process of its own")

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nin_multi.config import PRECISIONS
+from nin_multi.config import AUTO, PRECISIONS
 from nin_multi.errors import BackendUnavailableError, ConfigError
 from nin_multi.fileio import write_text
 from nin_multi.spec import VARIANTS, make_spec
@@ -29,7 +29,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=BENCH_DEFAULTS["batch_size"],
                    help=f"batch size (default: {BENCH_DEFAULTS['batch_size']})")
     p.add_argument("--precision", default=DEFAULTS.precision,
-                   help=f"comma-separated precisions of the default path: {', '.join(PRECISIONS)} (default: "
+                   help=f"comma-separated precisions of the default path: {', '.join(PRECISIONS)}, auto (fp32 and "
+                        f"bf16, "
+                        f"what --precision auto chooses between) (default: "
                         f"{DEFAULTS.precision}); the chapter path is always fp32")
     p.add_argument("--steps", type=int, default=5, help="timed steps per path (default: 5; the median counts)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first, per path (default: 2)")
@@ -68,9 +70,15 @@ def _positive(name: str, v, zero_ok: bool = False) -> None:
 
 
 def _precisions(text: str) -> list[str]:
-    """Each once, fp32 first: MXNet's AMP, once on, changes every later graph in its process."""
+    """Each once, fp32 first: MXNet's AMP, once on, changes every later graph in its process. ``auto`` (the
+    fast recipe's) is every precision it chooses between, each measured."""
+    from nin_multi.precision import CANDIDATES
+
     precisions = []
     for p in (s.strip().lower() for s in text.split(",")):
+        if p == AUTO:
+            precisions += [c for c in CANDIDATES if c not in precisions]
+            continue
         if p not in PRECISIONS:
             raise ConfigError(f"--precision takes a comma-separated list of {', '.join(PRECISIONS)}; got {p!r}")
         if p not in precisions:
