@@ -215,8 +215,8 @@ def _use_amp(model: nn.HybridSequential, precision: str) -> bool:
     if precision == "bf16" and on_gpu:
         raise ConfigError("--precision bf16 is CPU-only in MXNet 1.9.1 (oneDNN); use fp16 on a GPU")
     if precision == "bf16" and machine.cpu_class() not in PRECISION_NEEDS["bf16"]:  # before AMP patches anything
-        raise ConfigError(f"--precision bf16 needs a CPU with {' or '.join(PRECISION_NEEDS['bf16'])} in mxnet "
-                          f"({machine.describe()}): use --precision fp32, or --precision auto")
+        raise ConfigError(f"--precision bf16 needs a CPU with {' or '.join(PRECISION_NEEDS['bf16'])} in mxnet; "
+                          f"this is {machine.describe()}: use --precision fp32, or --precision auto")
     if precision not in ("fp16", "bf16"):
         raise ConfigError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
     amp.init(target_dtype="float16" if precision == "fp16" else "bfloat16")

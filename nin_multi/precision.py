@@ -122,19 +122,20 @@ def unsupported(name: str, precision: str, device: str = "cpu", cls: Optional[st
     if cls in needs:
         return None
     cpus = [n for n in needs if n != "gpu"]
-    where = ("a CPU with " + " or ".join(cpus)) if cpus else "a GPU"
-    return f"needs {where} in {name}, and this is CPU class {cls}"
+    return f"needs {('a CPU with ' + ' or '.join(cpus)) if cpus else 'a GPU'} in {name}"
 
 
 def check_runs_here(name: str, precision: str, device: str = "cpu") -> None:
     """Refuse, before training, a precision the framework cannot run on this device, in one line that
     names the CPU class and what to use instead."""
-    if precision == AUTO:
+    from nin_multi.backends import capabilities
+
+    if precision == AUTO or precision not in capabilities(name).precisions:  # the Trainer says why, its way
         return
     why = unsupported(name, precision, device)
     if why is not None:
-        raise ConfigError(f"--precision {precision} {why} ({machine.describe(device)}): use --precision fp32, or "
-                          f"--precision auto, which picks the fastest precision that runs here")
+        raise ConfigError(f"--precision {precision} {why}; this is {machine.describe(device)}: use --precision fp32, "
+                          f"or --precision auto, which picks the fastest precision that runs here")
 
 
 # -- measuring ------------------------------------------------------------------------------------------
