@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple, Optional
 
+from nin_multi import interpreters
 from nin_multi.errors import BackendUnavailableError, ConfigError
 
 #: canonical name -> (module, the framework's import name, the pip extra that installs it)
@@ -71,16 +72,18 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def select(names=None, trains: bool = False) -> list[str]:
+def select(names=None, trains: bool = False, bound: bool = False) -> list[str]:
     """Canonical names, each once, in ``ORDER``, from a list or a comma-separated string (``--backends``);
-    none given: every installed backend. ``trains``: for commands that train (``reproduce``, ``bench``),
-    where none given means every installed backend that trains and naming an inference-only one is an
-    error."""
+    none given: every installed backend (``bound``: and every one bound to an interpreter of its own, for
+    commands that run each backend in a worker). ``trains``: for commands that train (``reproduce``,
+    ``bench``), where none given means every such backend that trains and naming an inference-only one is
+    an error."""
     if isinstance(names, str):
         names = names.split(",")
     names = [n for n in names or () if n.strip()]
     if not names:
-        return [k for k in installed() if can_train(k) or not trains]
+        return [k for k in ORDER if (is_installed(k) or bound and interpreters.bound(k))
+                and (can_train(k) or not trains)]
     keys = {canonical_name(n) for n in names}
     inference_only = sorted(k for k in keys if not can_train(k))
     if trains and inference_only:
@@ -119,16 +122,45 @@ def installed() -> list[str]:
 
 
 def get_backend(name: str) -> ModuleType:
-    """Import and return the backend module, or say which pip command installs its framework."""
+    """Import and return the backend module, or say which pip command installs its framework (where it
+    has no wheels for this Python, how to run it in an interpreter of its own)."""
     key = canonical_name(name)
     module, framework, extra = _REGISTRY[key]
     if module in sys.modules:
         return sys.modules[module]
     if importlib.util.find_spec(framework) is None:
-        raise BackendUnavailableError(
-            f"the {key} backend needs {framework}, which is not installed: "
-            f"pip install 'nin-multi[{extra}]'")
+        raise BackendUnavailableError(missing_message(key))
     return importlib.import_module(module)
+
+
+def missing_message(key: str) -> str:
+    _, framework, extra = _REGISTRY[key]
+    since = interpreters.NO_WHEELS.get(key)
+    if since and sys.version_info[:2] >= since:
+        last = f"{since[0]}.{since[1] - 1}"
+        return (f"the {key} backend needs {framework}, which has no release for Python "
+                f"{sys.version_info[0]}.{sys.version_info[1]}: make an environment for it on Python 3.10-{last} "
+                f"with pip install -e '.[{extra}]' and set {interpreters.variable(key)} to its python (README)")
+    return f"the {key} backend needs {framework}, which is not installed: pip install 'nin-multi[{extra}]'"
+
+
+def check_interpreter(name: str) -> str:
+    """The interpreter that runs ``name``: the one bound to it (checked: it runs, is new enough, has this
+    project and the framework; else one line), or this one if its framework is installed here."""
+    key = canonical_name(name)
+    _, framework, extra = _REGISTRY[key]
+    if interpreters.bound(key):
+        return interpreters.check(key, framework, extra)
+    if importlib.util.find_spec(framework) is None:
+        raise BackendUnavailableError(missing_message(key))
+    return sys.executable
+
+
+def delegate(name: str, argv: list) -> int:
+    """Run the whole command in the interpreter bound to ``name`` (see ``interpreters.delegate``)."""
+    key = canonical_name(name)
+    _, framework, extra = _REGISTRY[key]
+    return interpreters.delegate(key, argv, framework, extra)
 
 
 def load_backends(names) -> list[ModuleType]:
