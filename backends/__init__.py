@@ -82,8 +82,8 @@ def select(names=None, trains: bool = False, bound: bool = False) -> list[str]:
         names = names.split(",")
     names = [n for n in names or () if n.strip()]
     if not names:
-        return [k for k in ORDER if (is_installed(k) or bound and interpreters.bound(k))
-                and (can_train(k) or not trains)]
+        here = set(installed())
+        return [k for k in ORDER if (k in here or bound and interpreters.bound(k)) and (can_train(k) or not trains)]
     keys = {canonical_name(n) for n in names}
     inference_only = sorted(k for k in keys if not can_train(k))
     if trains and inference_only:
