@@ -156,3 +156,12 @@ def test_a_command_handed_to_an_interpreter_that_dies_is_one_line(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 4 and err.count("\n") == 1
     assert f"the {name} interpreter ({killer}) was killed by SIGKILL during the command" in err
+
+
+def test_a_bound_backend_takes_part_where_none_are_named(monkeypatch):
+    """``reproduce`` without --backends: every installed backend, and every one bound to an interpreter of
+    its own (which need not have it installed here)."""
+    monkeypatch.setattr(backends, "installed", lambda: ["torch"])
+    monkeypatch.setenv("NIN_MULTI_PYTHON_MXNET", "/opt/elsewhere/bin/python")
+    assert backends.select(None, trains=True, bound=True) == ["torch", "mxnet"]
+    assert backends.select(None, trains=True) == ["torch"]  # the in-process API: only what is here
