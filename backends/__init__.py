@@ -37,7 +37,10 @@ ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "gluon
 #: Import order when several load in one process: PyTorch before TensorFlow (the reverse has hung).
 #: JAX 0.7.1 and onnxruntime 1.31 load beside the others in any order (measured: each of torch, tf,
 #: mxnet, jax, onnx first and last, every import followed by a computation, in one process); they come
-#: last so the order above is kept.
+#: last so the order above is kept. The commands that use several frameworks run each in a worker process
+#: of its own (``nin_multi.interpreters``); this order still matters to the in-process API
+#: (``reproduce(..., workers=False)``, ``--in-process``), the notebooks and the test suite, which load
+#: several frameworks into one process.
 ORDER = tuple(_REGISTRY)
 #: The capability fields every backend module sets, as literals (read by ``capabilities``).
 CAPABILITY_FIELDS = ("TRAINS", "PRECISIONS", "DATA_PARALLEL", "NATIVE_SUFFIXES")
