@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple, Optional
 
+from nin_multi import interpreters
 from nin_multi.errors import BackendUnavailableError, ConfigError
 
 #: canonical name -> (module, the framework's import name, the pip extra that installs it)
@@ -37,7 +38,10 @@ ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "gluon
 #: Import order when several load in one process: PyTorch before TensorFlow (the reverse has hung).
 #: JAX 0.7.1 and onnxruntime 1.31 load beside the others in any order (measured: each of torch, tf,
 #: mxnet, jax, onnx first and last, every import followed by a computation, in one process); they come
-#: last so the order above is kept.
+#: last so the order above is kept. The commands that use several frameworks run each in a worker process
+#: of its own (``nin_multi.interpreters``); this order still matters to the in-process API
+#: (``reproduce(..., workers=False)``, ``--in-process``), the notebooks and the test suite, which load
+#: several frameworks into one process.
 ORDER = tuple(_REGISTRY)
 #: The capability fields every backend module sets, as literals (read by ``capabilities``).
 CAPABILITY_FIELDS = ("TRAINS", "PRECISIONS", "DATA_PARALLEL", "NATIVE_SUFFIXES", "PRECISION_NEEDS")
@@ -76,16 +80,18 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def select(names=None, trains: bool = False) -> list[str]:
+def select(names=None, trains: bool = False, bound: bool = False) -> list[str]:
     """Canonical names, each once, in ``ORDER``, from a list or a comma-separated string (``--backends``);
-    none given: every installed backend. ``trains``: for commands that train (``reproduce``, ``bench``),
-    where none given means every installed backend that trains and naming an inference-only one is an
-    error."""
+    none given: every installed backend (``bound``: and every one bound to an interpreter of its own, for
+    commands that run each backend in a worker). ``trains``: for commands that train (``reproduce``,
+    ``bench``), where none given means every such backend that trains and naming an inference-only one is
+    an error."""
     if isinstance(names, str):
         names = names.split(",")
     names = [n for n in names or () if n.strip()]
     if not names:
-        return [k for k in installed() if can_train(k) or not trains]
+        here = set(installed())
+        return [k for k in ORDER if (k in here or bound and interpreters.bound(k)) and (can_train(k) or not trains)]
     keys = {canonical_name(n) for n in names}
     inference_only = sorted(k for k in keys if not can_train(k))
     if trains and inference_only:
@@ -124,21 +130,50 @@ def installed() -> list[str]:
 
 
 def get_backend(name: str) -> ModuleType:
-    """Import and return the backend module, or say which pip command installs its framework."""
+    """Import and return the backend module, or say which pip command installs its framework (where it
+    has no wheels for this Python, how to run it in an interpreter of its own)."""
     key = canonical_name(name)
     module, framework, extra = _REGISTRY[key]
     if module in sys.modules:
         return sys.modules[module]
     if importlib.util.find_spec(framework) is None:
-        raise BackendUnavailableError(
-            f"the {key} backend needs {framework}, which is not installed: "
-            f"pip install 'nin-multi[{extra}]'")
+        raise BackendUnavailableError(missing_message(key))
     return importlib.import_module(module)
 
 
 def versions(name: str) -> dict:
     """The versions of the modules behind a loaded backend, e.g. ``{"torch": "2.13.0+cpu"}``."""
     return {m: str(getattr(sys.modules.get(m), "__version__", "unknown")) for m in _VERSIONED[canonical_name(name)]}
+
+
+def missing_message(key: str) -> str:
+    _, framework, extra = _REGISTRY[key]
+    since = interpreters.NO_WHEELS.get(key)
+    if since and sys.version_info[:2] >= since:
+        last = f"{since[0]}.{since[1] - 1}"
+        return (f"the {key} backend needs {framework}, which has no release for Python "
+                f"{sys.version_info[0]}.{sys.version_info[1]}: make an environment for it on Python 3.10-{last} "
+                f"with pip install -e '.[{extra}]' and set {interpreters.variable(key)} to its python (README)")
+    return f"the {key} backend needs {framework}, which is not installed: pip install 'nin-multi[{extra}]'"
+
+
+def check_interpreter(name: str) -> str:
+    """The interpreter that runs ``name``: the one bound to it (checked: it runs, is new enough, has this
+    project and the framework; else one line), or this one if its framework is installed here."""
+    key = canonical_name(name)
+    _, framework, extra = _REGISTRY[key]
+    if interpreters.bound(key):
+        return interpreters.check(key, framework, extra)
+    if importlib.util.find_spec(framework) is None:
+        raise BackendUnavailableError(missing_message(key))
+    return sys.executable
+
+
+def delegate(name: str, argv: list) -> int:
+    """Run the whole command in the interpreter bound to ``name`` (see ``interpreters.delegate``)."""
+    key = canonical_name(name)
+    _, framework, extra = _REGISTRY[key]
+    return interpreters.delegate(key, argv, framework, extra)
 
 
 def load_backends(names) -> list[ModuleType]:

@@ -108,6 +108,8 @@ VARIABLES: dict[str, tuple[Callable[[str], Optional[str]], type]] = {
     "NIN_MULTI_CACHE_DIR": (_path, ConfigError),
     "NIN_MULTI_MIRROR": (_url, ConfigError),
     "NIN_MULTI_TORCHRUN_REPORT": (_path, ConfigError),
+    # the interpreter each backend runs in (nin_multi.interpreters; checked further when it is used)
+    **{f"NIN_MULTI_PYTHON_{b}": (_path, ConfigError) for b in ("TORCH", "TENSORFLOW", "MXNET", "JAX", "ONNX")},
 }
 
 

@@ -89,3 +89,14 @@ class DistributedError(NinMultiError):
     """A data-parallel run cannot start or continue: a worker died, a port is taken, an engine is missing."""
 
     exit_code = 4
+
+
+class InterpreterError(ConfigError):
+    """The Python bound to a backend (``NIN_MULTI_PYTHON_<BACKEND>``) is missing, is not an interpreter,
+    is too old, or lacks the project or the framework."""
+
+
+class WorkerError(NinMultiError):
+    """A backend's worker process, or the interpreter a command was handed to, died before it finished."""
+
+    exit_code = 4

@@ -76,8 +76,11 @@ def test_version(capsys):
 
 
 def test_missing_framework_names_the_extra(monkeypatch, capsys):
+    from nin_multi import interpreters
+
     monkeypatch.setitem(backends._REGISTRY, "mxnet",
                         ("nin_multi.backends.mxnet_absent", "mxnet_absent_for_test", "mxnet"))
+    monkeypatch.setattr(interpreters, "NO_WHEELS", {})  # a Python MXNet has wheels for (else: test_interpreters)
     code, err = run_cli(["summary", "--backend", "gluon"], capsys)
     assert code == 2 and "pip install 'nin-multi[mxnet]'" in err
 

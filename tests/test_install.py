@@ -46,3 +46,28 @@ def test_outside_the_checkout_only_nin_multi_backends_imports(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "torch"]
+
+
+@pytest.mark.parametrize("python, mxnet, numpy_below_2", [("3.10", True, True), ("3.12", True, True),
+                                                          ("3.13", False, False), ("3.14", False, False)])
+def test_extras_keep_mxnet_and_numpy_1_only_where_numpy_1_has_wheels(python, mxnet, numpy_below_2):
+    """What ``.[all]`` asks for on each Python, read from pyproject's markers as pip evaluates them: MXNet
+    and its numpy<2 up to 3.12; from 3.13 neither, so nothing holds numpy or JAX back there."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    env = {"python_version": python, "python_full_version": python + ".0", "extra": ""}
+
+    def wanted(extra):
+        reqs = [Requirement(r) for r in extras[extra]]
+        return [r for r in reqs if r.marker is None or r.marker.evaluate(env)]
+
+    names = {r.name: r for extra in ("torch", "tensorflow", "mxnet", "jax", "onnx") for r in wanted(extra)}
+    assert ("mxnet" in names) is mxnet
+    assert any(r.name == "numpy" and "<2" in str(r.specifier) for r in wanted("mxnet")) is numpy_below_2
+    for name in ("jax", "jaxlib", "flax", "optax", "onnx", "onnxruntime", "onnxscript", "tensorflow-cpu", "torch"):
+        spec = names[name].specifier
+        assert spec and all(s.operator == ">=" for s in spec), (name, spec)  # floors: the newest that fits
+    assert {"torch", "tensorflow", "mxnet", "jax", "onnx"} <= set(
+        Requirement(extras["all"][0]).extras)

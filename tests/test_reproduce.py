@@ -1,6 +1,7 @@
 """``reproduce``: every installed backend trained from one start (NumPy-drawn weights, one example order)."""
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -106,7 +107,7 @@ def test_backends_agree_from_one_start(sample_dir, tmp_path, capsys, monkeypatch
     code = main(["reproduce", "--backends", ",".join(names), "--data-dir", str(sample_dir), "--variant", "mini",
                  "--resize", "28", "--subset", "256", "--test-subset", "100", "--epochs", "2", "--batch-size",
                  "32", "--lr", "0.05", "--init", "kaiming", "--seed", "0", "--no-dropout", "--out", str(out),
-                 "--no-progress"])
+                 "--no-progress", "--in-process"])  # in this process, where the spies see every call
     assert code == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "reproduce.json").read_text())
@@ -328,6 +329,38 @@ def test_fp64_reproduce_is_one_trajectory_from_the_fp32_start(sample_dir, tmp_pa
     assert all(v <= 1e-9 for v in report["final_weights_rel_diff"].values())
     assert "every pair within 1e-09 at every step of every epoch: yes" in printed and "never" in printed
     assert "In float64" in printed
+
+    # Each framework ran in a worker process of its own; in one process the same training gives the same
+    # reports, byte for byte but for the timings and the folder's name.
+    inside = tmp_path / "fp64-in-process"
+    assert main(["reproduce", "--precision", "fp64", "--backends", ",".join(names), "--data-dir", str(sample_dir),
+                 "--variant", "mini", "--resize", "28", "--subset", "96", "--test-subset", "50", "--epochs", "1",
+                 "--batch-size", "32", "--lr", "0.05", "--init", "kaiming", "--no-dropout", "--out", str(inside),
+                 "--no-progress", "--in-process"]) == 0
+    printed_inside = capsys.readouterr().out
+    assert (inside / "steps.csv").read_bytes() == (out / "steps.csv").read_bytes()
+    assert (inside / "drift.csv").read_bytes() == (out / "drift.csv").read_bytes()
+    assert _untimed(json.loads((inside / "reproduce.json").read_text())) == _untimed(report)
+    assert _untimed_lines(printed_inside, inside) == _untimed_lines(printed, out)
+    for n in names:
+        _, a = load_weights(out / n / "weights.safetensors")
+        _, b = load_weights(inside / n / "weights.safetensors")
+        assert all(np.array_equal(a[k], b[k]) for k in a), n
+
+
+def _untimed(report):
+    """A report less what depends on the clock (speeds, seconds) and where it was written."""
+    if isinstance(report, dict):
+        timed = ("examples_per_sec", "train_seconds", "seconds", "out")
+        return {k: _untimed(v) for k, v in report.items() if k not in timed}
+    if isinstance(report, list):
+        return [_untimed(v) for v in report]
+    return report
+
+
+def _untimed_lines(printed: str, out) -> list:
+    return [re.sub(r"[\d.]+ examples/sec|\s+[\d.]+$", "", line).replace(str(out), "OUT")
+            for line in printed.splitlines()]
 
 
 def _per_seed(shift, noise=0.01, seeds=5):

@@ -1,21 +1,12 @@
 """What a bench worker and the runner that started it share: the tagged JSON lines the worker prints
-(results stream back one by one, so the paths that finished before a crash are kept) and the row each
-path becomes in the table and ``bench.json``."""
+(every worker's protocol, ``nin_multi.interpreters``: results stream back one by one, so the paths that
+finished before a crash are kept) and the row each path becomes in the table and ``bench.json``."""
 from __future__ import annotations
 
-import json
+from ..interpreters import TAG, emit, error_text, parse
 
-TAG = "@@nin-multi-bench "  # prefix of the worker's result lines on stdout; anything else there is noise
+__all__ = ["LR", "TAG", "emit", "error_text", "parse", "peer_paths", "planned", "row"]
 LR = 0.1  # the chapter's learning rate; speed does not depend on it
-
-
-def emit(event: str, **fields) -> None:
-    print(TAG + json.dumps({"event": event, **fields}, default=float), flush=True)
-
-
-def error_text(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
 def row(backend: str, path: str, precision: str, error: str | None = None, layout: str | None = None,

@@ -8,18 +8,17 @@ string in the table instead of ending the run. This process imports no framework
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
 import threading
 from collections import deque
-from pathlib import Path
-
 import numpy as np
 import psutil
 
 from .. import machine
+from ..errors import NinMultiError
+from ..interpreters import describe_exit, worker_env
 from ..spec import make_spec
 from . import figures, load, protocol
 from .pipeline import measure_pipeline
@@ -89,20 +88,26 @@ def _fill_missing(name: str, s: dict, results: list, events: list, plan: dict | 
 
 
 def _run_worker(name: str, s: dict, log) -> list[dict]:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])  # where ``backends`` and ``nin_multi`` live
-    env["PYTHONPATH"] = root + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else root
-    cmd = [sys.executable, "-m", "nin_multi.bench", "--worker", json.dumps({**s, "backend": name})]
-    log(f"bench: {name} (worker process)")
+    """One backend's worker, on the interpreter bound to it (``nin_multi.interpreters``); a bad binding is
+    that backend's error row, like a worker that crashed."""
+    from nin_multi import backends
+
+    try:
+        python = backends.check_interpreter(name)
+    except NinMultiError as e:
+        return [{"event": "failure", "fatal": True, "error": str(e)[:300]}]
+    cmd = [python, "-m", "nin_multi.bench", "--worker", json.dumps({**s, "backend": name})]
+    log(f"bench: {name} (worker process{'' if python == sys.executable else ', ' + python})")
     events = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=worker_env(unbind=(name,))) as proc:
         err_lines: deque[str] = deque(maxlen=50)  # the worker's stderr: its last line names a crash
         drain = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
         drain.start()
         for line in proc.stdout:
-            if not line.startswith(protocol.TAG):
+            e = protocol.parse(line)
+            if e is None:
                 continue
-            e = json.loads(line[len(protocol.TAG):])
             if e["event"] == "log":
                 log(f"bench: {name}: {e['message']}")
                 continue
@@ -113,5 +118,5 @@ def _run_worker(name: str, s: dict, log) -> list[dict]:
         tail = [ln.strip() for ln in err_lines if ln.strip()]
         why = tail[-1] if tail else "no output"
         events.append({"event": "failure", "fatal": True,
-                       "error": f"worker exited with status {proc.returncode}: {why}"[:300]})
+                       "error": f"worker {describe_exit(proc.returncode)}: {why}"[:300]})
     return events

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 from nin_multi import __version__, environment, isolation
 from nin_multi.errors import NinMultiError, Terminated
@@ -54,9 +55,42 @@ def sigterm_as_interrupt():
             signal.signal(s, h)
 
 
+#: The commands that use one framework, named by --backend: where that framework is bound to another
+#: interpreter (NIN_MULTI_PYTHON_<BACKEND>) the whole command runs there.
+ONE_BACKEND = ("train", "summary", "evaluate", "convert", "sweep", "compare")
+
+
+def bound_backend(args: argparse.Namespace):
+    """The backend of a one-framework command when it is bound to another interpreter, else None. A
+    ``train --resume`` without --backend continues in the run's own framework, read from its config."""
+    from nin_multi import interpreters
+    from nin_multi.backends import canonical_name
+
+    if args.command not in ONE_BACKEND:
+        return None
+    name = getattr(args, "backend", None)
+    if not name and args.command == "train":
+        if getattr(args, "resume", None):
+            from nin_multi.record import read_run_config
+
+            try:
+                name = read_run_config(Path(args.resume))["backend"]
+            except (NinMultiError, OSError, KeyError, TypeError):
+                return None  # the command itself says what is wrong with the run directory
+        else:
+            from nin_multi.config import TrainConfig
+
+            name = TrainConfig().backend
+    if not name:
+        return None
+    key = canonical_name(name)
+    return key if interpreters.bound(key) else None
+
+
 def main(argv=None) -> int:
     """Exit status: 0 done, 2 an error (one line on stderr), 3 training diverged, 4 a data-parallel run
-    failed or a bad value of its environment, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP."""
+    failed or a bad value of its environment, or a backend's worker process (or the interpreter the command
+    was handed to) died, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # ``train --workers`` starts it again per worker
     try:
@@ -64,6 +98,11 @@ def main(argv=None) -> int:
         if getattr(args, "allow_network", False):  # for this process and every worker it starts
             os.environ[isolation.ALLOW_ENV] = "1"
         with sigterm_as_interrupt():
+            bound = bound_backend(args)
+            if bound:
+                from nin_multi.backends import delegate
+
+                return delegate(bound, args.argv)
             return args.func(args)
     except NinMultiError as e:
         print(f"nin-multi: error: {e}", file=sys.stderr)

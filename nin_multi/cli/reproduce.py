@@ -24,6 +24,10 @@ def register(sub) -> None:
     p.add_argument("--no-dropout", action="store_true",
                    help="dropout rate 0, so that no framework draws its own masks: the runs then differ "
                         "by floating-point rounding alone")
+    p.add_argument("--in-process", action="store_true",
+                   help="every framework in this process instead of a worker process each (no interpreter "
+                        "of its own for any; what a framework sets for its whole process can then reach the "
+                        "others)")
     add_data_args(p)
     add_recipe_preset_arg(p)
     add_output_args(p, "runs/<time>-reproduce")
@@ -34,5 +38,5 @@ def run(a: argparse.Namespace) -> int:
     from nin_multi.reproduce import reproduce
 
     cfg = config_from_args(a, dropout=0.0 if a.no_dropout else None)
-    reproduce(cfg, a.backends, overwrite=a.overwrite, seeds=a.seeds)
+    reproduce(cfg, a.backends, overwrite=a.overwrite, seeds=a.seeds, workers=not a.in_process)
     return 0

@@ -1,8 +1,14 @@
 """Training for reproduce: every backend from one start (NumPy-drawn weights, one example order per
-epoch) through the driver's own ``train_epoch`` and ``evaluate``, and the loop over several starts."""
+epoch) through the driver's own ``train_epoch`` and ``evaluate``, and the loop over several starts.
+
+The command runs each backend in a worker process of its own (``worker.py``), on the interpreter bound to
+it (``nin_multi.interpreters``), so nothing one framework sets for its process reaches another; this
+process imports no framework. The Python API can still train backend modules loaded here (``one_start``
+with modules, ``reproduce(..., workers=False)``): the same code trains them, in this process."""
 from __future__ import annotations
 
 import dataclasses
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +18,11 @@ from .. import optim
 from ..data import epoch_order, num_batches
 from ..errors import ConfigError
 from ..fileio import write_json
+from ..interpreters import Worker
 from ..run import CONFIG, PLOT, WEIGHTS, Run, default_run_dir, plot_curves, prepare_dir, release_dir
 from ..spec import NiNSpec
 from ..train import evaluate, load_data, spec_for, train_epoch
-from ..weights import initial_weights, save_weights, trained_entry
+from ..weights import initial_weights, load_weights, save_weights, trained_entry
 from .comparison import drift_rows, step_drift, step_table, weight_differences, write_rows_csv, write_steps_csv
 from .plots import plot_drift, plot_seeds
 from .report import (BACKENDS_CSV, DRIFT_CSV, DRIFT_PLOT, INITIAL_WEIGHTS, REPORT_JSON, SEEDS_CSV, SEEDS_PLOT,
@@ -24,36 +31,105 @@ from .statistics import parse_seeds, seed_statistics, write_seeds_csv
 
 
 def reproduce(cfg: TrainConfig, backend_names=None, overwrite: bool = False, log=print,
-              seeds=None) -> tuple[Path, dict]:
-    """Train every named backend (a list or a comma-separated string; default: every installed one) from
-    one start; with several ``seeds`` (a list or "0,1,2"), from one start per seed, each in ``seed-N/``,
-    and compare the backends' final results across seeds. Returns (run dir, report)."""
+              seeds=None, workers: bool = True) -> tuple[Path, dict]:
+    """Train every named backend (a list or a comma-separated string; default: every installed one, or
+    bound to an interpreter of its own) from one start; with several ``seeds`` (a list or "0,1,2"), from
+    one start per seed, each in ``seed-N/``, and compare the backends' final results across seeds.
+    ``workers=False``: every framework in this process (bound interpreters are then not used). Returns
+    (run dir, report)."""
     from nin_multi import backends as registry
 
     seeds = parse_seeds(seeds) if seeds is not None else [cfg.seed]
-    keys = registry.select(backend_names, trains=True)
+    keys = registry.select(backend_names, trains=True, bound=workers)
     if len(keys) < 2:
         installed = ", ".join(registry.installed()) or "none"
         raise ConfigError(f"reproduce compares frameworks and needs at least two backends, got "
                           f"{', '.join(keys) or 'none'} (installed: {installed}); install another with "
                           f"pip install 'nin-multi[torch]', '[tensorflow]', '[mxnet]' or '[jax]'")
-    mods = registry.load_backends(keys)  # PyTorch before TensorFlow
     spec = spec_for(cfg)
-    ds = load_data(cfg)
-    run_dir = prepare_dir(cfg.out or default_run_dir("reproduce"), overwrite=overwrite)  # under its lock
-    if len(seeds) == 1:
-        report = one_start(dataclasses.replace(cfg, seed=seeds[0]), mods, spec, ds, run_dir, log)
-        log(format_report(report, run_dir))
-    else:
-        report = several_starts(dataclasses.replace(cfg, out=str(run_dir)), seeds, mods, spec, ds, run_dir, log)
-        log(format_seeds_report(report, run_dir))
+    with ExitStack() as stack:
+        if workers:  # every framework loaded, each in its process, before anything is written
+            hosts = start_workers(keys, stack, log)
+        else:
+            hosts = [InProcess(m) for m in registry.load_backends(keys)]  # PyTorch before TensorFlow
+        ds = load_data(cfg)
+        run_dir = prepare_dir(cfg.out or default_run_dir("reproduce"), overwrite=overwrite)  # under its lock
+        if len(seeds) == 1:
+            report = one_start(dataclasses.replace(cfg, seed=seeds[0]), hosts, spec, ds, run_dir, log)
+            log(format_report(report, run_dir))
+        else:
+            report = several_starts(dataclasses.replace(cfg, out=str(run_dir)), seeds, hosts, spec, ds, run_dir,
+                                    log)
+            log(format_seeds_report(report, run_dir))
     release_dir(run_dir)
     return run_dir, report
 
 
+# -- where a backend trains -----------------------------------------------------------------------------
+class InProcess:
+    """A backend module loaded in this process: ``setup`` builds its model on the shared start and its
+    trainer, ``train`` trains it into ``run_dir/<name>``. The worker process runs exactly this."""
+
+    def __init__(self, module):
+        self.m, self.name = module, module.NAME
+
+    def setup(self, cfg: TrainConfig, spec: NiNSpec, start: dict, sgd: optim.SGDSettings, start_path: Path) -> None:
+        _, self.model, self.trainer = _from_start(self.m, spec, cfg, start, sgd)
+
+    def train(self, spec: NiNSpec, cfg: TrainConfig, ds, run_dir: Path, title: str, log) -> dict:
+        run = Run(run_dir / self.name, f"{title}: {self.name}")
+        try:
+            return _train_backend(self.m, self.model, self.trainer, spec, cfg, ds, run, log)
+        finally:
+            self.model = self.trainer = None
+            release_dir(run.path)
+
+
+class InWorker:
+    """A backend in its worker process (``python -m nin_multi.reproduce.worker NAME``), driven over the
+    protocol: the shared start goes as the file ``one_start`` saved, the results come back as JSON
+    (floats round-trip exactly) and the final weights as the file the worker saved."""
+
+    def __init__(self, name: str, log):
+        self.name = name
+        self.worker = Worker(name, "nin_multi.reproduce.worker", [name], log=log)
+
+    def loaded(self) -> None:
+        self.worker.wait_for("loaded")
+
+    def setup(self, cfg: TrainConfig, spec: NiNSpec, start: dict, sgd: optim.SGDSettings, start_path: Path) -> None:
+        self.worker.request("setup", cfg=cfg.to_dict(), start=str(start_path), sgd=dataclasses.asdict(sgd))
+        self.worker.wait_for("ready")
+
+    def train(self, spec: NiNSpec, cfg: TrainConfig, ds, run_dir: Path, title: str, log) -> dict:
+        self.worker.log = log
+        self.worker.request("train", cfg=cfg.to_dict(), run_dir=str(run_dir), title=title)
+        result = self.worker.wait_for("result")["result"]
+        _, result["final"] = load_weights(run_dir / self.name / WEIGHTS)
+        return result
+
+
+def start_workers(keys: list, stack: ExitStack, log) -> list:
+    """One worker per backend, all started at once (importing a framework is most of their start), each
+    ended with ``stack``; returned once every one has loaded its framework. An interpreter bound to a
+    backend is checked first, so a bad one is one line before any process starts."""
+    from nin_multi import backends as registry
+
+    for k in keys:
+        registry.check_interpreter(k)
+    hosts = [InWorker(k, log) for k in keys]
+    for h in hosts:
+        stack.enter_context(h.worker)
+    for h in hosts:
+        h.loaded()
+    return hosts
+
+
 # -- one start ------------------------------------------------------------------------------------------
 def one_start(cfg: TrainConfig, mods: list, spec: NiNSpec, ds, run_dir: Path, log=print) -> dict:
-    """Train every backend in ``mods`` from one start (``cfg.seed``) into ``run_dir``; returns the report."""
+    """Train every backend in ``mods`` (backend modules, or ``InProcess``/``InWorker`` hosts) from one start
+    (``cfg.seed``) into ``run_dir``; returns the report."""
+    hosts = [m if isinstance(m, (InProcess, InWorker)) else InProcess(m) for m in mods]
     n_train, n_test = len(ds.train_images), len(ds.test_images)
     cfg = dataclasses.replace(cfg, out=str(run_dir))
     start = initial_weights(spec, cfg.init, cfg.seed, dtype=param_dtype(cfg.precision))
@@ -62,15 +138,15 @@ def one_start(cfg: TrainConfig, mods: list, spec: NiNSpec, ds, run_dir: Path, lo
                        "rounding": "drawn in float64, rounded to float32"
                                    + (", then widened to float64" if cfg.precision == "fp64" else "")})
     title = f"{settings(cfg, spec, n_train)}, same start (seed {cfg.seed})"
-    write_json(run_dir / CONFIG, {**cfg.to_dict(), "backend": None, "backends": [m.NAME for m in mods]})
-    log(f"reproducing {spec.variant} NiN ({spec.num_params:,} parameters) on {', '.join(m.NAME for m in mods)}: "
+    write_json(run_dir / CONFIG, {**cfg.to_dict(), "backend": None, "backends": [h.name for h in hosts]})
+    log(f"reproducing {spec.variant} NiN ({spec.num_params:,} parameters) on {', '.join(h.name for h in hosts)}: "
         f"one {cfg.init} initialisation (seed {cfg.seed}), one example order per epoch, "
         f"{settings(cfg, spec, n_train).split(': ', 1)[1]}, {n_test} test images; run directory {run_dir}")
     # Every model and trainer first: a setting some framework refuses fails before any training.
     sgd = optim.from_config(cfg, num_batches(n_train, cfg.batch_size))  # one optimizer's settings for all
-    setups = [_from_start(m, spec, cfg, start, sgd) for m in mods]
-    results = [_train_backend(m, model, trainer, spec, cfg, ds, Run(run_dir / m.NAME, f"{title}: {m.NAME}"), log)
-               for m, model, trainer in setups]
+    for h in hosts:
+        h.setup(cfg, spec, start, sgd, run_dir / INITIAL_WEIGHTS)
+    results = [h.train(spec, cfg, ds, run_dir, title, log) for h in hosts]
     return _compare(cfg, spec, results, n_train, n_test, run_dir, title)
 
 
@@ -147,7 +223,7 @@ def several_starts(cfg: TrainConfig, seeds: list[int], mods: list, spec: NiNSpec
                    log=print) -> dict:
     """One start per seed, each a whole one-start run in ``seed-N/``; then the backends' final results
     across seeds, their statistics, table and plot. Returns the report."""
-    names = [m.NAME for m in mods]
+    names = [getattr(m, "name", None) or m.NAME for m in mods]
     write_json(run_dir / CONFIG, {**cfg.to_dict(), "backend": None, "backends": names, "seeds": seeds})
     log(f"reproducing on {', '.join(names)} from {len(seeds)} starts (seeds {', '.join(map(str, seeds))}), "
         f"one run directory per seed in {run_dir}")
