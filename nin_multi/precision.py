@@ -92,8 +92,8 @@ def choose(seconds: dict, refused: dict, cls: str, device: str = "cpu") -> tuple
     if fp32 is None:  # never: fp32 runs everywhere, and its failure is raised, not chosen around
         raise ConfigError("precision auto could not time an fp32 step")
     if "bf16_first_step" in seconds:
-        return "fp32", (f"bf16's first step took {seconds['bf16_first_step'] / fp32:.1f}x an fp32 step here, so it "
-                        f"was not timed further ({note})")
+        return "fp32", (f"bf16's first step (one-off costs included) took {seconds['bf16_first_step'] / fp32:.1f}x "
+                        f"an fp32 step here, so it was not timed further ({note})")
     if bf16 is None:
         why = refused.get("bf16", "not offered by this framework")
         return "fp32", f"bf16 {why} ({note})"

@@ -73,8 +73,8 @@ def test_choice_from_injected_timings():
     assert precision.choose({"fp32": 1.0, "bf16": 0.97}, {}, "AMX")[0] == "fp32"
     assert precision.choose({"fp32": 1.0, "bf16": 0.95}, {}, "AMX")[0] == "bf16"
     assert precision.choose({"fp32": 1.0, "bf16_first_step": 3.1}, {}, "AVX2") == \
-        ("fp32", "bf16's first step took 3.1x an fp32 step here, so it was not timed further (CPU class AVX2: no "
-                 "AVX-512 BF16 or AMX)")
+        ("fp32", "bf16's first step (one-off costs included) took 3.1x an fp32 step here, so it was not timed "
+                 "further (CPU class AVX2: no AVX-512 BF16 or AMX)")
     failed = {"bf16": "failed here (MXNetError: could not create a primitive descriptor iterator)"}
     assert precision.choose({"fp32": 1.0}, failed, "AVX2") == \
         ("fp32", f"bf16 {failed['bf16']} (CPU class AVX2: no AVX-512 BF16 or AMX)")
