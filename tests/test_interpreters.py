@@ -108,6 +108,8 @@ def test_a_bound_interpreter_without_the_framework_says_how_to_install_it(tmp_pa
 
 def test_where_a_framework_has_no_wheels_the_message_says_how_to_bind_it(capsys, monkeypatch):
     monkeypatch.setitem(backends._REGISTRY, "mxnet", ("nin_multi.backends.mxnet", "mxnet_absent_for_test", "mxnet"))
+    # as in a process that has not loaded it (an earlier test in this one may have)
+    monkeypatch.delitem(sys.modules, "nin_multi.backends.mxnet", raising=False)
     monkeypatch.setattr(interpreters, "NO_WHEELS", {"mxnet": (3, sys.version_info[1])})
     code = main(["train", "--backend", "mxnet", "--lr", "0.05"])
     err = capsys.readouterr().err
