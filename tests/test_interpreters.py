@@ -56,7 +56,8 @@ def tiny_train(out, *extra):
             "--epochs", "1", "--subset", "32", "--test-subset", "16", "--out", str(out), "--no-progress", *extra]
 
 
-@pytest.mark.parametrize("name", TRAINABLE)
+# One framework in the fast tier; the others train for ~15 s each, so they are in the slow one.
+@pytest.mark.parametrize("name", [TRAINABLE[0]] + [pytest.param(n, marks=pytest.mark.slow) for n in TRAINABLE[1:]])
 def test_train_runs_whole_in_the_bound_interpreter(name, sample_dir, tmp_path):
     load(name)
     env = {**os.environ, interpreters.variable(name): str(wrapper(tmp_path))}
