@@ -17,6 +17,7 @@ from nin_multi import backends, interpreters
 from nin_multi.cli import main
 
 from conftest import ROOT, TRAINABLE, load
+from test_reproduce import installed_backends
 
 
 def wrapper(tmp_path, body: str = "", name: str = "python-wrapper"):
@@ -123,15 +124,7 @@ def test_where_a_framework_has_no_wheels_the_message_says_how_to_bind_it(capsys,
 
 
 def two_trainable():
-    names = []
-    for name in TRAINABLE:
-        try:
-            names.append(load(name).NAME)
-        except pytest.skip.Exception:
-            continue
-    if len(names) < 2:
-        pytest.skip(f"needs two installed backends that train, has {names}")
-    return names[:2]
+    return installed_backends()[:2]
 
 
 def test_a_worker_that_dies_is_one_line_and_writes_nothing(sample_dir, tmp_path, capsys, monkeypatch):
