@@ -294,3 +294,16 @@ def test_a_run_is_the_same_whether_auto_measured_or_read_the_cache(name, sample_
     (loss_a, w_a), (loss_b, w_b) = results
     assert loss_a == loss_b and backend.NAME == name
     assert all(np.array_equal(w_a[k], w_b[k]) for k in w_a)
+
+
+def test_a_precision_timed_in_a_process_of_its_own():
+    """MXNet's lower precision changes its whole process, so auto times it in a child process (on a CPU
+    with MXNet's bf16 kernels); the protocol is the same for any backend: a step time, or its failure."""
+    load("torch")
+    cfg = TrainConfig(backend="torch", variant="mini", resize=28, batch_size=8)
+    seconds, first_only = precision._time_alone(cfg, "fp32")
+    assert 0 < seconds < 60 and first_only is False
+    seconds, first_only = precision._time_alone(cfg, "fp32", stop_above=1e-9)  # any first step is longer
+    assert seconds > 0 and first_only is True
+    with pytest.raises(RuntimeError, match="^ConfigError: "):
+        precision._time_alone(dataclasses.replace(cfg, backend="jax"), "fp16")  # jax offers no fp16
