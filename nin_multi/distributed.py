@@ -38,6 +38,7 @@ from . import isolation
 from .cluster import LAUNCH_VARS, TIMEOUT_ENV, Context, from_env
 from .errors import ConfigError, DistributedError, NinMultiError
 from .host import check_port
+from .interpreters import describe_exit
 
 #: Set for every process ``--workers`` starts (and inherited by torchrun's workers): it dies with its parent.
 LAUNCHED_ENV = "NIN_MULTI_LAUNCHED"
@@ -306,15 +307,6 @@ class Launch:
             time.sleep(0.2)
 
 
-def _describe(rc: int) -> str:
-    if rc < 0:
-        try:
-            return f"was killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"was killed by signal {-rc}"
-    return f"exited with status {rc}"
-
-
 def strip_workers(argv: list[str]) -> list[str]:
     out, skip = [], False
     for a in argv:
@@ -356,7 +348,7 @@ def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
         failure = run.settle(failure)
     if failure is not None:
         name, rc = failure
-        raise DistributedError(f"{name} {_describe(rc)}, so the {workers}-worker {backend} run was stopped (every "
+        raise DistributedError(f"{name} {describe_exit(rc)}, so the {workers}-worker {backend} run was stopped (every "
                                f"process ended); the last completed epoch's checkpoint is in {run_dir}: continue "
                                f"with --resume {run_dir} --workers {workers}")
 
