@@ -73,13 +73,11 @@ def precision_for_workers(cfg) -> list[str]:
     measured each for itself could choose differently."""
     from nin_multi.backends import get_backend
     from nin_multi.config import AUTO
-    from nin_multi.precision import check_runs_here
     from nin_multi.train import choose_precision, spec_for
 
     if cfg.precision != AUTO:
         return []
     backend = get_backend(cfg.backend)
-    check_runs_here(backend.NAME, cfg.precision, backend.device())
     resolved, choice = choose_precision(backend, spec_for(cfg), cfg)
     print(choice.line())
     return ["--precision", resolved.precision]
