@@ -88,7 +88,7 @@ def check(lr, momentum=0.0, nesterov=False, weight_decay=0.0, label_smoothing=0.
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
             raise ConfigError(f"--{name} must be a non-negative number, got {v!r}")
     if lr <= 0:
-        raise ConfigError(f"--lr must be a positive number, got {lr!r} (the chapter uses 0.1)")
+        raise ConfigError(f"--lr must be a positive number, got {lr!r} (the chapter uses 0.05)")
     if momentum >= 1:
         raise ConfigError(f"--momentum must be below 1 (0.9 is usual), got {momentum!r}")
     if nesterov and not momentum:

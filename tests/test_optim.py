@@ -52,7 +52,7 @@ def test_from_config_counts_steps_and_warmup_epochs():
     cfg = TrainConfig(lr=0.02, epochs=10, momentum=0.9, schedule="linear", warmup_epochs=1.5)
     s = optim.from_config(cfg, 97)
     assert (s.total_steps, s.warmup_steps, s.momentum, s.lr) == (970, 146, 0.9, 0.02)
-    assert optim.from_config(TrainConfig(), 27) == SGDSettings(0.1, total_steps=270)
+    assert optim.from_config(TrainConfig(), 27) == SGDSettings(0.05, total_steps=270)
 
 
 @pytest.mark.parametrize("kw, message", [

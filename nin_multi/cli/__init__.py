@@ -30,7 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
+    for command in sub.choices.values():
+        if command.formatter_class is argparse.HelpFormatter:
+            command.formatter_class = WholeNamesHelpFormatter
     return parser
+
+
+class WholeNamesHelpFormatter(argparse.HelpFormatter):
+    """Wraps help at spaces only: argparse's default also breaks at hyphens, which splits the names a user
+    copies from the help (``d2l-1st-`` / ``edition``, ``--warmup-`` / ``epochs``)."""
+
+    def _split_lines(self, text, width):
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from nin_multi.backends import ALIASES, ORDER, or_list, trainable
 from nin_multi.config import AUTO, INITS, PRECISIONS, TrainConfig
 from nin_multi.optim import SCHEDULES
 from nin_multi.recipes import DEFAULT, RECIPE_KEYS, RECIPES, get_recipe
+from nin_multi.recipes import changes as recipe_changes
 from nin_multi.spec import VARIANTS
 
 #: The chapter's settings, as ``TrainConfig`` holds them.
@@ -108,11 +109,13 @@ def apply_recipe(a: argparse.Namespace, fallback: dict | None = None) -> argpars
     command's own defaults, e.g. bench's batch 64), else from the default recipe."""
     if not hasattr(a, "recipe"):
         return a
+    typed = {key: getattr(a, key) for key in RECIPE_KEYS if getattr(a, key, None) is not None}
     source = get_recipe(a.recipe).settings if a.recipe or fallback is None else fallback
     for key in RECIPE_KEYS:
         if getattr(a, key, None) is None and key in source:
             setattr(a, key, source[key])
     a.recipe = get_recipe(a.recipe).name if a.recipe or fallback is None else None
+    a.recipe_changes = (recipe_changes(get_recipe(a.recipe), typed) or None) if a.recipe else None
     return a
 
 
