@@ -153,12 +153,12 @@ def test_damaged_metrics_are_rewritten_from_the_checkpoint(run, capsys):
 
 
 def test_weights_files_from_before_checksums_still_load(tmp_path, torch_run):
-    """Files written before the header carried a checksum have none: read as before (a ``weights.npz`` of
+    """Files written before the header carried checksums have none: read as before (a ``weights.npz`` of
     that time: a checkpoint's arrays without its training state)."""
     with np.load(torch_run / "checkpoints" / "epoch-0003.npz") as f:
         arrays = {k: f[k] for k in f.files if not k.startswith("state.")}
     header = json.loads(str(arrays["__header__"]))
-    del header["checksum"]
+    del header["checksum"], header["header_checksum"]
     arrays["__header__"] = np.array(json.dumps(header))
     np.savez(tmp_path / "old.npz", **arrays)
     spec, weights, _, _ = read_weights_file(tmp_path / "old.npz")
@@ -173,7 +173,7 @@ def test_checkpoints_from_before_they_held_the_metrics_still_resume(run, capsys)
         with np.load(path) as f:
             arrays = {k: f[k] for k in f.files}
         header = json.loads(str(arrays["__header__"]))
-        del header["checksum"], header["meta"]["history"]
+        del header["checksum"], header["header_checksum"], header["meta"]["history"]
         arrays["__header__"] = np.array(json.dumps(header))
         np.savez(path, **arrays)
     rows = (run / "metrics.jsonl").read_text()

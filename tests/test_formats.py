@@ -82,7 +82,7 @@ def test_each_safetensors_loader_gives_the_trained_arrays(torch_run):
     # The metadata: strings only, as safetensors requires; the spec and meta as JSON.
     with safetensors.safe_open(torch_run / WEIGHTS, framework="numpy") as f:
         metadata = f.metadata()
-    assert set(metadata) == {"format", "layout", "dtype", "spec", "meta", "checksum", "trained"}
+    assert set(metadata) == {"format", "layout", "dtype", "spec", "meta", "checksum", "trained", "header_checksum"}
     assert (metadata["format"], metadata["layout"], metadata["dtype"]) == (FORMAT, LAYOUT, "float32")
     assert json.loads(metadata["trained"]) == {"image_size": 28, "layout": "NCHW", "precision": "fp32"}
     assert json.loads(metadata["spec"]) == spec.to_dict() and json.loads(metadata["meta"]) == meta
