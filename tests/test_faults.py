@@ -25,7 +25,7 @@ import pytest
 from nin_multi.cli import main
 from nin_multi.config import TrainConfig
 from nin_multi.errors import DamagedFileError, WriteError
-from nin_multi.fileio import atomic_write, write_bytes
+from nin_multi.fileio import atomic_write, write_text
 from nin_multi.lock import LOCK, RunLock
 from nin_multi.run import progress
 from nin_multi.train import train
@@ -198,7 +198,7 @@ def test_failed_write_removes_its_temporary_file_and_keeps_the_old_one(tmp_path)
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
     try:
         with pytest.raises(WriteError) as e:
-            write_bytes(dest, b"x" * (256 * 1024))
+            write_text(dest, "x" * (256 * 1024))
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert str(e.value) == (f"could not write {dest}: file too large for the file-size limit (ulimit -f) or "
