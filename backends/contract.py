@@ -20,6 +20,8 @@ from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
+from nin_multi.config import PRECISIONS  # noqa: F401 - every precision any backend may offer, defined once
+
 #: Every backend's Trainer is constructed the same way: ``Trainer(model, lr, precision, optim=None)``.
 #: ``optim``: the optimizer settings beyond the learning rate (a ``nin_multi.optim.SGDSettings``: momentum,
 #: weight decay, schedule, label smoothing; one object, the same for every backend, one meaning in every
@@ -33,7 +35,6 @@ DISTRIBUTE_PARAMETERS = ("ctx", "cfg", "make_model", "make_trainer")
 #: ``launch.at_stop(fn)`` registers ``fn(failure) -> failure``, called once every process has ended, to
 #: clean up and to name the worker that failed first.
 START_WORKERS_PARAMETERS = ("launch", "workers", "command", "env")
-PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
 LAYOUTS = ("NCHW", "NHWC")
 
 

@@ -25,6 +25,7 @@ import flax
 import flax.linen as nn
 import optax
 
+from nin_multi.backends.common import carried_seed, carry_seed, kernel_from_canonical, kernel_to_canonical
 from nin_multi.config import SHARED_DRAW_INITS, check_model_dtype
 from nin_multi.optim import SGDSettings, resolve
 from nin_multi.errors import ConfigError
@@ -41,14 +42,10 @@ PRECISION_NEEDS = {}  # XLA computes bf16 on every CPU (converting around fp32 k
 DATA_PARALLEL = None
 NATIVE_SUFFIXES = (".msgpack",)  # flax.serialization of the parameters
 
-_seed = 0  # configure()'s seed; a Trainer derives its per-step dropout keys from it
-
 
 def configure(threads=None, seed=0):
     """XLA sizes its CPU thread pool when its backend starts and offers no count, only on or off:
     ``threads=1`` before the first computation turns multi-threading off; any other count is reported."""
-    global _seed
-    _seed = seed
     if not threads:
         return
     from jax._src import xla_bridge
@@ -194,7 +191,7 @@ def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0, dtype: str =
             entry = params.setdefault(block, {}).setdefault(conv, {})
         entry["kernel"] = _draw(jax.random.fold_in(key, i), shape, init, *fans, module.param_dtype)
         entry["bias"] = jnp.zeros((units,), module.param_dtype)
-    model = Model(module, params, spec)
+    model = carry_seed(Model(module, params, spec), seed)  # the Trainer's per-step dropout keys derive from it
     if init in SHARED_DRAW_INITS:
         set_weights(model, spec, initial_weights(spec, init, seed, dtype))
     return model
@@ -229,8 +226,7 @@ def _param_entries(model: Model, spec: NiNSpec):
 def get_weights(model: Model, spec: NiNSpec) -> dict:
     out = {}
     for p, entry in _param_entries(model, spec):
-        w = np.asarray(entry["kernel"])
-        out[f"{p.name}.weight"] = w if isinstance(p, Dense) else np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+        out[f"{p.name}.weight"] = kernel_to_canonical(p, entry["kernel"], LAYOUT)
         out[f"{p.name}.bias"] = np.asarray(entry["bias"])
     return out
 
@@ -241,13 +237,14 @@ def set_weights(model: Model, spec: NiNSpec, weights: dict) -> None:
     for p in spec.param_layers():
         w = np.asarray(weights[f"{p.name}.weight"])
         entry = params[p.name] if isinstance(p, Dense) else params[p.name.split(".")[0]][p.name.split(".")[1]]
-        entry["kernel"] = jnp.asarray(w if isinstance(p, Dense) else w.transpose(2, 3, 1, 0), dtype)
+        entry["kernel"] = jnp.asarray(kernel_from_canonical(p, w, LAYOUT), dtype)
         entry["bias"] = jnp.asarray(np.asarray(weights[f"{p.name}.bias"]), dtype)
     model.params = params
 
 
 def forward(model: Model, x: np.ndarray, training: bool = False) -> np.ndarray:
-    out = _apply(model.module, model.params, jnp.asarray(x, model.dtype), jax.random.PRNGKey(_seed), training)[-1]
+    key = jax.random.PRNGKey(carried_seed(model))
+    out = _apply(model.module, model.params, jnp.asarray(x, model.dtype), key, training)[-1]
     return np.asarray(out, dtype=np.float64 if model.dtype == jnp.float64 else np.float32)
 
 
@@ -281,7 +278,7 @@ class Trainer:
             raise ConfigError(f"unknown precision {precision!r}; choose fp32, bf16 or fp64")
         check_model_dtype(precision, np.dtype(model.dtype).name)
         self.model = model
-        self.seed = _seed
+        self.seed = carried_seed(model)
         self.step = 0
         self.in_dtype = model.dtype
         module = model.module.clone(dtype=_COMPUTE[precision]) if _COMPUTE[precision] else model.module

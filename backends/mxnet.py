@@ -15,6 +15,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
+from nin_multi.backends.common import carried_seed, carry_seed, kernel_from_canonical, kernel_to_canonical
 from nin_multi.config import INITS, SHARED_DRAW_INITS, check_model_dtype
 from nin_multi.errors import ConfigError
 from nin_multi import machine
@@ -59,8 +60,6 @@ PRECISION_NEEDS = {"bf16": ("AVX-512 BF16", "AMX"), "fp16": ("gpu",)}
 DATA_PARALLEL = "dmlc"  # mxnet_dist.py: the dist_sync kvstore
 NATIVE_SUFFIXES = (".params",)  # Gluon's save_parameters
 
-_seed = 0  # configure()'s seed; a Trainer derives its per-step dropout seeds from it
-
 #: "xavier" is the book's ``init.Xavier()`` (uniform, fan average, magnitude 3 = Glorot uniform);
 #: "kaiming" is He normal for ReLU on fan-in, like PyTorch's ``kaiming_normal_`` (MSRAPrelu's defaults
 #: would average the fans and assume a PReLU slope of 0.25).
@@ -72,8 +71,6 @@ _INITS = {
 
 def configure(threads=None, seed=0):
     """Seeds MXNet; its thread pool was fixed at import, so a different ``threads`` can only be reported."""
-    global _seed
-    _seed = seed
     mx.random.seed(seed)  # Gluon's initializers draw from MXNet's generator, not NumPy's
     if threads is not None and threads != _POOL_THREADS:
         warnings.warn(f"MXNet sized its thread pool at import ({_POOL_THREADS} threads) and cannot change it: "
@@ -132,7 +129,7 @@ def build_model(spec: NiNSpec, init: str = "xavier", seed: int = 0, dtype: str =
     if init in SHARED_DRAW_INITS:
         set_weights(model, spec, initial_weights(spec, init, seed, dtype))
     model.hybridize(static_alloc=True, static_shape=True)
-    return model
+    return carry_seed(model, seed)  # the Trainer's per-step dropout seeds derive from it
 
 
 def _dtype(model: nn.HybridSequential) -> str:
@@ -166,8 +163,7 @@ def _param_blocks(model: nn.HybridSequential, spec: NiNSpec):
 def get_weights(model: nn.HybridSequential, spec: NiNSpec) -> dict:
     out = {}
     for p, b in _param_blocks(model, spec):
-        w = b.weight.data().asnumpy()
-        out[f"{p.name}.weight"] = w.T.copy() if isinstance(p, Dense) else w
+        out[f"{p.name}.weight"] = kernel_to_canonical(p, b.weight.data().asnumpy(), LAYOUT)
         out[f"{p.name}.bias"] = b.bias.data().asnumpy()
     return out
 
@@ -176,7 +172,7 @@ def set_weights(model: nn.HybridSequential, spec: NiNSpec, weights: dict) -> Non
     for p, b in _param_blocks(model, spec):
         dtype = b.weight.dtype
         w = np.asarray(weights[f"{p.name}.weight"], dtype=dtype)
-        b.weight.set_data(mx.nd.array(w.T if isinstance(p, Dense) else w, ctx=_ctx(), dtype=dtype))
+        b.weight.set_data(mx.nd.array(kernel_from_canonical(p, w, LAYOUT), ctx=_ctx(), dtype=dtype))
         b.bias.set_data(mx.nd.array(np.asarray(weights[f"{p.name}.bias"], dtype=dtype), ctx=_ctx(), dtype=dtype))
 
 
@@ -276,7 +272,7 @@ class Trainer:
         self.ctx = _ctx()
         self.dtype = _dtype(model)
         check_model_dtype(precision, self.dtype)
-        self.seed = _seed
+        self.seed = carried_seed(model)
         self.step = 0
         self.scaled = _use_amp(model, precision)
         self.optim = o = resolve(lr, optim)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from nin_multi.backends.common import kernel_from_canonical, kernel_to_canonical
 from nin_multi.config import SHARED_DRAW_INITS, check_model_dtype
 from nin_multi.errors import ConfigError
 from nin_multi.machine import usable_cores
@@ -193,8 +194,7 @@ def _param_layers(model: keras.Model, spec: NiNSpec):
 def get_weights(model: keras.Model, spec: NiNSpec) -> dict:
     out = {}
     for p, layer in _param_layers(model, spec):
-        w = np.asarray(layer.kernel.numpy())
-        out[f"{p.name}.weight"] = w if isinstance(p, Dense) else np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+        out[f"{p.name}.weight"] = kernel_to_canonical(p, layer.kernel.numpy(), LAYOUT)
         out[f"{p.name}.bias"] = np.asarray(layer.bias.numpy())
     return out
 
@@ -202,7 +202,7 @@ def get_weights(model: keras.Model, spec: NiNSpec) -> dict:
 def set_weights(model: keras.Model, spec: NiNSpec, weights: dict) -> None:
     for p, layer in _param_layers(model, spec):
         w = np.asarray(weights[f"{p.name}.weight"], dtype=layer.kernel.dtype)
-        layer.kernel.assign(w if isinstance(p, Dense) else w.transpose(2, 3, 1, 0))
+        layer.kernel.assign(kernel_from_canonical(p, w, LAYOUT))
         layer.bias.assign(np.asarray(weights[f"{p.name}.bias"], dtype=layer.bias.dtype))
 
 

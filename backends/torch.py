@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nin_multi.backends.common import kernel_from_canonical, kernel_to_canonical
 from nin_multi.config import SHARED_DRAW_INITS, check_model_dtype
 from nin_multi.machine import usable_cores
 from nin_multi.optim import SGDSettings, resolve
@@ -146,8 +147,7 @@ def _param_modules(model: nn.Module, spec: NiNSpec):
 def get_weights(model: nn.Module, spec: NiNSpec) -> dict:
     out = {}
     for p, m in _param_modules(model, spec):
-        w = m.weight.detach().cpu().numpy()
-        out[f"{p.name}.weight"] = w.T.copy() if isinstance(p, Dense) else w.copy()
+        out[f"{p.name}.weight"] = kernel_to_canonical(p, m.weight.detach().cpu().numpy(), LAYOUT)
         out[f"{p.name}.bias"] = m.bias.detach().cpu().numpy().copy()
     return out
 
@@ -156,7 +156,7 @@ def set_weights(model: nn.Module, spec: NiNSpec, weights: dict) -> None:
     with torch.no_grad():
         for p, m in _param_modules(model, spec):
             w = weights[f"{p.name}.weight"]
-            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T if isinstance(p, Dense) else w)))
+            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel_from_canonical(p, w, LAYOUT))))
             m.bias.copy_(torch.from_numpy(np.asarray(weights[f"{p.name}.bias"])))
 
 

@@ -84,7 +84,7 @@ def layer_costs(spec: NiNSpec, image_size=224) -> list[LayerCost]:
     for layer, info in zip(spec.layers, walk):
         if isinstance(layer, NiNBlock):
             for conv in layer.convs:
-                c_in, hh, ww = shape
+                _, hh, ww = shape
                 oh, ow = conv.out_hw((hh, ww))
                 out = (conv.out_channels, oh, ow)
                 n_in, n_out = _size(shape), _size(out)

@@ -225,11 +225,6 @@ def sync_dir(path) -> None:
         os.close(fd)
 
 
-def write_bytes(path, data: bytes) -> None:
-    with atomic_write(path) as f:
-        f.write(data)
-
-
 def write_text(path, text: str) -> None:
     with atomic_write(path, text=True) as f:
         f.write(text)

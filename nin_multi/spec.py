@@ -290,10 +290,6 @@ class NiNSpec:
                 start = None
         return ", ".join(ranges[:4]) + (", ..." if len(ranges) > 4 else "") if ranges else "none up to 1024"
 
-    def output_shape(self, image_size=224, batch: int = 1, layout: str = "NCHW") -> tuple[int, ...]:
-        shape = self.walk(image_size, batch)[-1].nchw
-        return to_nhwc(shape) if layout == "NHWC" else shape
-
     # -- serialisation ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         def layer_dict(layer):
@@ -323,10 +319,6 @@ class NiNSpec:
                 ld["convs"] = tuple(Conv(**c) for c in ld["convs"])
             layers.append(kind(**ld))
         return cls(d["in_channels"], d["num_classes"], tuple(layers), d.get("variant", "chapter"))
-
-    @classmethod
-    def from_json(cls, s: str) -> "NiNSpec":
-        return cls.from_dict(json.loads(s))
 
 
 class _NoPixels(Exception):

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import tokenize
 import typing
 import zipfile
 from typing import Optional
@@ -45,6 +46,11 @@ IMAGE_LAYOUTS = ("NCHW", "NHWC")
 MAX_IMAGE_SIZE = 1 << 16
 _NPY_MAGIC = b"\x93NUMPY"
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+#: What reading a damaged zip or ``.npy`` raises besides ValueError and OSError: zipfile's refusals of a flag
+#: or method it does not implement (NotImplementedError) or of an encrypted member (RuntimeError), and NumPy's
+#: header parser, which falls back to ``tokenize`` on a header it cannot evaluate (TokenError, SyntaxError).
+READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError,
+               tokenize.TokenError, SyntaxError)
 
 
 def damaged(path, why: str) -> DamagedFileError:
@@ -238,7 +244,7 @@ class NpzMembers:
             raise
         except zipfile.BadZipFile as e:
             raise damaged(path, _not_a_zip(path, e)) from None
-        except (OSError, ValueError, EOFError) as e:
+        except READ_ERRORS as e:
             raise damaged(path, f"{type(e).__name__}: {e}") from None
         try:
             self.headers = self._headers()
@@ -262,7 +268,7 @@ class NpzMembers:
                         raise ValueError(f".npy format version {version} (1.0 and 2.0 are read)")
                     shape, _, dtype = _HEADER_READERS[version](f, max_header_size=10000)
                     offset = f.tell()
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            except READ_ERRORS as e:
                 raise damaged(self.path, f"member {name[:60]!r}: {type(e).__name__}: {e}") from None
             if dtype.hasobject or dtype.kind not in "biufU":
                 raise damaged(self.path, f"member {name[:60]!r} holds {dtype}, not numbers")
@@ -278,7 +284,7 @@ class NpzMembers:
         try:
             with self.zf.open(info) as f:
                 return np.lib.format.read_array(f, allow_pickle=False)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        except READ_ERRORS as e:
             raise damaged(self.path, f"{type(e).__name__}: {e}") from None
 
     def close(self) -> None:

@@ -37,7 +37,7 @@ from .config import INITS, PRECISIONS, TrainConfig
 from .errors import ConfigError, DamagedFileError, WeightsError
 from .fileio import atomic_write
 from .spec import Conv, NiNBlock, NiNSpec
-from .untrusted import (MAX_IMAGE_SIZE, MAX_STATE_BYTES, NpzMembers, damaged, header_text, load_json,
+from .untrusted import (MAX_IMAGE_SIZE, MAX_STATE_BYTES, READ_ERRORS, NpzMembers, damaged, header_text, load_json,
                         spec_from_header, trained_from_header)
 
 FORMAT = "nin_multi.weights/1"
@@ -69,8 +69,9 @@ STATE_PREFIX = "state."  # checkpoints: a weights file plus a backend's training
 def save_weights(path, spec: NiNSpec, weights: dict, meta: Optional[dict] = None,
                  state: Optional[dict] = None, trained: Optional[dict] = None) -> Path:
     """Written durably (``fileio.atomic_write``): an interrupted or failed save never leaves half a file.
-    The header carries a SHA-256 of every array (``checksum``), verified on load, and, from a writer that
-    knows it, what the network was trained at (``trained_entry``)."""
+    The header carries a SHA-256 of every array (``checksum``) and one of the header itself
+    (``header_checksum``, which covers the first), both verified on load, and, from a writer that knows it,
+    what the network was trained at (``trained_entry``)."""
     check_weights(spec, weights)
     path = Path(path)
     dtype = weights_dtype(weights)
@@ -83,6 +84,7 @@ def save_weights(path, spec: NiNSpec, weights: dict, meta: Optional[dict] = None
     arrays = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in weights.items()}
     arrays.update({STATE_PREFIX + k: np.asarray(v) for k, v in (state or {}).items()})
     header["checksum"] = checksum(arrays)
+    header[HEADER_CHECKSUM] = header_checksum(header)
     (_write_safetensors if path.suffix == SAFETENSORS else _write_npz)(path, header, arrays)
     return path
 
@@ -103,6 +105,26 @@ def _write_safetensors(path: Path, header: dict, arrays: dict) -> None:
     metadata = {k: json.dumps(v, sort_keys=True) if k in _JSON_ENTRIES else str(v) for k, v in header.items()}
     with atomic_write(path) as f:
         f.write(safetensors.numpy.save(arrays, metadata=metadata))
+
+
+#: The header's own SHA-256: without it a changed byte of the network description, the run's settings or
+#: its history would read back as a different but valid file.
+HEADER_CHECKSUM = "header_checksum"
+
+
+def header_checksum(header: dict) -> str:
+    """SHA-256 over the header as JSON (sorted keys, its own entry left out): the same text from the dict a
+    writer holds and from the one either container's reader parses, whatever whitespace or order it stored."""
+    text = json.dumps({k: v for k, v in header.items() if k != HEADER_CHECKSUM}, sort_keys=True,
+                      separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_header_checksum(path: Path, header: dict, digest: Optional[str]) -> None:
+    """Files written before the header carried its checksum have none and are read as before."""
+    if HEADER_CHECKSUM in header and header[HEADER_CHECKSUM] != digest:
+        why = "its header does not match the checksum stored with it"
+        raise DamagedFileError(f"{path} is damaged: {why}", why)
 
 
 def checksum(arrays: dict) -> str:
@@ -145,7 +167,9 @@ def read_weights(path, spec: Optional[NiNSpec] = None) -> WeightsFile:
     against that network (``untrusted``); only then the arrays, and their checksum."""
     path = Path(path)
     with _reading(path), _open(path) as (header, found, read):
+        digest = header_checksum(header) if isinstance(header, dict) else None
         file_spec, dtype = check_header(path, header, spec)
+        check_header_checksum(path, header, digest)
         check_arrays(path, found, file_spec, dtype)
         arrays = {k: read(k) for k in found}
     # Files written before checksums existed have none and are read as before.
@@ -163,7 +187,9 @@ def read_header(path) -> dict:
     know before it builds anything."""
     path = Path(path)
     with _reading(path), _open(path) as (header, _, _):
+        digest = header_checksum(header) if isinstance(header, dict) else None
         check_header(path, header)
+        check_header_checksum(path, header, digest)
     return header
 
 
@@ -180,7 +206,7 @@ def _reading(path: Path):
         yield
     except FileNotFoundError:
         raise WeightsError(f"weights file {path} not found") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, SafetensorError) as e:
+    except (*READ_ERRORS, SafetensorError) as e:
         raise damaged(path, f"{type(e).__name__}: {e}") from None
 
 

@@ -3,6 +3,8 @@
 Which backends run is chosen with NIN_MULTI_BACKENDS (comma-separated; default: all five). A
 backend whose framework is not installed is skipped with the reason, unless NIN_MULTI_BACKENDS names
 it explicitly: then the run fails, so CI cannot pass by silently skipping a framework it promised.
+Likewise the data sample: a test that needs it takes the ``sample_dir`` fixture, which skips when the
+sample is missing and fails in CI (``CI=true``), so a CI run without the sample cannot pass green.
 """
 import os
 import tempfile
@@ -42,6 +44,13 @@ def load(name: str):
         pytest.skip(str(e))
 
 
+def load_companion(name: str, part: str):
+    """A backend's companion module (``dist``, ``bench``), skipped or failed as ``load`` decides: never an
+    ``importorskip``, which would also skip a companion that is broken."""
+    load(name)
+    return backends.companion(name, part)
+
+
 @pytest.fixture(params=ALL_BACKENDS)
 def backend(request):
     return load(request.param)
@@ -52,10 +61,23 @@ def trainable_backend(request):
     return load(request.param)
 
 
-@pytest.fixture
-def sample_dir():
+def in_ci() -> bool:
+    """CI sets ``CI=true`` (.ci/run, and every hosted CI service): there a missing prerequisite is a failure."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str):
+    """Skip locally, fail in CI: what CI must run may not pass by being skipped."""
+    if in_ci():
+        pytest.fail(f"CI must run this test: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The one way a test gets the data sample (session-scoped, so module fixtures can take it too)."""
     if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR} (set NIN_MULTI_SAMPLE_DIR)")
+        skip_or_fail(f"the Fashion-MNIST sample is not at {SAMPLE_DIR} (set NIN_MULTI_SAMPLE_DIR)")
     return SAMPLE_DIR
 
 

@@ -217,3 +217,14 @@ def test_select_names_backends_once_in_import_order(monkeypatch):
     assert backends.select(None) == backends.select("") == backends.select([]) == ["torch"]
     with pytest.raises(backends.BackendUnavailableError, match="unknown backend 'caffe'"):
         backends.select("torch,caffe")
+
+
+@pytest.mark.parametrize("name", ["mxnet", "jax"])
+def test_a_trainer_draws_its_dropout_from_its_model_s_seed_not_the_last_configure(name):
+    """The seed travels with the model (``backends.common.carry_seed``): a model built from seed 11 after
+    ``configure(..., seed=5)`` trains with 11, and two models in one process keep their own seeds."""
+    backend = load(name)
+    backend.configure(None, 5)
+    spec = make_spec("mini")
+    first, second = backend.build_model(spec, "kaiming", 11), backend.build_model(spec, "kaiming", 12)
+    assert (backend.Trainer(first, 0.1).seed, backend.Trainer(second, 0.1).seed) == (11, 12)

@@ -25,7 +25,7 @@ from nin_multi.errors import ConfigError, DistributedError
 from nin_multi.train import train
 from nin_multi.weights import load_weights
 
-from conftest import ROOT, descendants
+from conftest import ROOT, descendants, load_companion
 
 TIMEOUT = 240  # seconds for one multi-process run on the shared 2-core machine
 
@@ -76,7 +76,7 @@ def test_mxnet_fp64_workers_refuse_a_server_that_rounds_float64(sample_dir, tmp_
     """MXNet 1.9.1's server leaves its multi-precision flag uninitialised (mxnet_dist.MXNET_SERVER_TUNABLES):
     a server whose allocations glibc fills with 0xfe sets it and sums float64 in float32. An fp64 worker
     finds out before training (one line, nothing written); ``--workers`` gives its server zero-filled memory."""
-    mxnet_dist = pytest.importorskip("nin_multi.backends.mxnet_dist")
+    mxnet_dist = load_companion("mxnet", "dist")
     port = host.free_ports(1)[0]
     dmlc = {**os.environ, "DMLC_NUM_WORKER": "1", "DMLC_NUM_SERVER": "1", "DMLC_PS_ROOT_URI": "127.0.0.1",
             "DMLC_PS_ROOT_PORT": str(port), "DMLC_NODE_HOST": "127.0.0.1"}

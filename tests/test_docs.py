@@ -8,7 +8,6 @@ skipped with its reason when Chromium is missing; in CI (``CI=true``, as .ci/run
 """
 import functools
 import http.server
-import os
 import re
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from urllib.request import urlopen
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, skip_or_fail
 from test_notebooks import NOTEBOOKS
 from test_spec import CHAPTER_NCHW, CHAPTER_NHWC
 
@@ -31,9 +30,7 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 def _unavailable(reason: str):
-    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI needs the documentation tools: {reason}")
-    pytest.skip(reason)
+    skip_or_fail(f"the documentation tools: {reason}")
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,13 @@ import pytest
 from nin_multi.cli import main
 from nin_multi.config import TrainConfig
 from nin_multi.errors import DamagedFileError, WriteError
-from nin_multi.fileio import atomic_write, write_bytes
+from nin_multi.fileio import atomic_write, write_text
 from nin_multi.lock import LOCK, RunLock
 from nin_multi.run import progress
 from nin_multi.train import train
 from nin_multi.weights import read_weights_file
 
-from conftest import ROOT, SAMPLE_DIR, load
+from conftest import ROOT, load
 
 RUN_ARGS = ["--variant", "mini", "--resize", "28", "--init", "kaiming", "--lr", "0.05", "--batch-size", "32",
             "--subset", "64", "--test-subset", "32", "--threads", "1"]
@@ -43,14 +43,12 @@ def quiet(*_):
 
 
 @pytest.fixture(scope="module")
-def torch_run(tmp_path_factory):
+def torch_run(sample_dir, tmp_path_factory):
     """A finished 3-epoch torch run: three checkpoints, metrics, config, plot, weights."""
-    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR}")
     backend = load("torch")
     out = tmp_path_factory.mktemp("faults") / "run"
     cfg = TrainConfig(backend=backend.NAME, variant="mini", resize=28, init="kaiming", lr=0.05, batch_size=32,
-                      subset=64, test_subset=32, threads=1, epochs=3, data_dir=str(SAMPLE_DIR), out=str(out),
+                      subset=64, test_subset=32, threads=1, epochs=3, data_dir=str(sample_dir), out=str(out),
                       progress=False)
     train(cfg, log=quiet)
     return out
@@ -155,12 +153,12 @@ def test_damaged_metrics_are_rewritten_from_the_checkpoint(run, capsys):
 
 
 def test_weights_files_from_before_checksums_still_load(tmp_path, torch_run):
-    """Files written before the header carried a checksum have none: read as before (a ``weights.npz`` of
+    """Files written before the header carried checksums have none: read as before (a ``weights.npz`` of
     that time: a checkpoint's arrays without its training state)."""
     with np.load(torch_run / "checkpoints" / "epoch-0003.npz") as f:
         arrays = {k: f[k] for k in f.files if not k.startswith("state.")}
     header = json.loads(str(arrays["__header__"]))
-    del header["checksum"]
+    del header["checksum"], header["header_checksum"]
     arrays["__header__"] = np.array(json.dumps(header))
     np.savez(tmp_path / "old.npz", **arrays)
     spec, weights, _, _ = read_weights_file(tmp_path / "old.npz")
@@ -175,7 +173,7 @@ def test_checkpoints_from_before_they_held_the_metrics_still_resume(run, capsys)
         with np.load(path) as f:
             arrays = {k: f[k] for k in f.files}
         header = json.loads(str(arrays["__header__"]))
-        del header["checksum"], header["meta"]["history"]
+        del header["checksum"], header["header_checksum"], header["meta"]["history"]
         arrays["__header__"] = np.array(json.dumps(header))
         np.savez(path, **arrays)
     rows = (run / "metrics.jsonl").read_text()
@@ -200,7 +198,7 @@ def test_failed_write_removes_its_temporary_file_and_keeps_the_old_one(tmp_path)
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
     try:
         with pytest.raises(WriteError) as e:
-            write_bytes(dest, b"x" * (256 * 1024))
+            write_text(dest, "x" * (256 * 1024))
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert str(e.value) == (f"could not write {dest}: file too large for the file-size limit (ulimit -f) or "
@@ -261,10 +259,8 @@ def test_convert_beyond_the_file_size_limit_keeps_the_old_file(backend, torch_ru
     assert dest.stat().st_size > 100 * 1024
 
 
-def test_full_file_system_ends_in_one_line(tmp_path, capsys):
+def test_full_file_system_ends_in_one_line(sample_dir, tmp_path, capsys):
     """ENOSPC for real: the run directory on a 1 MiB tmpfs (needs the right to mount; skipped without)."""
-    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR}")
     load("torch")
     mnt = tmp_path / "small"
     mnt.mkdir()
@@ -273,7 +269,7 @@ def test_full_file_system_ends_in_one_line(tmp_path, capsys):
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         out = mnt / "run"
-        code, _, err = cli(["train", "--backend", "torch", *RUN_ARGS, "--epochs", "3", "--data-dir", str(SAMPLE_DIR),
+        code, _, err = cli(["train", "--backend", "torch", *RUN_ARGS, "--epochs", "3", "--data-dir", str(sample_dir),
                             "--out", str(out), "--no-progress"], capsys)
         assert code == 2 and err.count("\n") == 1
         assert err == (f"nin-multi: error: could not write {out / 'checkpoints' / 'epoch-0002.npz'}: no space left "
@@ -291,12 +287,12 @@ HOLD = ("import sys, time; from nin_multi.lock import RunLock; RunLock(sys.argv[
         "print('locked', flush=True); time.sleep(120)")
 
 
-def test_second_process_is_refused_and_a_killed_holder_does_not_block(run, capsys):
+def test_second_process_is_refused_and_a_killed_holder_does_not_block(sample_dir, run, capsys):
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "locked\n"
         before = snapshot(run)
-        for args in (resume_args(run), ["train", "--backend", "torch", *RUN_ARGS, "--data-dir", str(SAMPLE_DIR),
+        for args in (resume_args(run), ["train", "--backend", "torch", *RUN_ARGS, "--data-dir", str(sample_dir),
                                         "--out", str(run), "--overwrite", "--no-progress"]):
             code, _, err = cli(args, capsys)
             assert code == 2 and err.count("\n") == 1
@@ -331,14 +327,12 @@ def test_lock_is_exclusive_between_processes(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, status, how", [(signal.SIGTERM, 143, "stopped by SIGTERM"),
                                               (signal.SIGINT, 130, "interrupted")], ids=["SIGTERM", "SIGINT"])
-def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path, capsys, sig, status, how):
+def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(sample_dir, tmp_path, capsys, sig, status, how):
     """A real training process, its output to pipes (so also: no progress-bar frames in a log)."""
-    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR}")
     load("torch")
     out = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-m", "nin_multi", "train", "--backend", "torch", *RUN_ARGS,
-                          "--epochs", "1000", "--data-dir", str(SAMPLE_DIR), "--out", str(out)],
+                          "--epochs", "1000", "--data-dir", str(sample_dir), "--out", str(out)],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_sigint)
     try:
@@ -407,15 +401,13 @@ print("RESULT", first, second, others)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("source, target", [("torch", "tensorflow"), ("tensorflow", "mxnet")])
-def test_continue_in_another_framework_starts_from_the_checkpoint(tmp_path, source, target):
+def test_continue_in_another_framework_starts_from_the_checkpoint(sample_dir, tmp_path, source, target):
     """The source run is trained here; the continuation runs in a process of its own, which must not
     import any framework but its own."""
-    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR}")
     load(target)
     run = tmp_path / "run"
     train(TrainConfig(backend=load(source).NAME, variant="mini", resize=28, init="kaiming", lr=0.05,
-                      batch_size=32, subset=64, test_subset=32, threads=1, epochs=2, data_dir=str(SAMPLE_DIR),
+                      batch_size=32, subset=64, test_subset=32, threads=1, epochs=2, data_dir=str(sample_dir),
                       out=str(run), progress=False), log=quiet)
     checkpoint = run / "checkpoints" / "epoch-0002.npz"
     stdout, start = continue_in(run, target, tmp_path)

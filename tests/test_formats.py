@@ -18,7 +18,7 @@ from nin_multi.spec import make_spec
 from nin_multi.weights import (DEFAULT, FORMAT, LAYOUT, RECORDED, RUN_SETTINGS, TrainedAt, checksum, load_weights,
                                read_header, read_weights, read_weights_file, save_weights, trained_at, trained_entry)
 
-from conftest import SAMPLE_DIR, load
+from conftest import load
 from reference import random_weights
 
 #: 128 training images in batches of 32: 4 SGD steps per epoch.
@@ -29,20 +29,18 @@ def quiet(*_):
     pass
 
 
-def mini(out, **kw) -> TrainConfig:
+def mini(sample_dir, out, **kw) -> TrainConfig:
     return TrainConfig(**{**dict(backend="torch", variant="mini", resize=28, init="kaiming", lr=0.05, batch_size=32,
-                                 subset=128, test_subset=TEST_IMAGES, epochs=2, threads=1, data_dir=str(SAMPLE_DIR),
+                                 subset=128, test_subset=TEST_IMAGES, epochs=2, threads=1, data_dir=str(sample_dir),
                                  out=str(out), progress=False), **kw})
 
 
 @pytest.fixture(scope="module")
-def torch_run(tmp_path_factory):
+def torch_run(sample_dir, tmp_path_factory):
     """The mini net trained 2 epochs by PyTorch: its weights.safetensors and events."""
-    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR}")
     load("torch")
     out = tmp_path_factory.mktemp("formats") / "run"
-    train(mini(out), log=quiet)
+    train(mini(sample_dir, out), log=quiet)
     return out
 
 
@@ -84,24 +82,24 @@ def test_each_safetensors_loader_gives_the_trained_arrays(torch_run):
     # The metadata: strings only, as safetensors requires; the spec and meta as JSON.
     with safetensors.safe_open(torch_run / WEIGHTS, framework="numpy") as f:
         metadata = f.metadata()
-    assert set(metadata) == {"format", "layout", "dtype", "spec", "meta", "checksum", "trained"}
+    assert set(metadata) == {"format", "layout", "dtype", "spec", "meta", "checksum", "trained", "header_checksum"}
     assert (metadata["format"], metadata["layout"], metadata["dtype"]) == (FORMAT, LAYOUT, "float32")
     assert json.loads(metadata["trained"]) == {"image_size": 28, "layout": "NCHW", "precision": "fp32"}
     assert json.loads(metadata["spec"]) == spec.to_dict() and json.loads(metadata["meta"]) == meta
     assert metadata["checksum"] == checksum(by_numpy)
 
 
-def evaluate_line(backend_name, weights, capsys) -> str:
+def evaluate_line(sample_dir, backend_name, weights, capsys) -> str:
     code = main(["evaluate", "--backend", backend_name, "--weights", str(weights), "--resize", "28",
-                 "--test-subset", str(TEST_IMAGES), "--batch-size", "50", "--data-dir", str(SAMPLE_DIR),
+                 "--test-subset", str(TEST_IMAGES), "--batch-size", "50", "--data-dir", str(sample_dir),
                  "--no-progress", "--threads", "1"])
     out, err = capsys.readouterr()
     assert code == 0, err
     return out.strip()
 
 
-def test_a_torch_state_dict_saved_by_safetensors_scores_the_same_in_every_backend(backend, torch_run, tmp_path,
-                                                                                  capsys):
+def test_a_torch_state_dict_saved_by_safetensors_scores_the_same_in_every_backend(backend, torch_run, sample_dir,
+                                                                                  tmp_path, capsys):
     """What a PyTorch user does with their own model: ``save_file(model.state_dict(), metadata=...)`` with
     the metadata the project writes. Every backend reads it, and scores it as it scores the project's own
     file and as the training's last epoch measured it (the same 100 test images)."""
@@ -117,8 +115,8 @@ def test_a_torch_state_dict_saved_by_safetensors_scores_the_same_in_every_backen
     mine = tmp_path / "from_state_dict.safetensors"
     safetensors.torch.save_file(model.state_dict(), mine, metadata=metadata)
 
-    line = evaluate_line(backend.NAME, mine, capsys)
-    assert line == evaluate_line(backend.NAME, torch_run / WEIGHTS, capsys)
+    line = evaluate_line(sample_dir, backend.NAME, mine, capsys)
+    assert line == evaluate_line(sample_dir, backend.NAME, torch_run / WEIGHTS, capsys)
     loss, acc = (float(v) for v in line.split(" on ")[0].replace(",", "").split()[2::3])
     last = read_metrics(torch_run)[-1]
     assert abs(acc - last["test_acc"]) <= 1 / TEST_IMAGES + 1e-9, (line, last)  # one near-tie image at most
@@ -147,7 +145,7 @@ def test_convert_writes_either_container(torch_run, tmp_path, capsys):
     assert "name a framework with --backend" in capsys.readouterr().err and not (tmp_path / "m.pt").exists()
 
 
-def test_a_damaged_or_foreign_safetensors_file_is_refused(torch_run, tmp_path, capsys):
+def test_a_damaged_or_foreign_safetensors_file_is_refused(sample_dir, torch_run, tmp_path, capsys):
     import safetensors.numpy
 
     good = (torch_run / WEIGHTS).read_bytes()
@@ -165,7 +163,7 @@ def test_a_damaged_or_foreign_safetensors_file_is_refused(torch_run, tmp_path, c
     with pytest.raises(WeightsError, match="without nin_multi's metadata"):
         read_weights_file(plain)
     before = plain.read_bytes()
-    code = main(["evaluate", "--weights", str(plain), "--resize", "28", "--data-dir", str(SAMPLE_DIR)])
+    code = main(["evaluate", "--weights", str(plain), "--resize", "28", "--data-dir", str(sample_dir)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("nin-multi: error: ") and "Traceback" not in err
     assert plain.read_bytes() == before
@@ -256,14 +254,12 @@ def test_events_hold_every_step_and_the_metrics_of_every_epoch(torch_run):
         assert math.fsum(epoch) / len(epoch) == pytest.approx(r["train_loss"], rel=1e-6)
 
 
-def test_a_resumed_run_shows_each_step_once(tmp_path):
+def test_a_resumed_run_shows_each_step_once(sample_dir, tmp_path):
     """The newest checkpoint is damaged, so the resume retrains epoch 2: TensorBoard must show the
     retrained steps, not both attempts'."""
-    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR}")
     load("torch")
     out = tmp_path / "run"
-    train(mini(out, subset=64), log=quiet)  # 2 steps per epoch
+    train(mini(sample_dir, out, subset=64), log=quiet)  # 2 steps per epoch
     (out / "checkpoints" / "epoch-0002.npz").write_bytes(b"")
     resume(out, log=quiet)
     events, rows = read_events(out), read_metrics(out)
@@ -273,19 +269,17 @@ def test_a_resumed_run_shows_each_step_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_reproduce_writes_each_backend_as_a_run(tmp_path):
+def test_reproduce_writes_each_backend_as_a_run(sample_dir, tmp_path):
     """``tensorboard --logdir`` on a reproduce folder: one run per backend, their curves on one step axis."""
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
     from test_reproduce import installed_backends
 
-    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR}")
     names = installed_backends()
     out = tmp_path / "repro"
     assert main(["reproduce", "--backends", ",".join(names), "--variant", "mini", "--resize", "28", "--init",
                  "kaiming", "--lr", "0.05", "--batch-size", "32", "--subset", "64", "--test-subset", "32",
-                 "--epochs", "2", "--threads", "1", "--data-dir", str(SAMPLE_DIR), "--out", str(out),
+                 "--epochs", "2", "--threads", "1", "--data-dir", str(sample_dir), "--out", str(out),
                  "--no-progress"]) == 0
     mux = EventMultiplexer().AddRunsFromDirectory(str(out))
     mux.Reload()

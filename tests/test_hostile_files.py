@@ -17,7 +17,6 @@ from nin_multi.errors import DamagedFileError
 from nin_multi.spec import make_spec
 from nin_multi.weights import read_weights_file, save_weights, trained_entry
 
-from conftest import SAMPLE_DIR
 from reference import random_weights
 import test_safety
 from test_safety import RUN_ARGS, cli, one_line, snapshot, victim
@@ -95,14 +94,14 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("case", list(HOSTILE))
-def test_a_hostile_weights_file_is_one_line_under_ulimit(case, torch_run, tmp_path):
+def test_a_hostile_weights_file_is_one_line_under_ulimit(sample_dir, case, torch_run, tmp_path):
     members = members_of(torch_run / "checkpoints" / "epoch-0002.npz")  # an .npz: weights and state
     craft, why = HOSTILE[case]
     path = tmp_path / "weights.npz"
     write_members(path, craft(members))
     data = path.read_bytes()
     code, _, err = victim(["evaluate", "--backend", "torch", "--weights", str(path), "--resize", "28",
-                           "--data-dir", str(SAMPLE_DIR), "--no-progress"])
+                           "--data-dir", str(sample_dir), "--no-progress"])
     assert code == 2
     why = why.format(name=nth_weight(members))
     assert one_line(err) == f"{path} is damaged or not a nin_multi weights file ({why})"
@@ -131,9 +130,9 @@ def test_a_checkpoint_with_a_hostile_spec_is_skipped_on_resume(run, capsys):
     read_weights_file(ck)  # written again, intact
 
 
-def test_a_size_beyond_the_machine_s_memory_is_refused_before_allocating(torch_run, capsys):
+def test_a_size_beyond_the_machine_s_memory_is_refused_before_allocating(sample_dir, torch_run, capsys):
     code, _, err = cli(["evaluate", "--backend", "torch", "--weights", str(torch_run / "weights.safetensors"),
-                        "--resize", "8192", "--batch-size", "512", "--data-dir", str(SAMPLE_DIR), "--no-progress"],
+                        "--resize", "8192", "--batch-size", "512", "--data-dir", str(sample_dir), "--no-progress"],
                        capsys)
     assert code == 2
     assert re.fullmatch(r"at 8192x8192 with a batch of 512 this network needs at least [\d,.]+ GiB for one forward "
@@ -197,11 +196,11 @@ def mini_file(path, trained) -> bytes:
 
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
 @pytest.mark.parametrize("case", list(HOSTILE_TRAINED))
-def test_a_hostile_trained_record_is_one_line(case, suffix, tmp_path, capsys):
+def test_a_hostile_trained_record_is_one_line(sample_dir, case, suffix, tmp_path, capsys):
     trained, why = HOSTILE_TRAINED[case]
     path = tmp_path / f"weights{suffix}"
     data = mini_file(path, trained)
-    code, out, err = cli(["evaluate", "--backend", "torch", "--weights", str(path), "--data-dir", str(SAMPLE_DIR),
+    code, out, err = cli(["evaluate", "--backend", "torch", "--weights", str(path), "--data-dir", str(sample_dir),
                           "--no-progress"], capsys)
     assert code == 2 and out == ""
     assert one_line(err) == f"{path} is damaged or not a nin_multi weights file ({why})"
@@ -235,11 +234,11 @@ def gzip_bomb(path, header: bytes, gib: int) -> None:
             f.write(member)
 
 
-def test_a_gzip_bomb_posing_as_idx_is_one_line_under_ulimit(tmp_path):
+def test_a_gzip_bomb_posing_as_idx_is_one_line_under_ulimit(sample_dir, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     for name in ("train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        shutil.copy(SAMPLE_DIR / name, data / name)
+        shutil.copy(sample_dir / name, data / name)
     bomb = data / "train-images-idx3-ubyte.gz"
     header = (2051).to_bytes(4, "big") + (100).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
     gzip_bomb(bomb, header, gib=6)  # 6 GiB decompressed, beyond the 4 GiB address space

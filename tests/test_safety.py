@@ -29,7 +29,7 @@ from nin_multi.lock import LOCK
 from nin_multi.run import prepare_dir
 from nin_multi.train import train
 
-from conftest import ROOT, SAMPLE_DIR, load
+from conftest import ROOT, load
 
 RUN_ARGS = ["--variant", "mini", "--resize", "28", "--init", "kaiming", "--lr", "0.05", "--batch-size", "32",
             "--subset", "64", "--test-subset", "32", "--threads", "1", "--no-progress"]
@@ -40,21 +40,19 @@ def quiet(*_):
     pass
 
 
-def train_mini(out):
+def train_mini(sample_dir, out):
     """A finished 2-epoch torch run of the mini net: checkpoints, metrics, config, plot, weights."""
-    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR}")
     backend = load("torch")
     cfg = TrainConfig(backend=backend.NAME, variant="mini", resize=28, init="kaiming", lr=0.05, batch_size=32,
-                      subset=64, test_subset=32, threads=1, epochs=2, data_dir=str(SAMPLE_DIR), out=str(out),
+                      subset=64, test_subset=32, threads=1, epochs=2, data_dir=str(sample_dir), out=str(out),
                       progress=False)
     train(cfg, log=quiet)
     return out
 
 
 @pytest.fixture(scope="module")
-def torch_run(tmp_path_factory):
-    return train_mini(tmp_path_factory.mktemp("safety") / "run")
+def torch_run(sample_dir, tmp_path_factory):
+    return train_mini(sample_dir, tmp_path_factory.mktemp("safety") / "run")
 
 
 @pytest.fixture
@@ -104,11 +102,11 @@ def one_line(err: str) -> str:
 
 
 # -- links planted in a run folder ------------------------------------------------------------------------
-def test_a_lock_file_linked_outside_is_refused_not_emptied(run, outside, capsys):
+def test_a_lock_file_linked_outside_is_refused_not_emptied(sample_dir, run, outside, capsys):
     (run / LOCK).symlink_to(outside / "thesis.tex")
     before = snapshot(outside)
     for args in (["train", "--resume", str(run), "--no-progress"],
-                 ["train", "--backend", "torch", *RUN_ARGS, "--data-dir", str(SAMPLE_DIR), "--out", str(run),
+                 ["train", "--backend", "torch", *RUN_ARGS, "--data-dir", str(sample_dir), "--out", str(run),
                   "--overwrite"]):
         code, _, err = cli(args, capsys)
         assert code == 2
@@ -175,14 +173,14 @@ def test_resume_sweeps_the_temporary_files_a_killed_run_left(run, capsys):
 
 
 # -- --overwrite ------------------------------------------------------------------------------------------
-def test_overwrite_refuses_a_folder_of_someone_s_files(outside, capsys, monkeypatch):
+def test_overwrite_refuses_a_folder_of_someone_s_files(sample_dir, outside, capsys, monkeypatch):
     """``--out .`` or ``--out ~`` with --overwrite: the folder is not a run, and nothing in it is touched."""
     (outside / "projects").mkdir()
     (outside / "projects" / "config.json").write_text("{}")
     before = snapshot(outside)
     monkeypatch.chdir(outside)
     for out in (".", str(outside)):
-        code, _, err = cli(["train", "--backend", "torch", *RUN_ARGS, "--data-dir", str(SAMPLE_DIR),
+        code, _, err = cli(["train", "--backend", "torch", *RUN_ARGS, "--data-dir", str(sample_dir),
                             "--out", out, "--overwrite"], capsys)
         assert code == 2
         assert one_line(err) == (f"--overwrite refuses {out}: it holds '.bashrc', 'epoch-0001.npz', 'thesis.tex', "
@@ -191,10 +189,10 @@ def test_overwrite_refuses_a_folder_of_someone_s_files(outside, capsys, monkeypa
         assert snapshot(outside) == before and not (outside / LOCK).exists()
 
 
-def test_overwrite_refuses_a_run_holding_a_file_no_run_wrote(run, capsys):
+def test_overwrite_refuses_a_run_holding_a_file_no_run_wrote(sample_dir, run, capsys):
     (run / "notes.txt").write_text("lr 0.05 looked best")
     before = snapshot(run)
-    code, _, err = cli(["train", "--backend", "torch", *RUN_ARGS, "--data-dir", str(SAMPLE_DIR), "--out", str(run),
+    code, _, err = cli(["train", "--backend", "torch", *RUN_ARGS, "--data-dir", str(sample_dir), "--out", str(run),
                         "--overwrite"], capsys)
     assert code == 2
     assert one_line(err) == (f"--overwrite refuses {run}: it holds 'notes.txt', which no nin-multi run wrote; "
@@ -256,13 +254,11 @@ def test_the_driver_imports_without_fcntl():
 
 # -- a live training beside an overwriting reproduce ------------------------------------------------------
 @pytest.mark.slow
-def test_reproduce_overwrite_beside_a_live_training_is_refused_and_deletes_nothing(tmp_path):
-    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR}")
+def test_reproduce_overwrite_beside_a_live_training_is_refused_and_deletes_nothing(sample_dir, tmp_path):
     load("torch"), load("jax")
     out = tmp_path / "run"
     trainer = subprocess.Popen([sys.executable, "-m", "nin_multi", "train", "--backend", "torch", *RUN_ARGS,
-                                "--epochs", "1000", "--data-dir", str(SAMPLE_DIR), "--out", str(out)],
+                                "--epochs", "1000", "--data-dir", str(sample_dir), "--out", str(out)],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
@@ -272,7 +268,7 @@ def test_reproduce_overwrite_beside_a_live_training_is_refused_and_deletes_nothi
         os.kill(trainer.pid, signal.SIGSTOP)  # SIGSTOP: it writes nothing while reproduce runs, so the snapshot holds
         before = snapshot(out)
         p = subprocess.run([sys.executable, "-m", "nin_multi", "reproduce", "--backends", "torch,jax",
-                            *RUN_ARGS[:-1], "--epochs", "1", "--data-dir", str(SAMPLE_DIR), "--out", str(out),
+                            *RUN_ARGS[:-1], "--epochs", "1", "--data-dir", str(sample_dir), "--out", str(out),
                             "--overwrite", "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=240)
         assert p.returncode == 2
         assert re.fullmatch(rf"run directory {re.escape(str(out))} is in use by another nin-multi process \(pid "

@@ -22,18 +22,12 @@ from nin_multi.errors import ConfigError, DistributedError
 from nin_multi.run import WEIGHTS
 from nin_multi.weights import load_weights
 
-from conftest import ROOT, SAMPLE_DIR, descendants, load
+from conftest import ROOT, descendants, load
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
 TIMEOUT = 240
 MINI = ["--variant", "mini", "--resize", "28", "--init", "kaiming", "--lr", "0.05", "--batch-size", "32",
         "--dropout", "0", "--threads", "1", "--no-progress"]
-
-
-def sample():
-    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR}")
-    return str(SAMPLE_DIR)
 
 
 def nin_multi(args, **kw) -> subprocess.Popen:
@@ -119,10 +113,10 @@ def test_a_bad_environment_value_is_one_line_before_any_process_starts(name, val
     assert not (tmp_path / "run").exists()
 
 
-def test_a_recipe_beyond_plain_sgd_is_refused_before_any_worker_starts(tmp_path):
+def test_a_recipe_beyond_plain_sgd_is_refused_before_any_worker_starts(sample_dir, tmp_path):
     """The engines step plain SGD only: the fast recipe under --workers is one line from the command itself,
     with no launcher started and no run directory made."""
-    p = nin_multi(["train", "--backend", "torch", "--workers", "2", "--recipe", "fast", "--data-dir", str(SAMPLE_DIR),
+    p = nin_multi(["train", "--backend", "torch", "--workers", "2", "--recipe", "fast", "--data-dir", str(sample_dir),
                    "--out", str(tmp_path / "run")])
     _, err = p.communicate(timeout=120)
     assert p.returncode == ConfigError.exit_code == 2
@@ -134,13 +128,13 @@ def test_a_recipe_beyond_plain_sgd_is_refused_before_any_worker_starts(tmp_path)
 # -- listening sockets ------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["torch", "tensorflow", "mxnet"])
-def test_every_listening_socket_of_two_workers_is_on_loopback(name, tmp_path):
+def test_every_listening_socket_of_two_workers_is_on_loopback(name, sample_dir, tmp_path):
     """Every socket any process of a running ``--workers 2`` listens on is on loopback, or (TensorFlow, whose
     server binds every interface) in a network namespace whose only interface is loopback."""
     load(name)
     out = tmp_path / "run"
     p = nin_multi(["train", "--backend", name, "--workers", "2", *MINI, "--subset", "64", "--test-subset", "32",
-                   "--epochs", "1000", "--data-dir", sample(), "--out", str(out)])
+                   "--epochs", "1000", "--data-dir", str(sample_dir), "--out", str(out)])
     try:
         wait_for(out / "checkpoints" / "epoch-0002.npz", p)  # every engine is up and has trained
         sockets = {pid: listening(pid) for pid in [p.pid, *descendants(p.pid)] if alive(pid)}
@@ -235,11 +229,11 @@ def test_a_private_network_reaches_itself_and_nothing_else():
 @pytest.mark.parametrize("name, sig", [("torch", signal.SIGKILL), ("tensorflow", signal.SIGKILL),
                                        ("mxnet", signal.SIGKILL), ("torch", signal.SIGTERM),
                                        ("mxnet", signal.SIGHUP)])
-def test_a_signalled_launcher_leaves_no_process_behind(name, sig, tmp_path):
+def test_a_signalled_launcher_leaves_no_process_behind(name, sig, sample_dir, tmp_path):
     load(name)
     out = tmp_path / "run"
     p = nin_multi(["train", "--backend", name, "--workers", "2", *MINI, "--subset", "64", "--test-subset", "32",
-                   "--epochs", "1000", "--data-dir", sample(), "--out", str(out)])
+                   "--epochs", "1000", "--data-dir", str(sample_dir), "--out", str(out)])
     try:
         wait_for(out / "checkpoints" / "epoch-0001.npz", p)
         started = descendants(p.pid)
@@ -279,31 +273,31 @@ FP64_RECIPE = ["--batch-size", "32", "--variant", "mini", "--resize", "28", "--i
                "--threads", "1", "--no-progress"]
 
 
-def on_two_hosts(line: str, out: Path, ports: dict) -> str:
+def on_two_hosts(sample_dir, line: str, out: Path, ports: dict) -> str:
     """A documented line for the two addresses 127.0.0.2 and 127.0.0.3 of this machine: free ports, one
     process per node, the test's recipe and run folder."""
     line = line.replace("10.0.0.1", "127.0.0.2").replace("10.0.0.2", "127.0.0.3")
     for port, free in ports.items():
         line = line.replace(str(port), str(free))
     line = line.replace("--nproc-per-node 4", "--nproc-per-node 1")
-    line = line.replace("--batch-size 512", " ".join(FP64_RECIPE) + f" --data-dir {SAMPLE_DIR}")
+    line = line.replace("--batch-size 512", " ".join(FP64_RECIPE) + f" --data-dir {sample_dir}")
     line = re.sub(r"/shared/runs/\w+", str(out), line)
     return line.replace("python -m", f"{sys.executable} -m")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["torch", "tensorflow", "mxnet"])
-def test_two_hosts_on_two_loopback_addresses_train_to_one_process_s_weights(name, tmp_path):
+def test_two_hosts_on_two_loopback_addresses_train_to_one_process_s_weights(sample_dir, name, tmp_path):
     from nin_multi.config import TrainConfig
     from nin_multi.train import train
 
     load(name)
-    sample()
     lines = documented_lines()[name]
     out = tmp_path / "two"
     ports = dict(zip((29500, 20000, 20001, 9091), free_ports(4)))
-    procs = [subprocess.Popen(["bash", "-c", on_two_hosts(line, out, ports)], cwd=ROOT, start_new_session=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for line in lines]
+    procs = [subprocess.Popen(["bash", "-c", on_two_hosts(sample_dir, line, out, ports)], cwd=ROOT,
+                              start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for line in lines]
     workers = [p for p, line in zip(procs, lines) if "--out" in line]
     seen = {}
     try:
@@ -330,7 +324,7 @@ def test_two_hosts_on_two_loopback_addresses_train_to_one_process_s_weights(name
         assert all(ipaddress.ip_address(a).is_loopback for a in addresses), addresses
         assert addresses & {"127.0.0.2", "127.0.0.3"}
     one = tmp_path / "one"  # one process, the same recipe (FP64_RECIPE)
-    train(TrainConfig(backend=name, out=str(one), progress=False, data_dir=str(SAMPLE_DIR), variant="mini",
+    train(TrainConfig(backend=name, out=str(one), progress=False, data_dir=str(sample_dir), variant="mini",
                       resize=28, init="kaiming", lr=0.05, dropout=0.0, batch_size=32, subset=352, test_subset=100,
                       epochs=1, precision="fp64", threads=1), log=lambda *_: None)
     a, b = (load_weights(d / WEIGHTS)[1] for d in (out, one))
@@ -340,12 +334,12 @@ def test_two_hosts_on_two_loopback_addresses_train_to_one_process_s_weights(name
     assert diff < 1e-10
 
 
-def test_an_unbindable_engine_started_by_hand_is_refused_without_allow_network(tmp_path):
+def test_an_unbindable_engine_started_by_hand_is_refused_without_allow_network(sample_dir, tmp_path):
     """A TensorFlow worker started by hand (TF_CONFIG) on a machine with a network interface: one line,
     before TensorFlow starts a server."""
     if not isolation.exposed_addresses():
         pytest.skip("this machine has no interface but loopback")
-    line = on_two_hosts(documented_lines()["tensorflow"][0], tmp_path / "run", {20000: free_ports(1)[0]})
+    line = on_two_hosts(sample_dir, documented_lines()["tensorflow"][0], tmp_path / "run", {20000: free_ports(1)[0]})
     p = subprocess.run(["bash", "-c", line.replace(" --allow-network", "")], cwd=ROOT, capture_output=True,
                        text=True, timeout=TIMEOUT)
     assert p.returncode == DistributedError.exit_code
