@@ -166,7 +166,7 @@ def draw_confusion(counts: np.ndarray, class_names: Sequence[str], dest, title: 
         for i in range(n):
             for j in range(n):
                 if counts[i, j]:
-                    dark = (i == j and right[i, j] > 0.6 * peak)
+                    dark = float(np.dot(rgba[i, j, :3], (0.299, 0.587, 0.114))) < 0.55  # the cell's luminance
                     ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=9,
                             color="white" if dark else "black")
         ax.set_xticks(range(n), class_names, rotation=45, ha="right")
