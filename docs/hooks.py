@@ -11,7 +11,7 @@
   ``<!-- downloads: notebooks -->`` with a download link per notebook, and ``<!-- if-exists: PATH -->`` ...
   ``<!-- end if-exists -->`` keeps its text only where the docs hold that file. A name that no longer
   exists stops the build with a message saying which, rather than showing stale code.
-- Every notebook's page starts with a link to download the notebook itself (mkdocs-jupyter's
+- Every notebook's page has, under its title, a link to download the notebook itself (mkdocs-jupyter's
   ``include_source`` copies the .ipynb beside the page).
 """
 from __future__ import annotations
@@ -128,12 +128,12 @@ def on_page_markdown(markdown, page, config, files):
 
 
 def on_page_content(content, page, config, files):
-    """Atop a notebook's page, the link to download it (the file mkdocs-jupyter copies beside the page)."""
+    """Under a notebook's title, the link to download it (the file mkdocs-jupyter copies beside the page)."""
     src = page.file.src_uri
     if not (src.startswith("notebooks/") and src.endswith(".ipynb")):
         return content
     name = html.escape(Path(src).name)
-    link = (f'<p class="nin-download"><a href="{name}" download>Download this notebook ({name})</a>: it runs '
-            f'in Jupyter wherever this project is installed (<code>pip install jupyterlab</code>, then '
-            f'<code>jupyter lab</code>).</p>\n')
-    return link + content
+    link = (f'<p class="nin-download"><a href="{name}" download>Download this notebook ({name})</a> to run it '
+            f'in Jupyter wherever this project is installed.</p>')
+    content, found = re.subn(r"</h1>", lambda m: m[0] + link, content, count=1)  # under the notebook's title
+    return content if found else link + content
