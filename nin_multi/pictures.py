@@ -5,19 +5,21 @@ The diagram is drawn from ``NiNSpec`` and its ``walk`` alone, never typed by han
 variant the user builds (``summary --variant no-1x1 --diagram net.png``) and cannot disagree with the
 network the frameworks render. The gallery and the confusion matrix take predictions, not a framework:
 ``evaluate --gallery/--confusion`` computes them in any backend. Figures are written atomically, in the
-format their file name ends in.
+format their file name ends in. numpy and matplotlib load only when a picture is drawn: the command line
+reads ``GALLERY_SIZE`` for its help at every start.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Sequence
 
 from .errors import ConfigError
 from .plotting import figure, pyplot
 from .spec import (AvgPool, ChannelDropout, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock, NiNSpec,
                    image_hw)
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: The file endings a picture option takes: matplotlib's raster and vector formats a page or a paper embeds.
 FORMATS = ("png", "svg", "pdf")
@@ -140,6 +142,8 @@ def draw_network(spec: NiNSpec, dest, image_size=224) -> Path:
 # -- what trained weights get right and wrong ---------------------------------------------------------------
 def confusion_counts(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """counts[true, predicted]: how many test images of each class went to each class."""
+    import numpy as np
+
     counts = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(counts, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
     return counts
@@ -148,6 +152,8 @@ def confusion_counts(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 def draw_confusion(counts: np.ndarray, class_names: Sequence[str], dest, title: str = "") -> Path:
     """The confusion matrix as counts in cells, true class down the side, predicted along the bottom; the
     diagonal (right answers) in blue, mistakes in red, so the classes the network mixes up stand out."""
+    import numpy as np
+
     n = counts.shape[0]
     right = np.where(np.eye(n, dtype=bool), counts, 0)
     wrong = np.where(np.eye(n, dtype=bool), 0, counts)
@@ -183,6 +189,8 @@ def draw_gallery(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray
     """Test images as the network saw them before resizing, each titled with its predicted and true class:
     a right answer in black, a mistake in red with a red frame, so a learner sees which look-alike classes
     (shirt, T-shirt, pullover, coat) are confused."""
+    import numpy as np
+
     n = len(images)
     cols = min(_GALLERY_COLUMNS, n)
     rows_n = -(-n // cols)
