@@ -107,7 +107,7 @@ def draw_network(spec: NiNSpec, dest, image_size=224) -> Path:
     height = 0.42 * len(rows) + 1.3
     title = (f"NiN ({spec.variant}) at {image_size}\u00d7{image_size}: {spec.num_params:,} parameters, "
              f"{sum(i.macs for i in infos) / 1e6:,.0f} M multiply-adds per image")
-    with figure(dest, title=title, title_size=11, figsize=(8.6, height)) as (fig, ax):
+    with figure(dest, title=title, title_size=10.5, figsize=(7.4, height)) as (fig, ax):
         ax.set_xlim(0, 10)
         ax.set_ylim(len(rows) + 0.2, -1.0)
         ax.axis("off")
@@ -122,11 +122,11 @@ def draw_network(spec: NiNSpec, dest, image_size=224) -> Path:
             width = 4.0 if block else 4.6
             ax.add_patch(FancyBboxPatch((x0, i + 0.12), width, 0.76, boxstyle="round,pad=0.0,rounding_size=0.12",
                                         fc=colours[kind], ec="#555555", lw=0.8))
-            ax.text(x0 + width / 2, i + 0.5, text, ha="center", va="center", fontsize=8.5)
+            ax.text(x0 + width / 2, i + 0.5, text, ha="center", va="center", fontsize=9)
             if shape:
-                ax.text(7.25, i + 0.5, shape, ha="center", va="center", fontsize=9, family="monospace")
+                ax.text(7.25, i + 0.5, shape, ha="center", va="center", fontsize=9.5)
             if params:
-                ax.text(10.0, i + 0.5, params, ha="right", va="center", fontsize=8.5, family="monospace")
+                ax.text(10.0, i + 0.5, params, ha="right", va="center", fontsize=9)
             if i + 1 < len(rows) and not (block and rows[i + 1][4] == block):
                 ax.annotate("", (2.9, i + 1.12), (2.9, i + 0.88), arrowprops=dict(arrowstyle="->", lw=0.8))
         for name, members in blocks.items():
