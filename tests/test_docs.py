@@ -2,8 +2,11 @@
 
 Headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by selenium) opens the built
 site's page of each notebook, served over HTTP from this process, and checks what a reader would see: the
-shape walk's text and the training-curve image, loaded with a non-zero size. Every page's links and
-images are then followed: a broken internal link, image or anchor fails. Locally the browser test is
+shape walk's text, the training-curve image loaded with a non-zero size, and a link that downloads the
+notebook. On the chapter page, choosing a framework's tab switches every tab set, and the network
+diagram, the gallery and the confusion matrix load. A table's words are not broken across lines on a
+phone-sized screen. Every page's links and images are then followed: a broken internal link, image or
+anchor fails. Locally the browser test is
 skipped with its reason when Chromium is missing; in CI (``CI=true``, as .ci/run sets) it fails instead.
 """
 import functools
@@ -52,10 +55,12 @@ def site(tmp_path_factory) -> Path:
 
 def test_site_builds_strictly_with_every_page(site):
     for page in ["index.html", "speed/index.html", "reproduce/index.html", "workers/index.html",
-                 "errors/index.html", "weights/index.html", "recipes/index.html", "exercises/index.html"]:
+                 "errors/index.html", "weights/index.html", "recipes/index.html", "exercises/index.html",
+                 "chapter/index.html"]:
         assert (site / page).is_file(), page
     for name in NOTEBOOKS.values():
         assert (site / "notebooks" / Path(name).stem / "index.html").is_file(), name
+        assert (site / "notebooks" / Path(name).stem / name).is_file(), f"{name} is not offered for download"
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +118,99 @@ def test_notebook_page_in_chromium(framework, server, browser):
     assert curves, f"no training-curve image on {url}: {images}"
     for src, complete, width, height, _ in curves:
         assert complete and width > 0 and height > 0, (src, complete, width, height)
-    print(f"{url}: shape walk rendered; training curves {curves[0][2]}x{curves[0][3]} px")
+    downloads = browser.execute_script(DOWNLOADS_JS)
+    assert downloads and downloads[0].endswith("/" + NOTEBOOKS[framework]), downloads
+    assert_notebook_file(downloads[0], NOTEBOOKS[framework])
+    print(f"{url}: shape walk rendered; training curves {curves[0][2]}x{curves[0][3]} px; "
+          f"download link {downloads[0].rsplit('/', 1)[1]}")
+
+
+#: The links that download a file, as the browser resolves them.
+DOWNLOADS_JS = "return Array.from(document.querySelectorAll('a[download]')).map(a => a.href);"
+
+
+def assert_notebook_file(url: str, name: str) -> None:
+    """The link serves the stored notebook itself, byte for byte."""
+    with urlopen(url, timeout=30) as response:
+        assert response.read() == (ROOT / "notebooks" / name).read_bytes(), url
+
+
+#: Each tab set on the page: the labels of its tabs and the label of the tab shown.
+TABS_JS = """return Array.from(document.querySelectorAll('.tabbed-set')).map(set => {
+  const labels = Array.from(set.querySelectorAll(':scope > .tabbed-labels > label'));
+  const checked = set.querySelector(':scope > input:checked');
+  const shown = labels.find(l => l.htmlFor === checked.id);
+  const block = Array.from(set.querySelectorAll(':scope > .tabbed-content > .tabbed-block'))
+    .find(b => b.offsetParent !== null);
+  return [labels.map(l => l.textContent.trim()), shown ? shown.textContent.trim() : null,
+          block ? block.innerText : ''];
+});"""
+#: The framework each tab label names, and a call its code has to make (the framework's own conv layer).
+TAB_CODE = {"PyTorch": "nn.Conv2d", "TensorFlow/Keras": "layers.Conv2D", "MXNet Gluon": "nn.Conv2D",
+            "JAX/Flax": "nn.Conv"}
+
+
+def test_chapter_page_tabs_switch_together_and_its_pictures_load(server, browser):
+    url = urljoin(server, "chapter/")
+    browser.get(url)
+    sets = browser.execute_script(TABS_JS)
+    assert len(sets) >= 4, f"the block, the model and the training steps have a tab set each on {url}: {sets}"
+    for labels, shown, text in sets:
+        assert labels == list(TAB_CODE) and shown == "PyTorch" and text, (labels, shown, text[:80])
+    assert TAB_CODE["PyTorch"] in sets[0][2]
+    for label in ("JAX/Flax", "TensorFlow/Keras"):
+        tab = browser.find_element("xpath", f"(//div[contains(@class, 'tabbed-labels')]/label[.='{label}'])[2]")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", tab)
+        tab.click()  # a tab of the second set: the first set must follow as well as the later ones
+        sets = browser.execute_script(TABS_JS)
+        assert [shown for _, shown, _ in sets] == [label] * len(sets), sets
+        assert TAB_CODE[label] in sets[0][2] and TAB_CODE["PyTorch"] not in sets[0][2], sets[0][2][:300]
+    images = {src.rsplit("/", 1)[1]: (complete, width, height)
+              for src, complete, width, height in browser.execute_script(
+                  "return Array.from(document.images).map(i => [i.src, i.complete, i.naturalWidth, i.naturalHeight]);")}
+    for picture in ("network.png", "gallery.png", "confusion.png"):
+        assert picture in images, f"{picture} is not on {url}: {sorted(images)}"
+        complete, width, height = images[picture]
+        assert complete and width > 300 and height > 300, (picture, images[picture])
+    assert ("notebooks-curves.png" in images) == (ROOT / "docs" / "img" / "notebooks-curves.png").is_file()
+    downloads = browser.execute_script(DOWNLOADS_JS)
+    assert sorted(d.rsplit("/", 1)[1] for d in downloads) == sorted(NOTEBOOKS.values()), downloads
+    for link in downloads:
+        assert_notebook_file(link, link.rsplit("/", 1)[1])
+    print(f"{url}: {len(sets)} tab sets switch together; " + ", ".join(
+        f"{p} {images[p][1]}x{images[p][2]} px" for p in ("network.png", "gallery.png", "confusion.png"))
+          + f"; {len(downloads)} notebooks to download")
+
+
+#: Every word of every visible table cell that the browser laid out over more than one line: words are
+#: cut at white space, hyphens and slashes, where a line may properly break.
+BROKEN_WORDS_JS = """const broken = [];
+for (const cell of document.querySelectorAll('.md-typeset table td, .md-typeset table th')) {
+  const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (const m of node.data.matchAll(/[^\\s\\/\\-\u2010-\u2014]+/g)) {
+      const range = document.createRange();
+      range.setStart(node, m.index);
+      range.setEnd(node, m.index + m[0].length);
+      const lines = new Set(Array.from(range.getClientRects()).filter(r => r.width > 0).map(r => Math.round(r.top)));
+      if (lines.size > 1) broken.push(m[0]);
+    }
+  }
+}
+return [broken, document.querySelectorAll('.md-typeset table td').length];"""
+
+
+@pytest.mark.parametrize("page", ["exercises/", "chapter/", "recipes/"])
+def test_table_words_are_not_broken_on_a_phone(page, server, browser):
+    """On a 400-pixel-wide screen a wide table scrolls sideways; its cells keep their words whole."""
+    browser.set_window_size(400, 900)
+    try:
+        browser.get(urljoin(server, page))
+        broken, cells = browser.execute_script(BROKEN_WORDS_JS)
+    finally:
+        browser.set_window_size(1280, 2000)
+    assert cells > 0, f"no table on {page}"
+    assert not broken, f"{page}: words broken across lines in table cells: {broken[:20]}"
 
 
 class _Links(HTMLParser):
@@ -174,7 +271,7 @@ def test_docs_tools_are_declared():
     text = (ROOT / "pyproject.toml").read_text()
     docs = re.search(r"^docs = \[(.*?)\]", text, re.MULTILINE | re.DOTALL)
     assert docs, "pyproject.toml has no docs extra"
-    for package in ("mkdocs", "mkdocs-material", "mkdocs-jupyter", "selenium"):
+    for package in ("mkdocs", "mkdocs-material", "pymdown-extensions", "mkdocs-jupyter", "selenium"):
         assert f'"{package}' in docs[1], package
     ci = (ROOT / ".ci" / "run").read_text()
     assert "chromium chromium-driver" in ci and "[all,test,docs]" in ci

@@ -15,6 +15,9 @@ def register(sub) -> None:
                    help="walk the network of this weights file (.safetensors or .npz), holding its weights, at "
                         "the size it was trained at unless --resize is given (--variant, --in-channels, "
                         "--num-classes and --recipe do not apply)")
+    p.add_argument("--diagram", default=None, metavar="PATH",
+                   help="also draw the network, block by block with every layer's output shape, into PATH "
+                        "(.png, .svg or .pdf)")
     p.set_defaults(func=run)
 
 
@@ -23,6 +26,9 @@ def run(a: argparse.Namespace) -> int:
     from nin_multi.config import param_dtype
     from nin_multi.spec import make_spec
 
+    if a.diagram:
+        from nin_multi.pictures import check_picture_path
+        check_picture_path(a.diagram, "--diagram")
     if a.weights:
         backend, spec, model, dtype = from_weights(a)
         source = f", weights {Path(a.weights).name}"
@@ -45,6 +51,10 @@ def run(a: argparse.Namespace) -> int:
     n = backend.count_params(model)
     print(f"total parameters: {n:,} (spec: {spec.num_params:,}); "
           f"multiply-adds per image: {sum(i.macs for i in infos):,}")
+    if a.diagram:
+        from nin_multi.pictures import draw_network
+        draw_network(spec, a.diagram, a.resize)
+        print(f"network diagram written to {a.diagram}")
     return 0
 
 
