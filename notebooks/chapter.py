@@ -9,6 +9,7 @@ from frameworks import FRAMEWORKS, src
 #: Cell tags the tests look for: the parameter cell (papermill's name) and the cells whose output they check.
 PARAMETERS, SAME_FUNCTION, SHAPE_WALK, BY_HAND, CURVES, FINAL_LINE, PARITY = (
     "parameters", "same-function", "shape-walk", "sgd-by-hand", "curves", "final-line", "parity")
+INITIAL_FILE, LOADED, TRAINING, STORED = "initial-weights", "loaded", "training", "stored-results"
 MD, CODE = "markdown", "code"
 
 
@@ -26,24 +27,28 @@ def intro(fw: str) -> list[tuple]:
             the final line, and the chapter's exercises, each answered with a number or an experiment.
 
             **The outputs stored here come from the quick setting** (the parameter cell below,
-            `QUICK = True`): a few minutes on a 2-core CPU. It builds, walks and checks the chapter's network
-            at 224×224, but trains a narrow NiN (the `mini` variant: the same four NiN blocks with 32, 64
-            and 128 channels) for 5 epochs on 3,443 unresized 28×28 images. `QUICK = False` trains the chapter's own
-            setting (all 60,000 images at 224×224, 10 epochs): several hours on a CPU.
+            `QUICK = True`): minutes on a 2-core CPU. It builds, walks and checks the chapter's network at
+            224×224, then trains that same network with the `fast` recipe (67×67 images, He initialisation,
+            SGD with Nesterov momentum, weight decay, label smoothing and a one-cycle learning rate), its
+            schedule shortened to 5 epochs, in float32, on the first 3,443 training and 500 test images. All
+            four notebooks start that training from one file of initial weights, so their curves differ only
+            by what truly differs between the frameworks. `QUICK = False` trains the chapter's own setting
+            (all 60,000 images at 224×224, 10 epochs): several hours on a CPU.
 
             The same chapter in the other frameworks: {', '.join(f'`{o}`' for o in others)}, beside this one."""), ()),
         (CODE, src("""
-            # Parameters. QUICK = True: the stored run, a few minutes on a 2-core CPU.
+            # Parameters. QUICK = True: the stored run, minutes on a 2-core CPU.
             # QUICK = False: the chapter's own setting, RECIPE below, on all of Fashion-MNIST (hours on a CPU).
             QUICK = True
-            RECIPE = "d2l-1st-edition"  # lr 0.1, 10 epochs, batch 128, 224x224, Xavier init; or "d2l-2nd-edition"
-            # The quick setting: a narrow NiN on the first 3,443 training and 500 test images, unresized (28x28),
-            # with He init.
-            QUICK_SETTINGS = dict(variant="mini", resize=28, init="kaiming", lr=0.05, batch_size=32, epochs=5,
-                                  subset=3443, test_subset=500)
+            RECIPE = "d2l-2nd-edition"  # d2l.ai today: lr 0.05, 10 epochs, batch 128, 224x224, Xavier init
+            # The quick setting: the chapter's network with the fast recipe (67x67, He init with the classifier's
+            # 1x1 convs as the identity, Nesterov momentum, weight decay, label smoothing, a one-cycle learning
+            # rate), its schedule spanning 5 epochs, in fp32, on the first 3,443 training and 500 test images.
+            QUICK_SETTINGS = dict(recipe="fast", epochs=5, precision="fp32", subset=3443, test_subset=500)
             DATA_DIR = None  # the four Fashion-MNIST files; None: $NIN_MULTI_DATA_DIR, else downloaded once (30 MB)
             RUNS_DIR = "runs"  # every training writes its run directory below this one"""), (PARAMETERS,)),
         (CODE, src("""
+            import hashlib
             import sys
             import warnings
             from pathlib import Path
@@ -54,19 +59,21 @@ def intro(fw: str) -> list[tuple]:
                 sys.path.insert(0, str(Path.cwd().parent))
 
             import numpy as np
+            import safetensors.numpy
             from IPython.display import Image, display
+            from tqdm.std import tqdm  # a text progress bar: stored with the notebook, it shows wherever it is read
 
             from nin_multi import backends
             from nin_multi.config import TrainConfig
-            from nin_multi.data import CLASSES, load_fashion_mnist, to_float_batch
+            from nin_multi.data import CLASSES, load_fashion_mnist, num_batches, to_float_batch
             from nin_multi.exercises import fmt_bytes, format_resources, resources
             from nin_multi.recipes import get_recipe
-            from nin_multi.run import final_line
+            from nin_multi.run import Run, final_line
             from nin_multi.spec import chapter_spec, make_spec
-            from nin_multi.train import train
-            from nin_multi.weights import load_weights
+            from nin_multi.train import build, evaluate, spec_for, train_epoch
+            from nin_multi.weights import initial_weights, load_weights, save_weights, trained_entry
 
-            # tqdm draws text progress bars here; without ipywidgets it warns first that it will.
+            # Without ipywidgets, tqdm.auto (which the package imports) warns that it draws text bars: as here.
             warnings.filterwarnings("ignore", message="IProgress not found")
 
             FRAMEWORK = "__FW__"
@@ -77,8 +84,11 @@ def intro(fw: str) -> list[tuple]:
             backend.configure(threads=None, seed=0)  # every CPU core, seed 0
             __IMPORTS__
 
-            settings = dict(QUICK_SETTINGS) if QUICK else {k: v for k, v in get_recipe(RECIPE).settings.items()
-                                                           if k not in ("in_channels", "precision")}
+            # A recipe fills in what the settings do not say, as `nin-multi train --recipe` does.
+            if QUICK:
+                settings = {**get_recipe(QUICK_SETTINGS["recipe"]).settings, **QUICK_SETTINGS}
+            else:
+                settings = {**get_recipe(RECIPE).settings, "recipe": RECIPE, "precision": "fp32"}
             print(f"{'quick setting' if QUICK else RECIPE}: {settings}")
             print(f"{FRAMEWORK} computes on {backend.device()}; installed: {', '.join(backends.installed())}")""")
          .replace("__FW__", fw).replace("__IMPORTS__", f["imports"]), ()),
@@ -162,13 +172,76 @@ def training(fw: str) -> list[tuple]:
             y = data.train_labels[:8].astype(np.int64)
             """) + "\n" + f["step"], (BY_HAND,)),
         (MD, src("""
-            The package's loop, `train`, runs the same step over every batch of every epoch, evaluates on the
-            test set after each epoch, and writes the run directory (metrics, a checkpoint per epoch, the weights
-            and `curves.png`)."""), ()),
+            ### One start for all four frameworks
+
+            Every framework draws initial weights with its own random numbers, so four trainings of "the
+            same" network would start from four different points and end apart. Here they start from one
+            file: the setting's initialisation drawn once in NumPy from the seed
+            (`nin_multi.weights.initial_weights`), written as a safetensors file by whichever of the four
+            notebooks gets here first (the same seed gives the same bytes). Its SHA-256,
+            printed below, is the same in all four notebooks."""), ()),
         (CODE, src("""
             cfg = TrainConfig(backend=FRAMEWORK, **settings, data_dir=DATA_DIR, progress=False,
                               out=f"{RUNS_DIR}/{FRAMEWORK}-{'quick' if QUICK else RECIPE}")
-            run_dir, history = train(cfg, overwrite=True)"""), ()),
+            train_spec = spec_for(cfg)  # the network this setting trains, checked against its image size
+            INITIAL = Path(RUNS_DIR) / f"initial-{train_spec.variant}-{cfg.init}-seed{cfg.seed}.safetensors"
+            if not INITIAL.exists():  # the first notebook to get here writes it; the others read it
+                INITIAL.parent.mkdir(parents=True, exist_ok=True)
+                safetensors.numpy.save_file(initial_weights(train_spec, cfg.init, cfg.seed), INITIAL)
+            print(f"initial weights ({cfg.init} init, seed {cfg.seed}): {INITIAL}, "
+                  f"sha256 {hashlib.sha256(INITIAL.read_bytes()).hexdigest()}")"""), (INITIAL_FILE,)),
+        (MD, src(f"""
+            {f['title']} loads the file with its own API into the model the package trains (built first
+            from another random draw, which the file's weights replace); the model then holds exactly the
+            file's numbers:"""), ()),
+        (CODE, src("""
+            model = backend.build_model(train_spec, seed=cfg.seed + 1)  # any start: the file replaces it
+            """) + "\n" + f["start"] + "\n\n" + src("""
+            held = backend.get_weights(model, train_spec)
+            print(f"{FRAMEWORK}'s model holds the file's weights exactly: "
+                  f"{all(np.array_equal(held[k], a) for k, a in safetensors.numpy.load_file(INITIAL).items())}")"""),
+         (LOADED,)),
+        (MD, src("""
+            The training loop is the package's: for every epoch, `train_epoch` runs the framework's training
+            step (forward, loss, gradients, update) over the shuffled batches and `evaluate` scores the test
+            images; the optimizer and its learning-rate schedule come from the settings (`build`). The run
+            directory keeps the metrics, `curves.png` and the trained weights. The bar shows the steps."""), ()),
+        (CODE, src("""
+            ds = load_fashion_mnist(DATA_DIR).subset(cfg.subset, cfg.test_subset)
+            _, make_trainer = build(backend, train_spec, cfg, len(ds.train_images))  # optimizer and schedule
+            trainer = make_trainer(model)
+            run = Run(cfg.out, f"{train_spec.variant} NiN on {FRAMEWORK}", overwrite=True)
+            run.write_config(cfg.to_dict())  # config.json: the settings, and the mark of a run directory
+            steps = cfg.epochs * num_batches(len(ds.train_images), cfg.batch_size)
+            print(f"{train_spec.variant} NiN ({train_spec.num_params:,} parameters) on {FRAMEWORK}: "
+                  f"{len(ds.train_images)} training images at {cfg.resize}x{cfg.resize}, {cfg.epochs} epochs, "
+                  f"{cfg.precision}; run directory {run.path}")
+            with tqdm(total=steps, desc=FRAMEWORK, unit="step", file=sys.stdout) as bar:
+                for epoch in range(cfg.epochs):
+                    row = {"epoch": epoch + 1,
+                           **train_epoch(trainer, ds, cfg, backend.LAYOUT, epoch, log_step=lambda *_: bar.update())}
+                    row["test_loss"], row["test_acc"] = evaluate(trainer, ds.test_images, ds.test_labels, cfg,
+                                                                 backend.LAYOUT)
+                    run.log_epoch(row)  # metrics.csv, metrics.jsonl and curves.png
+                    bar.write(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
+                              f"train acc {row['train_acc']:.3f}, test loss {row['test_loss']:.4f}, "
+                              f"test acc {row['test_acc']:.3f}, {row['examples_per_sec']:.1f} examples/sec")
+                    bar.set_postfix(test_acc=f"{row['test_acc']:.3f}")
+            run.close()
+            save_weights(run.path / "weights.safetensors", train_spec, backend.get_weights(model, train_spec),
+                         trained=trained_entry(cfg.resize, backend.LAYOUT, cfg.precision))
+            run_dir, history = run.path, run.history"""), (TRAINING,)),
+        (MD, src("""
+            ### What differs between the four notebooks
+
+            The four trainings start from the same bytes, see the same images in the same order (the order
+            is drawn in NumPy from the seed) and take the same learning rate at every step. What still
+            differs is what truly differs between the frameworks: each draws its own **dropout masks**, each
+            rounds float32 sums in its own order, and each picks its own **convolution algorithms** (PyTorch
+            and MXNet call oneDNN, TensorFlow its own kernels or oneDNN's, JAX those XLA compiles). Those differences
+            are tiny at the first step and grow over the training, so the four curves run close together
+            without being equal; their final test accuracies differ by a few hundredths at most. The
+            documentation's notebooks page draws the four stored runs on one picture."""), ()),
         (MD, "## Training curves", ()),
         (CODE, src("""
             display(Image(filename=str(run_dir / "curves.png")))"""), (CURVES,)),
@@ -211,8 +284,9 @@ def exercises() -> list[tuple]:
             experiment that answers it. Most answers are costs, computed from the spec alone (no framework, no
             training): parameters, multiply-adds per 224×224 image, and memory at the chapter's batch of 128,
             for prediction (weights and the largest layer's input and output) and for training (weights,
-            gradients and every activation the backward pass keeps). `nin-multi compare --variants ...` trains
-            variants side by side for the accuracy half of an answer (at 224×224: hours on a CPU)."""), ()),
+            gradients and every activation the backward pass keeps). The other half, what each variant learns,
+            and the hyperparameter exercise are answered by experiments: heavy runs made once by a command and
+            stored with the documentation, shown here with that command."""), ()),
         (CODE, src("""
             def cost_table(names, size=224, batch=128):
                 print(f"{'variant':<11} {'weight layers':>13} {'parameters':>12} {'multiply-adds':>15} "
@@ -246,6 +320,25 @@ def exercises() -> list[tuple]:
                   f"({head / fc.num_params:.0%}); "
                   f"{fc.num_params / spec.num_params:.1f}x the chapter's model")"""), ()),
         (MD, src("""
+            **Exercises 1 to 3 by experiment.** Costs are half an answer; the other half is what each variant
+            learns. Each variant trained with the `fast` recipe over several seeds: the mean test accuracy and
+            its standard deviation, the seconds of training, and the parameters. They are heavy runs, made
+            once by the command at the head of the table and stored with the documentation:"""), ()),
+        (CODE, src("""
+            def show_stored(name):
+                \"\"\"A table or picture that an experiment stored in docs/img, with the command that remakes it.\"\"\"
+                path = Path.cwd().parent / "docs" / "img" / name  # this notebook runs in notebooks/
+                if not path.exists():
+                    print(f"docs/img/{name} is not in this checkout; python -m nin_multi study --help "
+                          f"says which command makes it")
+                elif path.suffix == ".png":
+                    display(Image(filename=str(path)))
+                else:
+                    print(path.read_text(encoding="utf-8"))
+
+
+            show_stored("exercises-seeds.txt")"""), (STORED,)),
+        (MD, src("""
             **4. How many resources does NiN use?** Its parameters, its computation, and its memory when it
             trains and when it predicts, layer by layer, at 224×224 and batch 128 (what
             `nin-multi resources` prints):"""), ()),
@@ -272,15 +365,17 @@ def exercises() -> list[tuple]:
         (CODE, 'cost_table(["chapter", "nin-11", "nin-16", "nin-19"])', ()),
         (MD, src("""
             **From the first edition: tune the hyperparameters.** The chapter's initialisation (Xavier) and
-            learning rate (0.1) can leave the loss at ln 10 ≈ 2.30, chance level, for many epochs. Here the
-            training above is repeated with the chapter's two values instead of He init and 0.05:"""), ()),
-        (CODE, src("""
-            runs = {f"{cfg.init} init, lr {cfg.lr}": history}
-            chapter_cfg = TrainConfig(**{**cfg.to_dict(), "init": "xavier", "lr": 0.1, "out": f"{cfg.out}-xavier"})
-            runs["xavier init, lr 0.1"] = train(chapter_cfg, overwrite=True, log=lambda *_: None)[1]
-            for label, h in runs.items():
-                losses = " ".join(f"{r['train_loss']:.3f}" for r in h)
-                print(f"{label:<22} train loss per epoch: {losses}; test acc {h[-1]['test_acc']:.3f}")"""), ()),
+            learning rate (0.1) can leave the loss at ln 10 ≈ 2.30, chance level, for good: the last block's
+            ten class channels are ReLU outputs, and a channel that outputs 0 for every image gives its class
+            a constant score and no gradient, so nothing revives it. When all ten die, every logit is 0 and
+            the loss is exactly ln 10. The collapse study trains the chapter's plain SGD over several seeds at
+            learning rates 0.1 and 0.05 (d2l.ai moved from the first to the second in 2022 for this reason)
+            from each initialisation, counts the runs stuck at ln 10, and names the layer whose channels died;
+            some cases are trained again in every framework in float64, where the four follow one trajectory
+            and get stuck in the same runs. Its table and
+            picture, headed by the command that remakes them (it trains a few dozen runs: the better part of
+            an hour on a 2-core CPU):"""), ()),
+        (CODE, 'show_stored("collapse.txt")\nshow_stored("collapse.png")', (STORED,)),
     ]
 
 
@@ -294,7 +389,10 @@ def summary() -> list[tuple]:
           connected layers: 1,992,166 parameters, where the same convolutions with a 4,096-unit fully
           connected head need about 21 times as many.
         * The model typed out in the framework's own layers and the package's rendering of the spec are the
-          same function; so are the renderings in the other frameworks."""), ())]
+          same function; so are the renderings in the other frameworks.
+        * Trained from one file of initial weights, on the same images in the same order, the four frameworks
+          end close together; what still differs between them is dropout masks, rounding and convolution
+          algorithms."""), ())]
 
 
 def cells(fw: str) -> list[tuple[str, str, tuple[str, ...]]]:

@@ -3,7 +3,9 @@
 ``make_notebooks.py`` puts these pieces into one chapter. Each framework gets the NiN block and the NiN
 model written directly in its own layers, as a reader of the chapter would write them; a function that
 copies canonical weights (OIHW kernels, in the spec's order) into that model through the framework's own
-API; its logits; and the book's shape walk over its layers. Everything else the notebooks share.
+API; its logits; the book's shape walk over its layers; and ``start``, which loads the one initial weights
+file the four trainings share into the package's model with the framework's own safetensors loader, so a
+reader sees each framework take the same bytes. Everything else the notebooks share.
 """
 from __future__ import annotations
 
@@ -73,6 +75,11 @@ TORCH = dict(
             loss.backward()
             optimizer.step()
             print(f"step {step + 1}: loss {loss.item():.4f}")"""),
+    start=src("""
+        from safetensors.torch import load_file
+
+        # The file's names (nin1.conv0.weight, ...) are the rendering's state_dict keys, its kernels OIHW as PyTorch's.
+        model.load_state_dict(load_file(INITIAL))"""),
 )
 
 KERAS = dict(
@@ -137,6 +144,15 @@ KERAS = dict(
             grads = tape.gradient(loss, net.trainable_variables)
             optimizer.apply_gradients(zip(grads, net.trainable_variables))
             print(f"step {step + 1}: loss {float(loss):.4f}")"""),
+    start=src("""
+        from safetensors.tensorflow import load_file
+
+        initial = load_file(INITIAL)  # TensorFlow tensors, kernels OIHW
+        for key in initial:
+            block, conv, kind = key.split(".")  # nin1.conv0.weight: layer conv0 of the Sequential nin1
+            if kind == "weight":  # Keras kernels are HWIO
+                model.get_layer(block).get_layer(conv).set_weights(
+                    [tf.transpose(initial[key], (2, 3, 1, 0)), initial[f"{block}.{conv}.bias"]])"""),
 )
 
 GLUON = dict(
@@ -200,6 +216,12 @@ GLUON = dict(
             loss.backward()
             trainer.step(len(y))  # the gradient of the summed loss, divided by the batch size
             print(f"step {step + 1}: loss {loss.mean().asscalar():.4f}")"""),
+    start=src("""
+        from safetensors.numpy import load_file
+
+        params = model.collect_params()  # nin1_conv0_weight, ...: the file's names with "_" for "."
+        for key, array in load_file(INITIAL).items():  # kernels OIHW, as Gluon's
+            params[key.replace(".", "_")].set_data(nd.array(array))"""),
 )
 
 FLAX = dict(
@@ -308,6 +330,15 @@ FLAX = dict(
             loss, grads = loss_and_grad(params, jnp.asarray(x), jnp.asarray(y), jax.random.PRNGKey(step))
             params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)  # plain SGD
             print(f"step {step + 1}: loss {float(loss):.4f}")"""),
+    start=src("""
+        from safetensors.flax import load_file
+
+        params = {}
+        for key, array in load_file(INITIAL).items():  # JAX arrays, kernels OIHW
+            block, conv, kind = key.split(".")  # nin1.conv0.weight: params["nin1"]["conv0"]["kernel"]
+            leaf = ("kernel", array.transpose(2, 3, 1, 0)) if kind == "weight" else ("bias", array)  # HWIO
+            params.setdefault(block, {}).setdefault(conv, {})[leaf[0]] = leaf[1]
+        model.params = params  # the rendering keeps its parameter tree beside the module; its Trainer reads it"""),
 )
 
 FRAMEWORKS = {"torch": TORCH, "tensorflow": KERAS, "mxnet": GLUON, "jax": FLAX}

@@ -7,6 +7,7 @@ Writing the cells once keeps the four notebooks from drifting apart. Edit the ce
     python notebooks/make_notebooks.py            # rewrite the .ipynb files (outputs kept if no code changed)
     python notebooks/make_notebooks.py --execute  # ... and run them in the quick setting, storing outputs
     python notebooks/make_notebooks.py --check    # exit 1 if a stored notebook's cells differ or lack outputs
+    python notebooks/make_notebooks.py --figures  # the four stored runs on one picture, and their final accuracies
 
 The repository stores them executed (GitHub and the documentation site show every output); execute with
 the sample as ``NIN_MULTI_DATA_DIR``. Every cell has a fixed id, so an unchanged cell changes no byte.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,7 +30,12 @@ from frameworks import FRAMEWORKS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CELL_TIMEOUT = 1800  # seconds; the quick setting's slowest cell takes about a minute on 2 CPU cores
+CELL_TIMEOUT = 3600  # seconds; the quick setting's training cell takes minutes on 2 CPU cores
+CURVES_PNG, FINAL_TXT = ROOT / "docs" / "img" / "notebooks-curves.png", ROOT / "docs" / "img" / "notebooks-final.txt"
+FIGURES_COMMAND = "python notebooks/make_notebooks.py --figures"
+#: A line the training cell prints after every epoch; the figures are read back from the stored notebooks.
+EPOCH_LINE = re.compile(r"^epoch (\d+): train loss (\S+), train acc (\S+), test loss (\S+), test acc (\S+),",
+                        re.MULTILINE)
 
 
 def build(fw: str) -> nbformat.NotebookNode:
@@ -105,8 +112,12 @@ def execute(nb, fw: str) -> float:
 
     # The kernel imports this checkout's package, not another one an editable install may point at.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    if os.environ.get("NIN_MULTI_DATA_DIR"):  # a relative one names a folder from here, not from notebooks/
+        os.environ["NIN_MULTI_DATA_DIR"] = os.path.abspath(os.environ["NIN_MULTI_DATA_DIR"])
     start = time.perf_counter()
-    NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT,
+    # coalesce_streams keeps what a terminal would show of a progress bar's carriage-return frames: its
+    # last state, stored as text that GitHub and the documentation site show as it is.
+    NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT, coalesce_streams=True,
                    resources={"metadata": {"path": str(HERE)}}).execute()
     seconds = time.perf_counter() - start
     home = str(Path.home())
@@ -114,17 +125,77 @@ def execute(nb, fw: str) -> float:
     return seconds
 
 
+def stored_runs() -> dict[str, list[dict]]:
+    """Each stored notebook's epochs (framework title -> rows), read from what its training cell printed:
+    the stored notebooks are the record, the run directories they wrote are not kept."""
+    runs = {}
+    for fw, f in FRAMEWORKS.items():
+        nb = nbformat.read(HERE / f["file"], as_version=4)
+        cells = [c for c in nb.cells if "training" in c.metadata.get("tags", ())]
+        text = "".join(o.get("text", "") for c in cells for o in c.get("outputs", []) if o.output_type == "stream")
+        runs[f["title"]] = [{"epoch": int(m[1]), "train_loss": float(m[2]), "train_acc": float(m[3]),
+                             "test_loss": float(m[4]), "test_acc": float(m[5])} for m in EPOCH_LINE.finditer(text)]
+    return runs
+
+
+def final_table(runs: dict[str, list[dict]]) -> str:
+    """The text of docs/img/notebooks-final.txt: each framework's last epoch and the spread of their accuracies."""
+    lines = [f"# {FIGURES_COMMAND}",
+             "# the four stored notebooks, trained from one file of initial weights: each one's last epoch",
+             f"{'framework':<17} {'epochs':>6} {'train loss':>10} {'test loss':>9} {'test acc':>8}"]
+    for title, rows in runs.items():
+        last = rows[-1]
+        lines.append(f"{title:<17} {last['epoch']:>6} {last['train_loss']:>10.4f} {last['test_loss']:>9.4f} "
+                     f"{last['test_acc']:>8.3f}")
+    finals = [rows[-1]["test_acc"] for rows in runs.values()]
+    lines.append(f"spread of the final test accuracies (largest - smallest): {max(finals) - min(finals):.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def figures() -> None:
+    """docs/img/notebooks-curves.png and notebooks-final.txt from the stored notebooks' printed epochs."""
+    from nin_multi.fileio import write_text
+    from nin_multi.plotting import figure
+
+    runs = stored_runs()
+    empty = [title for title, rows in runs.items() if not rows]
+    if empty:
+        raise SystemExit(f"no training epochs stored in the {', '.join(empty)} notebook(s): "
+                         f"run python {Path(__file__).name} --execute first")
+    with figure(CURVES_PNG, "The four notebooks: the chapter's network trained from one file of initial weights",
+                ncols=2,
+                figsize=(10, 4)) as (_, (acc, loss)):
+        for title, rows in runs.items():
+            epochs = [r["epoch"] for r in rows]
+            acc.plot(epochs, [r["test_acc"] for r in rows], marker="o", label=title)
+            loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label=title)
+        for ax, what in ((acc, "test accuracy"), (loss, "training loss (smoothed labels)")):
+            ax.set_xticks(sorted({r["epoch"] for rows in runs.values() for r in rows}))
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(what)
+            ax.grid(alpha=0.3)
+            ax.legend()
+    write_text(FINAL_TXT, final_table(runs))
+    print(f"wrote {CURVES_PNG.relative_to(ROOT)} and {FINAL_TXT.relative_to(ROOT)}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--check", action="store_true", help="only report notebooks that differ or lack outputs")
-    group.add_argument("--execute", action="store_true", help="also run them (quick setting) and store outputs")
+    group.add_argument("--execute", action="store_true", help="also run them (quick setting) and store outputs; "
+                       "with all four, also remake the figures")
+    group.add_argument("--figures", action="store_true", help=f"only remake {CURVES_PNG.name} and {FINAL_TXT.name} "
+                       "from the stored notebooks")
     parser.add_argument("frameworks", nargs="*", help=f"some of {', '.join(FRAMEWORKS)} (default: all)")
     args = parser.parse_args(argv)
     unknown = [f for f in args.frameworks if f not in FRAMEWORKS]
     if unknown:
         parser.error(f"unknown framework(s) {', '.join(unknown)}; choose from {', '.join(FRAMEWORKS)}")
     chosen = args.frameworks or list(FRAMEWORKS)
+    if args.figures:
+        figures()
+        return 0
     if args.check:
         found = [p for fw in chosen for p in problems(fw)]
         for p in found:
@@ -141,6 +212,8 @@ def main(argv=None) -> int:
             keep_outputs(nbformat.read(path, as_version=4), nb)
         nbformat.write(nb, path)
         print(f"wrote {path}")
+    if args.execute and set(chosen) == set(FRAMEWORKS):
+        figures()
     return 0
 
 
