@@ -65,8 +65,10 @@ def test_signatures_are_the_contracts(backend):
     init = [(n, d) for n, d in parameters(backend.Trainer.__init__)]
     assert [n for n, _ in init] == list(contract.TRAINER_PARAMETERS), "one Trainer constructor for every backend"
     assert dict(init)["precision"] == "fp32" and dict(init)["optim"] is None
-    for step in ("train_step", "eval_step"):
-        assert [n for n, _ in parameters(getattr(backend.Trainer, step))] == ["x", "y"]
+    assert parameters(backend.Trainer.train_step) == [("x", inspect.Parameter.empty), ("y", inspect.Parameter.empty),
+                                                      ("lr", inspect.Parameter.empty), ("total", None)]
+    assert [n for n, _ in parameters(backend.Trainer.train_step)] == list(contract.TRAIN_STEP_PARAMETERS)
+    assert [n for n, _ in parameters(backend.Trainer.eval_step)] == ["x", "y"]
 
 
 def test_a_trainer_is_the_protocols_trainer(backend):
@@ -81,11 +83,11 @@ def test_a_trainer_is_the_protocols_trainer(backend):
     loss, correct = trainer.eval_step(x, y)
     assert np.isfinite(loss) and 0 <= correct <= 4
     if backend.TRAINS:
-        loss, correct = trainer.train_step(x, y)
+        loss, correct = trainer.train_step(x, y, 0.05)
         assert np.isfinite(loss) and isinstance(correct, int)
     else:
         with pytest.raises(ConfigError, match="inference-only"):
-            trainer.train_step(x, y)
+            trainer.train_step(x, y, 0.05)
 
 
 def test_a_data_parallel_companion_is_the_protocols(backend):
@@ -101,12 +103,12 @@ def test_a_data_parallel_companion_is_the_protocols(backend):
     assert engines, "the companion defines its Engine"
     for engine in engines:
         assert isinstance(object.__new__(engine), contract.Engine)
-        assert [n for n, _ in parameters(engine.train_step)] == ["x", "y", "total"]
+        assert [n for n, _ in parameters(engine.train_step)] == list(contract.ENGINE_STEP_PARAMETERS)
 
 
 def test_the_protocols_refuse_what_lacks_a_member():
     class Half:
-        def train_step(self, x, y):
+        def train_step(self, x, y, lr, total=None):
             return 0.0, 0
 
     assert not isinstance(Half(), contract.Trainer)
