@@ -12,7 +12,9 @@ The meaning is the same for every engine: ``--batch-size`` is the global batch; 
 same global batch (order from (seed, epoch), as one process) and computes its contiguous 1/N share of it
 (``Context.shard``: sizes differ by at most one where N does not divide the epoch's last, shorter batch);
 each worker's loss is its examples' summed loss divided by the global batch size, and the engine sums the
-workers' gradients, so the update is the single-process update on the global batch. Evaluation is
+workers' gradients, so the update is the single-process update on the global batch. The engine steps the
+backend's own Trainer (``train_step(x, y, lr, total)``) with the driver's rate, so every optimizer
+setting and precision one process has trains on N workers too. Evaluation is
 sharded the same way and its sums reduced, so it gives one process's numbers. Training metrics are
 reduced every step, so every worker sees the same loss (and stops together if it diverges).
 

@@ -140,8 +140,9 @@ def fp32_recipe(sample_dir, **kw):
 
 
 def cli_args(backend_name, cfg: dict, out) -> list:
-    return ["train", "--backend", backend_name, *[f"--{k.replace('_', '-')}={v}" for k, v in cfg.items()],
-            "--out", str(out), "--no-progress"]
+    """A switch (``nesterov``) is given when true, left out when false."""
+    options = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in cfg.items() if v is not False]
+    return ["train", "--backend", backend_name, *options, "--out", str(out), "--no-progress"]
 
 
 class Processes:
