@@ -113,3 +113,25 @@ def test_the_protocols_refuse_what_lacks_a_member():
 
     assert not isinstance(Half(), contract.Trainer)
     assert not isinstance(Half(), contract.Engine)
+
+
+def test_a_share_of_a_larger_batch_is_its_summed_loss_over_the_global_batch(backend):
+    """``total``: what a data-parallel engine hands the Trainer. With plain SGD a step over a batch that is
+    half of a global batch of twice its size moves the weights as that batch alone would at half the rate."""
+    if backend.DATA_PARALLEL is None:
+        pytest.skip(f"{backend.NAME} has no data-parallel engine, whose steps are shares")
+    spec = make_spec("mini", dropout=0.0, image_size=28)
+    backend.configure(None, 0)
+    x = np.random.default_rng(1).random((4, 1, 28, 28))
+    if backend.LAYOUT == "NHWC":
+        x = x.transpose(0, 2, 3, 1).copy()
+    y = np.array([0, 1, 2, 3], np.int64)
+    moved = []
+    for lr, total in ((0.1, 8), (0.05, None)):
+        model = backend.build_model(spec, "kaiming", 0, dtype="float64")
+        backend.Trainer(model, 0.1, "fp64").train_step(x, y, lr, total)
+        moved.append(backend.get_weights(model, spec))
+    start = backend.get_weights(backend.build_model(spec, "kaiming", 0, dtype="float64"), spec)
+    assert any(not np.array_equal(moved[1][k], start[k]) for k in start)
+    for k in start:
+        np.testing.assert_allclose(moved[0][k], moved[1][k], rtol=1e-12, atol=1e-15, err_msg=k)
