@@ -25,8 +25,14 @@ from nin_multi.config import PRECISIONS  # noqa: F401 - every precision any back
 #: Every backend's Trainer is constructed the same way: ``Trainer(model, lr, precision, optim=None)``.
 #: ``optim``: the optimizer settings beyond the learning rate (a ``nin_multi.optim.SGDSettings``: momentum,
 #: weight decay, schedule, label smoothing; one object, the same for every backend, one meaning in every
-#: framework); None is the chapter's plain SGD.
+#: framework); None is the chapter's plain SGD. ``lr`` is only the rate a Trainer starts with: the driver
+#: hands it every step's rate.
 TRAINER_PARAMETERS = ("model", "lr", "precision", "optim")
+#: ``Trainer.train_step(x, y, lr, total=None)``: the driver's rate for this update (``SGDSettings.lr_at``
+#: of its step counter), and the global batch this batch is a share of (None: this batch alone).
+TRAIN_STEP_PARAMETERS = ("x", "y", "lr", "total")
+#: ``Engine.train_step(x, y, lr, total)``: this worker's share, the step's rate, the global batch size.
+ENGINE_STEP_PARAMETERS = ("x", "y", "lr", "total")
 #: Every backend's ``distribute`` is called the same way; ``cfg`` is the run's ``TrainConfig``.
 DISTRIBUTE_PARAMETERS = ("ctx", "cfg", "make_model", "make_trainer")
 #: ``start_workers(launch, workers, command, env)``: start ``workers`` workers of ``command`` (the train
@@ -47,9 +53,15 @@ class Trainer(Protocol):
     smoothing included); ``eval_step``'s is the plain cross-entropy, so a test loss means the same under
     every recipe and equals ``evaluate``'s. ``precision`` "fp64" takes a float64 model and batches and
     rounds no scalar (the learning rate included) to float32. ``extra_state`` is what a checkpoint keeps
-    beyond the weights (RNG state, optimizer variables), as a dict of numpy values."""
+    beyond the weights (RNG state, optimizer variables), as a dict of numpy values.
 
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]: ...
+    The driver owns the step counter and the schedule: ``train_step`` updates at exactly ``lr`` and keeps
+    no schedule position of its own (an optimizer whose velocity holds the rate, Keras's and Gluon's,
+    rescales it from the rate this Trainer applied last). ``total`` makes the step a data-parallel share:
+    the loss minimized is this batch's summed loss over ``total`` (None: ``len(y)``, the batch mean), so an
+    engine that sums the workers' gradients takes the single-process update of the global batch."""
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, total: Optional[int] = None) -> tuple[float, int]: ...
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]: ...
 
@@ -61,10 +73,12 @@ class Trainer(Protocol):
 @runtime_checkable
 class Engine(Protocol):
     """One worker's part of a data-parallel step: ``train_step`` gets this worker's share of a global
-    batch of ``total`` examples and returns this worker's sums; ``all_sum`` adds float64 values over the
-    workers. ``nin_multi.distributed.ShardedTrainer`` turns an Engine back into a ``Trainer``."""
+    batch of ``total`` examples and the step's rate, steps the backend's own Trainer on it (its
+    ``train_step(x, y, lr, total)``: the same optimizer, schedule, smoothing and precision as one process)
+    with the gradients summed over the workers, and returns this worker's sums; ``all_sum`` adds float64
+    values over the workers. ``nin_multi.distributed.ShardedTrainer`` turns an Engine back into a ``Trainer``."""
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, total: int) -> tuple[float, int]: ...
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, total: int) -> tuple[float, int]: ...
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]: ...
 

@@ -315,10 +315,13 @@ class Trainer:
     def _inputs(self, x, y):
         return jnp.asarray(x, self.in_dtype), jnp.asarray(y, jnp.int32)
 
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, total: int | None = None) -> tuple[float, int]:
+        if total not in (None, len(y)):
+            raise ConfigError("the JAX Trainer steps whole batches only: a share of a larger batch needs a "
+                              "data-parallel engine")
         xs, ys = self._inputs(x, y)
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), self.step)
-        lr = jnp.asarray(self.optim.lr_at(self.step), self.in_dtype)
+        lr = jnp.asarray(lr, self.in_dtype)
         params, self.opt_state, loss, correct = self._train(self.model.params, self.opt_state, xs, ys, key, lr)
         self.model.params = params
         self.step += 1

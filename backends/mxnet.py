@@ -257,9 +257,12 @@ class Trainer:
     """SGD on cross-entropy, the book's Gluon loop: ``trainer.step(batch)`` averages the summed gradient.
     ``optim`` (default: plain SGD at ``lr``) is rendered in Gluon's own optimizer, ``sgd`` with
     ``momentum`` and ``wd`` (``nag`` for Nesterov), and computes PyTorch's meaning (nin_multi/optim.py):
-    ``set_learning_rate`` each step, and ``sgd``'s velocity, which holds the previous step's rate, is
-    carried over by a momentum of ``m * lr_t / lr_{t-1}`` (``nag`` keeps the rate out of its state and
-    needs no correction); label smoothing is the cross-entropy against ``one_hot``'s smoothed targets.
+    ``set_learning_rate`` to the driver's rate each step, and ``sgd``'s velocity, which holds the rate
+    this Trainer applied last (the optimizer's own ``learning_rate``, kept in a checkpoint with its
+    state), is carried over by a momentum of ``m * lr / last`` (``nag`` keeps the rate out of its state
+    and needs no correction); label smoothing is the cross-entropy against ``one_hot``'s smoothed targets.
+    ``with_kvstore`` rebuilds the Gluon Trainer on a data-parallel kvstore (mxnet_dist), the same
+    optimizer object, so a worker steps exactly this Trainer.
 
     Dropout masks come from MXNet's global generator, whose state cannot be read back for a checkpoint.
     Instead each step reseeds it from (seed, step number), so the masks are a function of the step count
@@ -273,20 +276,25 @@ class Trainer:
         self.dtype = _dtype(model)
         check_model_dtype(precision, self.dtype)
         self.seed = carried_seed(model)
-        self.step = 0
+        self.step = 0  # the dropout masks' position, not the schedule's
         self.scaled = _use_amp(model, precision)
         self.optim = o = resolve(lr, optim)
         kwargs = {"learning_rate": o.lr_at(0), "momentum": o.momentum, "wd": o.weight_decay}
-        if precision == "fp64":
-            self.trainer = gluon.Trainer(model.collect_params(), ExactSGD(nesterov=o.nesterov, **kwargs))
-        else:
-            self.trainer = gluon.Trainer(model.collect_params(), "nag" if o.nesterov else "sgd", kwargs)
-        self.carry = o.momentum and not o.nesterov and o.schedule != "constant"  # the velocity holds lr
-        if self.scaled:
-            amp.init_trainer(self.trainer)
+        optimizer = ExactSGD(nesterov=o.nesterov, **kwargs) if precision == "fp64" else \
+            mx.optimizer.create("nag" if o.nesterov else "sgd", **kwargs)
+        self.with_kvstore(optimizer, None)
+        self.carry = o.momentum and not o.nesterov  # the velocity holds the rate
         self.smooth = o.label_smoothing
         self.plain_loss = gluon.loss.SoftmaxCrossEntropyLoss()
         self.loss = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False) if self.smooth else self.plain_loss
+
+    def with_kvstore(self, optimizer, kvstore) -> None:
+        """The Gluon Trainer of ``optimizer`` on ``kvstore`` (None: this process alone); with a kvstore the
+        optimizer stays on the workers, which only sum their gradients through it."""
+        extra = {} if kvstore is None else {"kvstore": kvstore, "update_on_kvstore": False}
+        self.trainer = gluon.Trainer(self.model.collect_params(), optimizer, **extra)
+        if self.scaled:
+            amp.init_trainer(self.trainer)
 
     def _inputs(self, x, y):
         return mx.nd.array(x, ctx=self.ctx, dtype=self.dtype), mx.nd.array(y, ctx=self.ctx, dtype=self.dtype)
@@ -294,12 +302,9 @@ class Trainer:
     def _metrics(self, logits, loss, y: np.ndarray) -> tuple[float, int]:
         return float(loss.sum().asscalar()), int((logits.asnumpy().argmax(1) == y).sum())
 
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        return self.step_over(x, y, len(y))
-
-    def step_over(self, x: np.ndarray, y: np.ndarray, batch: int) -> tuple[float, int]:
-        """A step whose summed gradient is averaged over ``batch`` examples: this batch's in one process;
-        in a data-parallel run the global batch, whose other shares the kvstore adds (mxnet_dist)."""
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, total: int | None = None) -> tuple[float, int]:
+        """The summed gradient averaged over ``total`` examples: this batch's in one process; in a
+        data-parallel run the global batch, whose other shares the kvstore adds (mxnet_dist)."""
         xs, ys = self._inputs(x, y)
         state = np.random.SeedSequence((self.seed, self.step)).generate_state(1)[0]
         mx.random.seed(int(state) & 0x7FFFFFFF, ctx=self.ctx)
@@ -309,11 +314,10 @@ class Trainer:
             loss = self._loss(logits, ys)
             with amp.scale_loss(loss, self.trainer) if self.scaled else nullcontext(loss) as scaled:
                 scaled.backward()
-        t = self.step - 1
-        self.trainer.set_learning_rate(self.optim.lr_at(t))
         if self.carry:
-            self.trainer.optimizer.momentum = self.optim.momentum * self.optim.velocity_scale(t)
-        self.trainer.step(batch)
+            self.trainer.optimizer.momentum = self.optim.momentum * (lr / self.trainer.learning_rate)
+        self.trainer.set_learning_rate(lr)
+        self.trainer.step(total or len(y))
         return self._metrics(logits, loss, y)
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:

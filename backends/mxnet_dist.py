@@ -1,7 +1,8 @@
 """MXNet's data parallelism: the parameter-server kvstore (``dist_sync``), its processes described by
 ``DMLC_*`` variables.
 
-The server sums the workers' gradients and each worker updates its own copy of the weights.
+The server sums the workers' gradients and each worker updates its own copy of the weights with the
+backend's own Trainer (its optimizer, schedule, weight decay, label smoothing and precision).
 ``start_workers`` is ``train --workers N``'s launcher: MXNet's scheduler, one server and N workers on
 127.0.0.1. A scheduler or server is an MXNet process that importing MXNet with ``DMLC_ROLE`` set runs
 until the workers finish.
@@ -12,7 +13,7 @@ import os
 
 import numpy as np
 
-from nin_multi.backends.mxnet import ExactSGD, Trainer, gluon, mx
+from nin_multi.backends.mxnet import Trainer, mx
 from nin_multi.cluster import rank_seed
 from nin_multi.errors import DistributedError
 from nin_multi.host import check_port, free_ports
@@ -67,9 +68,10 @@ def _check_float64(kv) -> None:
 
 class _KVStoreEngine:
     """The server SUMS what the workers push, so each worker backpropagates its examples' summed loss
-    and ``Trainer.step(global batch)`` rescales the sum by 1 / (global batch): one process's update.
-    ``update_on_kvstore=False`` keeps the optimizer on the workers, since a server-side optimizer fixes
-    its rescaling at the first step and the epoch's last batch is shorter.
+    and the Trainer's step over the global batch rescales the sum by 1 / (global batch): one process's
+    update. The Trainer's own optimizer moves onto the kvstore with ``update_on_kvstore=False``, which
+    keeps it on the workers, since a server-side optimizer fixes its rescaling at the first step and the
+    epoch's last batch is shorter (and the driver changes the rate every step).
 
     Rank 0's weights are broadcast through the kvstore by ``_start()`` before the first forward pass,
     not by the Gluon Trainer's lazy initialisation inside its first ``step()``: see ``_start``."""
@@ -78,10 +80,7 @@ class _KVStoreEngine:
 
     def __init__(self, model, trainer: Trainer, kv, ctx):
         self.base, self.kv, self.ctx = trainer, kv, ctx
-        self.lr = trainer.trainer.learning_rate
-        optimizer = ExactSGD(learning_rate=self.lr) if trainer.dtype == "float64" else \
-            mx.optimizer.create("sgd", learning_rate=self.lr)
-        trainer.trainer = gluon.Trainer(model.collect_params(), optimizer, kvstore=kv, update_on_kvstore=False)
+        trainer.with_kvstore(trainer.trainer.optimizer, kv)
         trainer.seed = rank_seed(trainer.seed, ctx.rank)
         self._sum_keys: set = set()
         self._started = False
@@ -114,10 +113,10 @@ class _KVStoreEngine:
                 data.wait_to_read()
         self._started = True
 
-    def train_step(self, x, y, total: int) -> tuple[float, int]:
+    def train_step(self, x, y, lr: float, total: int) -> tuple[float, int]:
         if not self._started:
             self._start()
-        return self.base.step_over(x, y, total)
+        return self.base.train_step(x, y, lr, total)
 
     def eval_step(self, x, y) -> tuple[float, int]:
         if not self._started:

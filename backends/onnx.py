@@ -181,7 +181,7 @@ class Trainer:
             raise _refuse_dtype(f"--precision {precision}")
         self.model = model
 
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, total: int | None = None) -> tuple[float, int]:
         raise ConfigError("onnx is inference-only (onnxruntime runs a fixed graph; it computes no gradients): "
                           "train with torch, tensorflow, mxnet or jax, then evaluate or convert with "
                           "--backend onnx")

@@ -242,13 +242,18 @@ def _dtype_policy(model: keras.Model, policy):
 class Trainer:
     """SGD on cross-entropy with ``tf.GradientTape`` and Keras's ``SGD`` (momentum, Nesterov) as ``optim``
     sets them (default: plain SGD at ``lr``), made to compute PyTorch's meaning (nin_multi/optim.py):
-    the schedule's rate is assigned to the optimizer's learning-rate variable each step, the velocity
-    (which holds the previous rate) is scaled by the rates' ratio first, the coupled weight decay is
-    an L2 term added to the loss (Keras's own ``weight_decay`` is decoupled), and label
-    smoothing is ``CategoricalCrossentropy``'s. Each step is traced once, here, for any batch and image
-    size (the last batch is smaller), under the precision's dtype policy: bf16/fp16 compute, fp32
-    weights, the loss in fp32; fp16 with dynamic loss scaling, on GPUs only; fp64 all in float64, the
-    optimizer's learning rate included."""
+    the driver's rate is assigned to the optimizer's learning-rate variable each step, the velocity
+    (which holds the rate this Trainer applied last, kept in that variable) is scaled by the rates' ratio
+    first, the coupled weight decay is an L2 term added to the loss (Keras's own ``weight_decay`` is
+    decoupled), and label smoothing is ``CategoricalCrossentropy``'s. Each step is traced once, at its
+    first call, for any batch and image size (the last batch is smaller), under the precision's dtype
+    policy: bf16/fp16 compute, fp32 weights, the loss in fp32; fp16 with dynamic loss scaling, on GPUs
+    only; fp64 all in float64, the optimizer's learning rate included.
+
+    The step is two graphs a data-parallel engine can run apart (tf_dist): ``_rate_graph`` (the rate and
+    the velocity, in cross-replica context) and ``_step_graph`` (the gradient and the update, run in each
+    replica by ``strategy.run``); one process traces them as one function. Nothing is traced at
+    construction, so a Trainer built inside a strategy's scope never traces outside a replica context."""
 
     def __init__(self, model: keras.Model, lr: float, precision: str = "fp32", optim: SGDSettings | None = None):
         if precision == "fp16" and device() == "cpu":
@@ -257,73 +262,88 @@ class Trainer:
         check_model_dtype(precision, self.dtype)
         self.model = model
         self.optim = o = resolve(lr, optim)
-        self.updates = 0
         with _floatx(self.dtype):  # Keras losses cast their inputs to the default dtype too
             # A NumPy double: SGD casts a Python float momentum through float32 (0.9 -> 0.899999976, measured)
             self.opt = keras.optimizers.SGD(learning_rate=o.lr_at(0), momentum=np.float64(o.momentum),
                                             nesterov=o.nesterov)
             self.plain_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-            self.loss = (keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=o.label_smoothing)
-                         if o.label_smoothing else self.plain_loss)
+            self.loss = (keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=o.label_smoothing,
+                                                              reduction="sum") if o.label_smoothing else
+                         keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"))
         # Coupled decay as the L2 term whose gradient is wd * w. Not keras.regularizers.L2: it multiplies by
         # its factor as a Python float, which TensorFlow rounds to float32 (5e-12 apart in fp64, measured).
         self.l2 = tf.constant(o.weight_decay / 2, self.dtype) if o.weight_decay else None
         if precision == "fp16":
             self.opt = keras.optimizers.LossScaleOptimizer(self.opt)
         self.opt.build(model.trainable_variables)
-        sgd = getattr(self.opt, "inner_optimizer", self.opt)
-        self.velocities = sgd.momentums if o.schedule != "constant" else []
+        self.velocities = getattr(self.opt, "inner_optimizer", self.opt).momentums
         self.seeds = {layer.name: layer.seed_generator for layer in model.layers
                       if isinstance(layer, keras.layers.Dropout) and layer.rate > 0}
-        sig = (tf.TensorSpec((None, None, None, model.input_shape[-1]), self.dtype),
-               tf.TensorSpec((None,), tf.int64))
-        rates = (tf.TensorSpec((), self.dtype), tf.TensorSpec((), self.dtype))  # the rate, the velocity's scale
-        with _dtype_policy(model, _POLICIES[precision]):
-            self._train = tf.function(self._train_graph, input_signature=sig + rates).get_concrete_function()
-            self._eval = tf.function(self._eval_graph, input_signature=sig).get_concrete_function()
+        self.policy = _POLICIES[precision]
+        self.signature = (tf.TensorSpec((None, None, None, model.input_shape[-1]), self.dtype),
+                          tf.TensorSpec((None,), tf.int64))
+        self._rate = tf.function(self._rate_graph, input_signature=(tf.TensorSpec((), self.dtype),))
+        self._train = self._eval = None
+
+    def traced(self, fn, signature):
+        """``fn`` traced once for ``signature``, under this precision's dtype policy."""
+        with _floatx(self.dtype), _dtype_policy(self.model, self.policy):
+            return tf.function(fn, input_signature=signature).get_concrete_function()
 
     def _metrics(self, logits, y):
         target = tf.one_hot(y, tf.shape(logits)[1], dtype=logits.dtype) if self.optim.label_smoothing else y
         return self.loss(target, logits), tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == y, tf.int32))
 
-    def _train_graph(self, x, y, lr, scale):
-        variables = self.model.trainable_variables
-        self.opt.learning_rate.assign(lr)
+    def _rate_graph(self, lr):
+        """Update at ``lr``: the velocity, which holds the last rate applied, rescaled to it first."""
+        scale = lr / tf.convert_to_tensor(self.opt.learning_rate)
         for v in self.velocities:
             v.assign(v * scale)
+        self.opt.learning_rate.assign(lr)
+
+    def _step_graph(self, x, y, total):
+        """This batch's summed loss over ``total`` (and the L2 term's share of the replicas) minimized; the
+        optimizer sums the replicas' gradients."""
+        variables = self.model.trainable_variables
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         with tf.GradientTape() as tape:
             logits = tf.cast(self.model(x, training=True), self.dtype)
-            loss, correct = self._metrics(logits, y)
-            objective = loss + self.l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables]) \
-                if self.l2 is not None else loss
+            loss_sum, correct = self._metrics(logits, y)
+            objective = loss_sum / tf.cast(total, self.dtype)
+            if self.l2 is not None:
+                l2 = self.l2 / replicas if replicas > 1 else self.l2
+                objective = objective + l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables])
             scaled = self.opt.scale_loss(objective)
         self.opt.apply(tape.gradient(scaled, variables), variables)
-        return loss, correct
+        return loss_sum, correct
+
+    def _train_graph(self, x, y, lr, total):
+        self._rate_graph(lr)
+        return self._step_graph(x, y, total)
 
     def _eval_graph(self, x, y):
         logits = tf.cast(self.model(x, training=False), self.dtype)
         return self.plain_loss(y, logits), tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == y, tf.int32))
 
-    def _result(self, step, x, y) -> tuple[float, int]:
-        loss, correct = step(tf.constant(x, self.dtype), tf.constant(y))
-        return float(loss) * len(y), int(correct)
-
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        o, t = self.optim, self.updates
-        loss, correct = self._train(tf.constant(x, self.dtype), tf.constant(y), tf.constant(o.lr_at(t), self.dtype),
-                                    tf.constant(o.velocity_scale(t), self.dtype))
-        self.updates += 1
-        return float(loss) * len(y), int(correct)
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, total: int | None = None) -> tuple[float, int]:
+        if self._train is None:
+            self._train = self.traced(self._train_graph, self.signature + (tf.TensorSpec((), self.dtype),
+                                                                           tf.TensorSpec((), tf.int64)))
+        loss, correct = self._train(tf.constant(x, self.dtype), tf.constant(y), tf.constant(lr, self.dtype),
+                                    tf.constant(total or len(y), tf.int64))
+        return float(loss), int(correct)
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        return self._result(self._eval, x, y)
+        if self._eval is None:
+            self._eval = self.traced(self._eval_graph, self.signature)
+        loss, correct = self._eval(tf.constant(x, self.dtype), tf.constant(y))
+        return float(loss) * len(y), int(correct)
 
     def extra_state(self) -> dict:
         return _training_state(self.opt, self.seeds)
 
     def load_extra_state(self, state: dict) -> None:
         _load_training_state(self.opt, self.seeds, state)
-        self.updates = int(self.opt.iterations.numpy())
 
 
 def _training_state(opt, seeds: dict) -> dict:

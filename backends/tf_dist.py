@@ -1,7 +1,9 @@
 """TensorFlow's data parallelism: ``MultiWorkerMirroredStrategy``, its workers described by ``TF_CONFIG``.
 
-Each replica's loss is its examples' summed loss over the global batch size and Keras's optimizer sums
-the replicas' gradients (an all-reduce), so the update is one process's on the global batch.
+The engine runs the backend's own Trainer's step in each replica (its optimizer, schedule, weight decay,
+label smoothing and precision): each replica's loss is its examples' summed loss over the global batch
+size and Keras's optimizer sums the replicas' gradients (an all-reduce), so the update is one process's
+on the global batch.
 ``start_workers`` is ``train --workers N``'s launcher: N processes on 127.0.0.1, each given the cluster
 and its own index in ``TF_CONFIG``. TensorFlow's gRPC server cannot be bound to one address (see
 ``nin_multi.isolation``): the workers share a private network namespace where the kernel allows one, and
@@ -13,7 +15,7 @@ import json
 
 import numpy as np
 
-from nin_multi.backends.tf import _dtype, _floatx, _load_training_state, _training_state, keras, tf
+from nin_multi.backends.tf import Trainer, _dtype_policy, _floatx, keras, tf
 from nin_multi.cluster import rank_seed
 from nin_multi.host import check_port, free_ports
 from nin_multi.isolation import (PRIVATE_ENV, join_private_network, new_private_network, private_network_available,
@@ -25,10 +27,9 @@ EXPOSURE = ("TensorFlow's gRPC worker", "runs any graph it is sent (file reads a
 
 def distribute(ctx, cfg, make_model, make_trainer):
     """MultiWorkerMirroredStrategy from ``TF_CONFIG`` (any number of hosts; on a host with GPUs each worker
-    mirrors over them), with the run's timeout on every collective. The model and the optimizer are
-    created inside ``strategy.scope()``, so the engine keeps its own SGD and step (the single-process
-    Trainer's functions are traced outside any replica context and cannot update mirrored variables);
-    ``make_trainer`` is not used."""
+    mirrors over them), with the run's timeout on every collective. The model and the Trainer (its
+    optimizer's variables) are created inside ``strategy.scope()``, so they are mirrored, and the engine
+    runs the Trainer's own step graphs."""
     refuse_unbound(*EXPOSURE)  # its server will listen on every interface, whatever TF_CONFIG says
     host, port = ctx.address.rsplit(":", 1)
     check_port(host, int(port), "this TensorFlow worker", "TF_CONFIG")
@@ -36,28 +37,29 @@ def distribute(ctx, cfg, make_model, make_trainer):
     strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     with strategy.scope():
         model = make_model()
-        engine = _StrategyEngine(strategy, model, cfg.lr, ctx)
+        engine = _StrategyEngine(strategy, make_trainer(model), ctx)
     return model, engine
 
 
 class _StrategyEngine:
-    """Each replica's loss is its examples' summed loss over the global batch size; Keras's optimizer
-    sums the replicas' gradients (an all-reduce), so the update is one process's on the global batch."""
+    """The Trainer's step in every replica: the rate set once, in cross-replica context (``_rate_graph``),
+    then each replica's ``_step_graph``, whose loss is its examples' summed loss over the global batch
+    size; Keras's optimizer sums the replicas' gradients (an all-reduce), so the update is one process's
+    on the global batch."""
 
-    def __init__(self, strategy, model: keras.Model, lr: float, ctx):
-        self.strategy, self.model, self.ctx = strategy, model, ctx
-        self.dtype = _dtype(model)
-        with _floatx(self.dtype):  # float64: the learning rate too (see _floatx)
-            self.opt = keras.optimizers.SGD(learning_rate=lr)
-        self.opt.build(model.trainable_variables)
-        self.seeds = {layer.name: layer.seed_generator for layer in model.layers
-                      if isinstance(layer, keras.layers.Dropout) and layer.rate > 0}
+    def __init__(self, strategy, trainer: Trainer, ctx):
+        self.strategy, self.base, self.ctx = strategy, trainer, ctx
+        self.model, self.dtype, self.seeds = trainer.model, trainer.dtype, trainer.seeds
         self._reseed = lambda: [g.state.assign(g.state * 0 + rank_seed(int(g.state.numpy()[0]), ctx.rank))
                                 for g in self.seeds.values()] if ctx.rank else None
         self._reseed()
         self._train = tf.function(self._train_graph, reduce_retracing=True)
         self._eval = tf.function(self._eval_graph, reduce_retracing=True)
         self._sum = tf.function(self._sum_graph)
+
+    def _scope(self):
+        """What the Trainer traces under: the model's dtype as Keras's default, the precision's policy."""
+        return _floatx(self.dtype), _dtype_policy(self.model, self.base.policy)
 
     def _local(self, x, dtype=None):
         """This worker's share split among its local replicas (one on a CPU; one per GPU)."""
@@ -74,18 +76,7 @@ class _StrategyEngine:
         return logits if logits.dtype == tf.float64 else tf.cast(logits, tf.float32)
 
     def _train_graph(self, x, y, total):
-        model, opt = self.model, self.opt
-
-        def step(x, y):
-            with tf.GradientTape() as tape:
-                logits = self._logits(model, x, True)
-                per = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-                loss_sum = tf.reduce_sum(per)
-                loss = loss_sum / tf.cast(total, loss_sum.dtype)
-            opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
-            return tf.cast(loss_sum, tf.float64), tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == y, tf.float64))
-
-        return self.strategy.run(step, args=(x, y))
+        return self.strategy.run(self.base._step_graph, args=(x, y, total))
 
     def _eval_graph(self, x, y):
         model = self.model
@@ -112,23 +103,27 @@ class _StrategyEngine:
         loss, correct = (sum(t.numpy() for t in self.strategy.experimental_local_results(v)) for v in out)
         return float(loss), int(correct)
 
-    def train_step(self, x, y, total: int) -> tuple[float, int]:
-        with _floatx(self.dtype):  # traced on the first call: Keras's loss casts to the default dtype
-            return self._this_worker(self._train(self._local(x, self.dtype), self._local(y),
-                                                 tf.constant(total, tf.int64)))
+    def train_step(self, x, y, lr: float, total: int) -> tuple[float, int]:
+        floatx, policy = self._scope()
+        with floatx, policy, self.strategy.scope():  # traced on the first call (and the last, shorter batch)
+            self.base._rate(tf.constant(lr, self.dtype))
+            loss, correct = self._this_worker(self._train(self._local(x, self.dtype), self._local(y),
+                                                          tf.constant(total, tf.int64)))
+        return loss, correct
 
     def eval_step(self, x, y) -> tuple[float, int]:
-        with _floatx(self.dtype):
+        floatx, policy = self._scope()
+        with floatx, policy:
             return self._this_worker(self._eval(self._local(x, self.dtype), self._local(y)))
 
     def all_sum(self, values: np.ndarray) -> np.ndarray:
         return self._sum(self._local_copy(tf.constant(values, tf.float64))).numpy()
 
     def extra_state(self) -> dict:
-        return _training_state(self.opt, self.seeds)
+        return self.base.extra_state()
 
     def load_extra_state(self, state: dict) -> None:
-        _load_training_state(self.opt, self.seeds, state)
+        self.base.load_extra_state(state)
         self._reseed()
 
     def close(self) -> None:

@@ -174,27 +174,27 @@ def save_native(model: nn.Module, path) -> None:
 class Trainer:
     """SGD on cross-entropy: ``torch.optim.SGD`` (momentum, Nesterov, weight decay) and
     ``CrossEntropyLoss(label_smoothing)`` as ``optim`` sets them (default: plain SGD at ``lr``), the
-    schedule's rate set in the optimizer's parameter group before each update; PyTorch's formulas are
+    driver's rate set in the optimizer's parameter group before each update; PyTorch's formulas are
     the meaning every backend computes (nin_multi/optim.py). Channels-last memory layout by default: the
     same numbers (fp32 rounding aside), measured 1.5x faster on CPU convolutions; bf16/fp16 via autocast,
     loss kept in fp32; fp64 all in float64 (``torch.optim.SGD`` applies the learning rate as a Python
     float, a double). ``CHANNELS_LAST = False`` in a subclass keeps PyTorch's default layout (bench's
-    plain-PyTorch peer)."""
+    plain-PyTorch peer). ``net`` is what a step calls: the model, or the data-parallel engine's wrapper
+    around it (torch_dist's ``DistributedDataParallel``), so the engine steps this same optimizer."""
 
     CHANNELS_LAST = True
 
     def __init__(self, model: nn.Module, lr: float, precision: str = "fp32", optim: SGDSettings | None = None):
         self.dtype = _dtype(model)
         check_model_dtype(precision, str(self.dtype).removeprefix("torch."))
-        self.model = model
+        self.model = self.net = model
         self.dev = torch.device(device())
         self.memory_format = torch.channels_last if self.CHANNELS_LAST else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.optim = o = resolve(lr, optim)
         self.opt = torch.optim.SGD(model.parameters(), lr=o.lr_at(0), momentum=o.momentum, nesterov=o.nesterov,
                                    weight_decay=o.weight_decay)
-        self.updates = 0
-        self.loss = nn.CrossEntropyLoss(label_smoothing=o.label_smoothing)
+        self.loss = nn.CrossEntropyLoss(label_smoothing=o.label_smoothing, reduction="sum")
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.autocast = (lambda: torch.autocast(self.dev.type, dtype=dtype)) if dtype else nullcontext
         self.scaler = torch.amp.GradScaler(self.dev.type, enabled=precision == "fp16")
@@ -203,20 +203,19 @@ class Trainer:
         x = torch.from_numpy(x).to(self.dev, dtype=self.dtype).contiguous(memory_format=self.memory_format)
         return x, torch.from_numpy(y).to(self.dev)
 
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, total: int | None = None) -> tuple[float, int]:
         x, y = self._inputs(x, y)
-        self.model.train()
+        self.net.train()
         with self.autocast():
-            logits = self.model(x)
-        loss = self.loss(logits.to(self.dtype), y)  # fp32 (fp64) even when autocast computed in bf16
+            logits = self.net(x)
+        loss_sum = self.loss(logits.to(self.dtype), y)  # fp32 (fp64) even when autocast computed in bf16
         self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss_sum / (total or len(y))).backward()
         for group in self.opt.param_groups:
-            group["lr"] = self.optim.lr_at(self.updates)
+            group["lr"] = lr
         self.scaler.step(self.opt)
         self.scaler.update()
-        self.updates += 1
-        return loss.item() * len(y), int((logits.argmax(1) == y).sum())
+        return loss_sum.item(), int((logits.argmax(1) == y).sum())
 
     @torch.no_grad()
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
@@ -227,9 +226,9 @@ class Trainer:
         return nn.functional.cross_entropy(logits, y).item() * len(y), int((logits.argmax(1) == y).sum())
 
     def extra_state(self) -> dict:
-        """What a checkpoint needs beyond the weights: the dropout RNG, the updates taken (the schedule's
-        position) and the momentum buffers, in parameter order."""
-        state = {"torch_rng": torch.get_rng_state().numpy(), "torch_updates": np.int64(self.updates)}
+        """What a checkpoint needs beyond the weights: the dropout RNG and the momentum buffers, in
+        parameter order (the step count is the driver's)."""
+        state = {"torch_rng": torch.get_rng_state().numpy()}
         for i, p in enumerate(self.model.parameters()):
             buf = self.opt.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
@@ -238,7 +237,6 @@ class Trainer:
 
     def load_extra_state(self, state: dict) -> None:
         torch.set_rng_state(torch.from_numpy(np.asarray(state["torch_rng"], dtype=np.uint8)))
-        self.updates = int(state.get("torch_updates", 0))
         for i, p in enumerate(self.model.parameters()):
             if f"torch_momentum.{i}" in state:
                 buf = torch.empty_like(p)  # the parameter's memory format (channels-last)

@@ -1,9 +1,11 @@
 """PyTorch's data parallelism: ``DistributedDataParallel`` in processes that ``torchrun`` starts.
 
 ``distribute`` joins torchrun's process group (gloo on CPU, NCCL on CUDA) and wraps the model; the
-engine scales each worker's summed loss so that DDP's gradient mean is one process's on the global
-batch. ``start_workers`` is ``train --workers N``'s launcher: PyTorch's own ``torchrun`` (its argument
-parser, rendezvous and elastic agent, ``torch.distributed.run.run``) run as ``python -m`` this module,
+engine steps the backend's own Trainer (its optimizer, schedule, label smoothing, precision) through the
+wrapper, each worker minimizing its share's summed loss over the global batch, and DDP's reduction is
+made a sum, so the update is one process's on the global batch. ``start_workers`` is ``train --workers
+N``'s launcher: PyTorch's own ``torchrun`` (its argument parser, rendezvous and elastic agent,
+``torch.distributed.run.run``) run as ``python -m`` this module,
 minus the uncaught ``ChildFailedError`` that the ``torchrun`` command turns into a page of traceback
 when a worker dies. A failed worker is written to ``$NIN_MULTI_TORCHRUN_REPORT`` (JSON: its rank and
 exit status, negative for a signal, as ``subprocess`` reports them), so that the launcher names it in its
@@ -72,29 +74,28 @@ def _own_store(ctx, timeout) -> dict:
     return {"store": store, "rank": ctx.rank, "world_size": ctx.world_size}
 
 
+def _sum_hook(_, bucket):
+    """DDP's gradient reduction as a sum (its default hook divides by the workers first): each worker's
+    loss is already its share of the global batch's mean."""
+    return tdist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda f: f.value()[0])
+
+
 class _DDPEngine:
-    """One worker's share of a global-batch step: its summed loss times N / (global batch) so that DDP's
-    gradient mean over N workers is the single-process mean over the global batch."""
+    """One worker's share of a global-batch step: the single-process Trainer's ``train_step`` with the
+    global batch size, its forward pass through ``DistributedDataParallel`` (``Trainer.net``), whose
+    summed gradients make one process's update on the global batch."""
 
     def __init__(self, model: nn.Module, trainer: Trainer, ctx):
         self.base, self.ctx, self.tdist = trainer, ctx, tdist
         ids = [ctx.local_rank] if torch.cuda.is_available() else None
         self.ddp = DistributedDataParallel(model, device_ids=ids)
-        self.loss = nn.CrossEntropyLoss(reduction="sum")
+        self.ddp.register_comm_hook(None, _sum_hook)
+        trainer.net = self.ddp
         self.seed = torch.initial_seed()
         torch.manual_seed(rank_seed(self.seed, ctx.rank))
 
-    def train_step(self, x, y, total: int) -> tuple[float, int]:
-        x, y = self.base._inputs(x, y)
-        self.ddp.train()
-        with self.base.autocast():
-            logits = self.ddp(x)
-        logits = logits.to(self.base.dtype)  # fp32 (fp64) even when autocast computed in bf16
-        loss = self.loss(logits, y)
-        self.base.opt.zero_grad(set_to_none=True)
-        (loss * (self.ctx.world_size / total)).backward()
-        self.base.opt.step()
-        return loss.item(), int((logits.argmax(1) == y).sum())
+    def train_step(self, x, y, lr: float, total: int) -> tuple[float, int]:
+        return self.base.train_step(x, y, lr, total)
 
     def eval_step(self, x, y) -> tuple[float, int]:
         return self.base.eval_step(x, y)

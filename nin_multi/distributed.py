@@ -12,7 +12,9 @@ The meaning is the same for every engine: ``--batch-size`` is the global batch; 
 same global batch (order from (seed, epoch), as one process) and computes its contiguous 1/N share of it
 (``Context.shard``: sizes differ by at most one where N does not divide the epoch's last, shorter batch);
 each worker's loss is its examples' summed loss divided by the global batch size, and the engine sums the
-workers' gradients, so the update is the single-process update on the global batch. Evaluation is
+workers' gradients, so the update is the single-process update on the global batch. The engine steps the
+backend's own Trainer (``train_step(x, y, lr, total)``) with the driver's rate, so every optimizer
+setting and precision one process has trains on N workers too. Evaluation is
 sharded the same way and its sums reduced, so it gives one process's numbers. Training metrics are
 reduced every step, so every worker sees the same loss (and stops together if it diverges).
 
@@ -122,8 +124,6 @@ def check_config(ctx: Context, cfg, n_train: int, n_test: int) -> None:
         if 0 < last < n:
             raise ConfigError(f"the {split} set's last batch has {last} example(s), fewer than the {n} workers: "
                               f"change --batch-size or --{'subset' if split == 'training' else 'test-subset'}")
-    if cfg.precision not in ("fp32", "fp64"):
-        raise ConfigError(f"--precision {cfg.precision} is not supported with several workers yet; use fp32")
 
 
 # -- the watchdog: no collective waits forever --------------------------------------------------------
@@ -180,17 +180,18 @@ class Watchdog:
 class ShardedTrainer:
     """What the driver's loop sees in a distributed run: the single-process Trainer's interface.
 
-    It receives the global batch, hands this worker's share to the backend's engine with the global
-    size (for the loss scale), and returns the sums over all workers."""
+    It receives the global batch and the driver's rate for this step, hands this worker's share to the
+    backend's engine with the rate and the global size (for the loss scale), and returns the sums over all
+    workers."""
 
     def __init__(self, engine, ctx: Context):
         self.engine, self.ctx = engine, ctx
         self.watchdog = Watchdog(ctx)
 
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, total: Optional[int] = None) -> tuple[float, int]:
         part = self.ctx.shard(len(y))
         with self.watchdog.guard("a training step"):
-            loss, correct = self.engine.train_step(x[part], y[part], len(y))
+            loss, correct = self.engine.train_step(x[part], y[part], lr, total or len(y))
             return self._total(loss, correct)
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:

@@ -17,9 +17,11 @@ The meaning here is PyTorch's: coupled L2 weight decay on every parameter, ``buf
 smoothed to ``(1 - eps) * onehot + eps / K``. Keras and Gluon reach it with their own optimizers plus one
 correction: before step ``t`` their velocity is scaled by ``lr_t / lr_{t-1}`` (``velocity_scale``), which
 turns ``-lr_{t-1} * buf`` into ``-lr_t * buf``; Keras gets the coupled decay as ``wd * w`` added to each
-gradient instead of its decoupled ``weight_decay``. ``lr_at`` is plain Python, evaluated by every
-framework on the same step count, so the schedule is the same numbers everywhere (a double; fp64 runs
-keep it so).
+gradient instead of its decoupled ``weight_decay``. ``lr_at`` is plain Python, evaluated by the training
+driver on its one step counter and handed to the Trainer of whichever framework, so the schedule is the
+same numbers everywhere (a double; fp64 runs keep it so) and the rate logged is the rate applied. A
+Trainer keeps no schedule position: Keras and Gluon take the previous rate for ``velocity_scale`` from
+their optimizer, which holds the rate it applied last.
 """
 from __future__ import annotations
 

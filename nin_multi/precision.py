@@ -154,17 +154,19 @@ def time_steps(backend, spec, cfg: TrainConfig, precision: str, stop_above: Opti
     ``(the untimed step's seconds, True)`` when that step alone took longer than ``stop_above``."""
     dtype = param_dtype(precision)
     model = backend.build_model(spec, "kaiming", cfg.seed, dtype=dtype)
-    trainer = backend.Trainer(model, cfg.lr, precision, optim=optim.from_config(cfg, 1))
+    settings = optim.from_config(cfg, 1)
+    trainer = backend.Trainer(model, cfg.lr, precision, optim=settings)
     x, y = _batch(cfg, backend.LAYOUT, dtype)
+    lr = settings.lr_at(0)
     t0 = time.perf_counter()
-    trainer.train_step(x, y)
+    trainer.train_step(x, y, lr)
     first = time.perf_counter() - t0
     if stop_above is not None and first > stop_above:
         return first, True
     times, t_start = [], time.perf_counter()
     while len(times) < MAX_STEPS and (not times or time.perf_counter() - t_start < STEP_BUDGET_S):
         t0 = time.perf_counter()
-        trainer.train_step(x, y)
+        trainer.train_step(x, y, lr)
         times.append(time.perf_counter() - t0)
     return min(times), False
 

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from .checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
 from .errors import ConfigError, RunDirError, WeightsError
 from .run import CONFIG, WEIGHTS, Run, read_metrics
@@ -44,6 +46,21 @@ def read_run_config(run_dir: Path) -> dict:
     return saved
 
 
+#: The checkpoint's key for the driver's step counter: the updates taken over the whole run, whatever framework.
+STEP = "step"
+#: Where checkpoints written before the driver kept the count held it: each backend's own counter.
+_OLD_STEP_KEYS = ("torch_updates", "mx_step", "jax_step")
+
+
+def steps_done(state: dict, epochs_done: int, steps_per_epoch: int) -> int:
+    """The updates a checkpoint's run had taken: its ``step``, else an older checkpoint's backend counter,
+    else (TensorFlow's, which kept the count inside its optimizer's variables) every epoch's batches."""
+    for key in (STEP, *_OLD_STEP_KEYS):
+        if key in state:
+            return int(np.asarray(state[key]))
+    return epochs_done * steps_per_epoch
+
+
 def load_latest(run_dir: Path, backend, model, spec, trainer):
     """The newest intact checkpoint's weights into ``model`` and its state into ``trainer`` (a run continued
     in another framework keeps the weights only); returns what was read and the notes for the user."""
@@ -68,14 +85,14 @@ def load_latest(run_dir: Path, backend, model, spec, trainer):
     return r, notes
 
 
-def restore(run: Run, backend, model, spec, trainer, log=print) -> int:
+def restore(run: Run, backend, model, spec, trainer, log=print):
     """Load the newest intact checkpoint into ``model`` and ``trainer`` and the metrics up to it into
-    ``run``; returns the epochs it completed (0 without a checkpoint). Says what it skipped and, for a
-    run continued in another framework, what does not carry over."""
+    ``run``; returns what was read (``epochs_done`` 0 without a checkpoint). Says what it skipped and,
+    for a run continued in another framework, what does not carry over."""
     r, notes = load_latest(run.path, backend, model, spec, trainer)
     if r.path is None:  # stopped before its first checkpoint: start again
         run.set_history([])
-        return 0
+        return r
     history = r.history
     try:
         on_disk = read_metrics(run.path)
@@ -89,26 +106,26 @@ def restore(run: Run, backend, model, spec, trainer, log=print) -> int:
     run.set_history(history[:r.epochs_done])
     for note in notes:
         log(note)
-    return r.epochs_done
+    return r
 
 
 class Record:
     """What the loop keeps of a run: ``run`` is rank 0's ``Run`` (None on another worker, which only
-    reads the directory at ``path``); ``done`` counts the epochs with a checkpoint on disk."""
+    reads the directory at ``path``); ``done`` counts the epochs with a checkpoint on disk, ``step`` the
+    updates taken up to it (the driver's step counter, kept in the checkpoint once, for every framework)."""
 
     def __init__(self, run: Optional[Run], path):
-        self.run, self.path, self.done = run, Path(path), 0
+        self.run, self.path, self.done, self.step = run, Path(path), 0, 0
         self.log_step = run.log_step if run else None  # every step's loss to the run's event file
 
     @property
     def history(self) -> list[dict]:
         return self.run.history if self.run else []
 
-    def restore(self, backend, model, spec, trainer, log=print) -> int:
-        if self.run:
-            self.done = restore(self.run, backend, model, spec, trainer, log)
-        else:
-            self.done = load_latest(self.path, backend, model, spec, trainer)[0].epochs_done
+    def restore(self, backend, model, spec, trainer, steps_per_epoch: int, log=print) -> int:
+        r = restore(self.run, backend, model, spec, trainer, log) if self.run else \
+            load_latest(self.path, backend, model, spec, trainer)[0]
+        self.done, self.step = r.epochs_done, steps_done(r.state, r.epochs_done, steps_per_epoch)
         return self.done
 
     def start(self, title: str, backend_name: str, config: dict) -> None:
@@ -120,13 +137,16 @@ class Record:
         self.run.title = title.replace(f" on {backend_name}:", f" on {ran_on}:", 1)
         self.run.write_config(config)
 
-    def epoch(self, row: dict, spec, weights: dict, state: dict, config: dict, trained: Optional[dict] = None) -> None:
+    def epoch(self, row: dict, spec, weights: dict, state: dict, config: dict, trained: Optional[dict] = None,
+              step: int = 0) -> None:
         """The checkpoint first, holding this epoch's metrics too: metrics files never run ahead of it.
-        ``trained`` (``weights.trained_entry``) goes into the checkpoint and the final weights alike."""
+        ``trained`` (``weights.trained_entry``) goes into the checkpoint and the final weights alike;
+        ``step``, the updates taken so far, beside the Trainer's ``state``."""
         if self.run:
-            save_checkpoint(self.path, spec, weights, state, row["epoch"] - 1, row["backend"], config,
-                            self.run.history + [row], trained)
-        self.done = row["epoch"]  # before the metrics, plot and events: a stop there still names this checkpoint
+            save_checkpoint(self.path, spec, weights, {**state, STEP: np.int64(step)}, row["epoch"] - 1,
+                            row["backend"], config, self.run.history + [row], trained)
+        # before the metrics, plot and events: a stop there still names this checkpoint
+        self.done, self.step = row["epoch"], step
         if self.run:
             self.run.log_epoch(row)
 

@@ -79,22 +79,26 @@ def evaluate(trainer, images, labels, cfg: TrainConfig, layout: str, desc: str =
 
 
 def train_epoch(trainer, ds, cfg: TrainConfig, layout: str, epoch: int, order=None, step_losses=None,
-                log_step=None, prefetch: int = 2) -> dict:
-    """One pass over the training set; ``step_losses``, a list, receives every batch's mean loss (what
-    ``reproduce`` compares step by step between frameworks); ``log_step(step, mean loss, lr)`` (a
-    ``Run``'s) is called after every step, ``step`` counted from 1 over the whole run. ``prefetch=0``
-    prepares each batch only when the step asks for it (bench measures what prefetching hides)."""
+                log_step=None, prefetch: int = 2, step: Optional[int] = None) -> dict:
+    """One pass over the training set. The driver owns the step and the rate: update ``step`` (0-based over
+    the whole run; by default every earlier epoch's batches) is taken at ``lr_at(step)`` of the run's
+    optimizer settings, handed to the Trainer, and that rate is what ``log_step(step + 1, mean loss, lr)``
+    (a ``Run``'s, counting from 1) records. ``step_losses``, a list, receives every batch's mean loss (what
+    ``reproduce`` compares step by step between frameworks). ``prefetch=0`` prepares each batch only when
+    the step asks for it (bench measures what prefetching hides)."""
     n = len(ds.train_images)
-    first_step = epoch * data_mod.num_batches(n, cfg.batch_size) + 1
+    steps = data_mod.num_batches(n, cfg.batch_size)
+    settings = optim.from_config(cfg, steps)
+    first_step = epoch * steps if step is None else step
     loss_sum, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
     batches = data_mod.batches(ds.train_images, ds.train_labels, cfg.batch_size, cfg.resize, layout,
                                shuffle=True, seed=cfg.seed, epoch=epoch, order=order,
                                dtype=param_dtype(cfg.precision), channels=cfg.in_channels, prefetch=prefetch)
-    with progress(data_mod.num_batches(n, cfg.batch_size), f"epoch {epoch + 1}/{cfg.epochs}",
-                  cfg.progress) as bar:
+    with progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress) as bar:
         for i, (x, y) in enumerate(batches):
-            l, c = trainer.train_step(x, y)
+            lr = settings.lr_at(first_step + i)
+            l, c = trainer.train_step(x, y, lr)
             if not math.isfinite(l):
                 raise TrainingDivergedError(
                     f"the training loss became {l} at epoch {epoch + 1}, batch {i + 1}: training diverged. "
@@ -104,7 +108,7 @@ def train_epoch(trainer, ds, cfg: TrainConfig, layout: str, epoch: int, order=No
             if step_losses is not None:
                 step_losses.append(l / len(y))
             if log_step is not None:
-                log_step(first_step + i, l / len(y), cfg.lr)
+                log_step(first_step + i + 1, l / len(y), lr)
             bar.update()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
     seconds = time.perf_counter() - t0
@@ -131,7 +135,8 @@ def resume(run_dir, epochs: Optional[int] = None, progress_bar: bool = True, log
 def build(backend, spec, cfg: TrainConfig, n_train: int):
     """The one place a model and its Trainer are made: ``(make_model, make_trainer)``, called by
     ``World.prepare`` (a data-parallel engine builds them where it needs them, TensorFlow's inside its
-    strategy's scope). The optimizer's settings enter the Trainer here, once for every backend."""
+    strategy's scope). The optimizer's settings enter the Trainer here, once for every backend; the rate
+    of each step is the driver's (``train_epoch``)."""
     settings = optim.from_config(cfg, data_mod.num_batches(n_train, cfg.batch_size))
 
     def make_model():
@@ -155,15 +160,6 @@ def choose_precision(backend, spec: NiNSpec, cfg: TrainConfig):
     return resolve_precision(backend, spec, cfg, versions(backend.NAME))
 
 
-def check_plain_for_workers(cfg: TrainConfig) -> None:
-    """The data-parallel engines step the chapter's plain SGD only; said before a launcher starts
-    anything (and again in each worker, for a resumed run whose settings only the run directory holds)."""
-    if not optim.from_config(cfg, 1).plain:
-        raise ConfigError("--workers trains with the chapter's plain SGD only (no --momentum, --weight-decay, "
-                          "--label-smoothing or --schedule, as the fast recipe sets): train this recipe in one "
-                          "process")
-
-
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
           log=print) -> tuple[Path, list[dict]]:
     """Train ``cfg`` (left as it is) in a new run directory, or continue the one at ``cfg.out``."""
@@ -183,8 +179,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     cfg = dataclasses.replace(cfg, backend=backend.NAME)
     check_runs_here(backend.NAME, cfg.precision, backend.device())
     spec, ds = spec_for(cfg), load_data(cfg)
-    if world.size > 1:
-        check_plain_for_workers(cfg)
     cfg, choice = choose_precision(backend, spec, cfg)
     model, trainer = world.prepare(backend, cfg, *build(backend, spec, cfg, len(ds.train_images)),
                                    len(ds.train_images), len(ds.test_images))
@@ -192,7 +186,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     cfg = dataclasses.replace(cfg, out=str(record.path), progress=cfg.progress and world.is_main)
     log = log if world.is_main else _silent  # only rank 0 writes the run directory and the console
     try:
-        start = record.restore(backend, model, spec, trainer, log) if resume else 0
+        steps = data_mod.num_batches(len(ds.train_images), cfg.batch_size)
+        start = record.restore(backend, model, spec, trainer, steps, log) if resume else 0
         world.check_same_weights(backend.get_weights(model, spec))
         record.start(_title(cfg, spec, len(ds.train_images)), backend.NAME, {**cfg.to_dict(), **grayscale_note(spec)})
         announce(world, cfg, backend, spec, len(ds.train_images), start, log)
@@ -276,13 +271,16 @@ def fit(trainer, ds, cfg: TrainConfig, backend, model, spec: NiNSpec, record: Re
     ``wall_seconds`` is the training's wall time so far (every train and test pass from the first step,
     continued on resume): the time to each accuracy."""
     t0 = time.perf_counter() - (record.history[-1].get("wall_seconds", 0.0) if record.history else 0.0)
+    step, steps = record.step, data_mod.num_batches(len(ds.train_images), cfg.batch_size)
     for epoch in range(start, cfg.epochs):
-        row = {"epoch": epoch + 1, **train_epoch(trainer, ds, cfg, backend.LAYOUT, epoch, log_step=record.log_step)}
+        row = {"epoch": epoch + 1, **train_epoch(trainer, ds, cfg, backend.LAYOUT, epoch, log_step=record.log_step,
+                                                 step=step)}
+        step += steps
         row["test_loss"], row["test_acc"] = evaluate(trainer, ds.test_images, ds.test_labels, cfg,
                                                      backend.LAYOUT, "test")
         row["backend"] = backend.NAME
         row["wall_seconds"] = time.perf_counter() - t0
         record.epoch(row, spec, backend.get_weights(model, spec), trainer.extra_state(), cfg.to_dict(),
-                     trained_entry(cfg.resize, backend.LAYOUT, cfg.precision))
+                     trained_entry(cfg.resize, backend.LAYOUT, cfg.precision), step)
         log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, train acc {row['train_acc']:.3f}, "
             f"test acc {row['test_acc']:.3f}, {row['examples_per_sec']:.1f} examples/sec")

@@ -185,7 +185,7 @@ def test_sgd_steps_agree_across_frameworks(sample_dir):
         losses = []
         for i in range(3):
             x = to_float_batch(ds.train_images[i * 32:(i + 1) * 32], 28, backend.LAYOUT)
-            losses.append(trainer.train_step(x, ds.train_labels[i * 32:(i + 1) * 32].astype(np.int64))[0])
+            losses.append(trainer.train_step(x, ds.train_labels[i * 32:(i + 1) * 32].astype(np.int64), 0.05)[0])
         results[name] = losses, backend.get_weights(model, spec)
     if len(results) < 2:
         pytest.skip("needs at least two installed backends")

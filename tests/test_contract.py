@@ -65,8 +65,10 @@ def test_signatures_are_the_contracts(backend):
     init = [(n, d) for n, d in parameters(backend.Trainer.__init__)]
     assert [n for n, _ in init] == list(contract.TRAINER_PARAMETERS), "one Trainer constructor for every backend"
     assert dict(init)["precision"] == "fp32" and dict(init)["optim"] is None
-    for step in ("train_step", "eval_step"):
-        assert [n for n, _ in parameters(getattr(backend.Trainer, step))] == ["x", "y"]
+    assert parameters(backend.Trainer.train_step) == [("x", inspect.Parameter.empty), ("y", inspect.Parameter.empty),
+                                                      ("lr", inspect.Parameter.empty), ("total", None)]
+    assert [n for n, _ in parameters(backend.Trainer.train_step)] == list(contract.TRAIN_STEP_PARAMETERS)
+    assert [n for n, _ in parameters(backend.Trainer.eval_step)] == ["x", "y"]
 
 
 def test_a_trainer_is_the_protocols_trainer(backend):
@@ -81,11 +83,11 @@ def test_a_trainer_is_the_protocols_trainer(backend):
     loss, correct = trainer.eval_step(x, y)
     assert np.isfinite(loss) and 0 <= correct <= 4
     if backend.TRAINS:
-        loss, correct = trainer.train_step(x, y)
+        loss, correct = trainer.train_step(x, y, 0.05)
         assert np.isfinite(loss) and isinstance(correct, int)
     else:
         with pytest.raises(ConfigError, match="inference-only"):
-            trainer.train_step(x, y)
+            trainer.train_step(x, y, 0.05)
 
 
 def test_a_data_parallel_companion_is_the_protocols(backend):
@@ -101,13 +103,35 @@ def test_a_data_parallel_companion_is_the_protocols(backend):
     assert engines, "the companion defines its Engine"
     for engine in engines:
         assert isinstance(object.__new__(engine), contract.Engine)
-        assert [n for n, _ in parameters(engine.train_step)] == ["x", "y", "total"]
+        assert [n for n, _ in parameters(engine.train_step)] == list(contract.ENGINE_STEP_PARAMETERS)
 
 
 def test_the_protocols_refuse_what_lacks_a_member():
     class Half:
-        def train_step(self, x, y):
+        def train_step(self, x, y, lr, total=None):
             return 0.0, 0
 
     assert not isinstance(Half(), contract.Trainer)
     assert not isinstance(Half(), contract.Engine)
+
+
+def test_a_share_of_a_larger_batch_is_its_summed_loss_over_the_global_batch(backend):
+    """``total``: what a data-parallel engine hands the Trainer. With plain SGD a step over a batch that is
+    half of a global batch of twice its size moves the weights as that batch alone would at half the rate."""
+    if backend.DATA_PARALLEL is None:
+        pytest.skip(f"{backend.NAME} has no data-parallel engine, whose steps are shares")
+    spec = make_spec("mini", dropout=0.0, image_size=28)
+    backend.configure(None, 0)
+    x = np.random.default_rng(1).random((4, 1, 28, 28))
+    if backend.LAYOUT == "NHWC":
+        x = x.transpose(0, 2, 3, 1).copy()
+    y = np.array([0, 1, 2, 3], np.int64)
+    moved = []
+    for lr, total in ((0.1, 8), (0.05, None)):
+        model = backend.build_model(spec, "kaiming", 0, dtype="float64")
+        backend.Trainer(model, 0.1, "fp64").train_step(x, y, lr, total)
+        moved.append(backend.get_weights(model, spec))
+    start = backend.get_weights(backend.build_model(spec, "kaiming", 0, dtype="float64"), spec)
+    assert any(not np.array_equal(moved[1][k], start[k]) for k in start)
+    for k in start:
+        np.testing.assert_allclose(moved[0][k], moved[1][k], rtol=1e-12, atol=1e-15, err_msg=k)

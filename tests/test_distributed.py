@@ -16,16 +16,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nin_multi import host
+from nin_multi import host, optim
 from nin_multi.backends import capabilities
 from nin_multi.config import TrainConfig
 from nin_multi.cluster import Context, from_env
 from nin_multi.distributed import check_config, strip_workers
 from nin_multi.errors import ConfigError, DistributedError
 from nin_multi.train import train
+from nin_multi.run import WEIGHTS
 from nin_multi.weights import load_weights
 
 from conftest import ROOT, descendants, load_companion
+from test_formats import f32, read_events
+from test_training import FAST_OPTIMIZER
 
 TIMEOUT = 240  # seconds for one multi-process run on the shared 2-core machine
 
@@ -137,8 +140,9 @@ def fp32_recipe(sample_dir, **kw):
 
 
 def cli_args(backend_name, cfg: dict, out) -> list:
-    return ["train", "--backend", backend_name, *[f"--{k.replace('_', '-')}={v}" for k, v in cfg.items()],
-            "--out", str(out), "--no-progress"]
+    """A switch (``nesterov``) is given when true, left out when false."""
+    options = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in cfg.items() if v is not False]
+    return ["train", "--backend", backend_name, *options, "--out", str(out), "--no-progress"]
 
 
 class Processes:
@@ -283,3 +287,31 @@ def test_without_a_launcher_a_lone_worker_gives_up_within_the_timeout(sample_dir
     assert time.monotonic() - t0 < 60
     assert rc == DistributedError.exit_code, err[-2000:]
     assert err.startswith("nin-multi: error: worker 0 could not join the gloo process group at 127.0.0.1:")
+
+
+@pytest.mark.slow
+def test_two_workers_with_the_fast_recipes_optimizer_equal_one_process_and_resume_exactly(parallel, sample_dir,
+                                                                                          tmp_path, procs):
+    """Every engine steps the backend's own Trainer: with the fast recipe's optimizer (Nesterov momentum,
+    weight decay, warm-up and linear decay, label smoothing) two workers leave one process's weights
+    (fp64, relative 1e-9), log every step's rate as ``lr_at(step)`` exactly, and a run resumed after its
+    first epoch on two workers continues the schedule and the momentum where they stopped. 2 x 3 steps,
+    the last of each epoch 8 examples (shares of 4)."""
+    backend = parallel
+    cfg = recipe(sample_dir, precision="fp64", epochs=2, subset=72, test_subset=32, **FAST_OPTIMIZER)
+    one = TrainConfig(backend=backend.NAME, out=str(tmp_path / "one"), progress=False, **cfg)
+    train(one, log=quiet)
+    settings = optim.from_config(one, 3)
+    rates = [(t + 1, f32(settings.lr_at(t))) for t in range(6)]
+    rc, out, err = procs.run([*cli_args(backend.NAME, cfg, tmp_path / "two"), "--workers", "2"])
+    assert rc == 0, err[-3000:]
+    assert "x 2 workers" in out
+    check_same_training(tmp_path / "two", tmp_path / "one", "fp64", f"{backend.NAME}: 2 workers, fast optimizer")
+    assert read_events(tmp_path / "two")["step/learning_rate"] == rates
+    for name in (WEIGHTS, "checkpoints/epoch-0002.npz"):  # back to the end of the first epoch
+        (tmp_path / "two" / name).unlink()
+    rc, out, err = procs.run(["train", "--resume", str(tmp_path / "two"), "--workers", "2", "--no-progress"])
+    assert rc == 0, err[-3000:]
+    assert "resuming after epoch 1" in out
+    check_same_training(tmp_path / "two", tmp_path / "one", "fp64", f"{backend.NAME}: 2 workers, resumed")
+    assert read_events(tmp_path / "two")["step/learning_rate"] == rates

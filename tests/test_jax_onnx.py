@@ -42,7 +42,7 @@ def test_onnx_refuses_training_steps_and_other_precisions():
             onnx_backend.Trainer(model, 0.1, precision)
     x = np.zeros((1, 1, 224, 224), np.float32)
     with pytest.raises(ConfigError, match="inference-only"):
-        onnx_backend.Trainer(model, 0.1).train_step(x, np.zeros(1, np.int64))
+        onnx_backend.Trainer(model, 0.1).train_step(x, np.zeros(1, np.int64), 0.1)
     with pytest.raises(ConfigError, match="inference-only"):
         backends.select("torch,onnx", trains=True)
     assert "onnx" not in backends.select(None, trains=True) and "onnx" in backends.select(None)

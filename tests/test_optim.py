@@ -95,7 +95,7 @@ def test_label_smoothing_is_the_training_loss_and_the_test_loss_is_plain(trainab
     assert plain > 0.5 and (eps == 0 or abs(smoothed - plain) > 1e-4)
     trainer = backend.Trainer(model, 0.05, "fp64", optim=SGDSettings(0.05, label_smoothing=eps))
     assert trainer.eval_step(x, y)[0] / len(y) == pytest.approx(plain, rel=1e-12)
-    assert trainer.train_step(x, y)[0] / len(y) == pytest.approx(smoothed, rel=1e-12)  # the loss before the step
+    assert trainer.train_step(x, y, 0.05)[0] / len(y) == pytest.approx(smoothed, rel=1e-12)  # the loss before the step
 
 
 def test_each_feature_is_the_frameworks_own_optimizer():

@@ -7,15 +7,25 @@ import sys
 import numpy as np
 import pytest
 
+from nin_multi import optim
 from nin_multi.cli import main
 from nin_multi.config import TrainConfig
 from nin_multi.errors import TrainingDivergedError
 from nin_multi.precision import unsupported
+from nin_multi.recipes import FAST
+from nin_multi.record import steps_done
+from nin_multi.run import WEIGHTS
 from nin_multi.train import resume, train, train_epoch
 from nin_multi.weights import load_weights
 
 from conftest import ROOT, load
+from test_formats import f32, read_events
 from test_spec import CHAPTER_NCHW
+
+#: The fast recipe's optimizer: Nesterov momentum, weight decay, label smoothing, a rate that warms up
+#: for an epoch and then decays linearly to the end.
+FAST_OPTIMIZER = {k: FAST[k] for k in ("lr", "momentum", "nesterov", "weight_decay", "label_smoothing", "schedule",
+                                       "warmup_epochs")}
 
 
 def quiet(*_):
@@ -166,7 +176,7 @@ def test_non_finite_loss_stops_with_epoch_and_batch(sample_dir):
     class Exploding:
         calls = 0
 
-        def train_step(self, x, y):
+        def train_step(self, x, y, lr, total=None):
             self.calls += 1
             return (float("nan") if self.calls == 3 else 2.3 * len(y)), 0
 
@@ -174,3 +184,39 @@ def test_non_finite_loss_stops_with_epoch_and_batch(sample_dir):
     cfg = TrainConfig(epochs=5, batch_size=32, resize=28, progress=False)
     with pytest.raises(TrainingDivergedError, match=r"epoch 2, batch 3.*--lr 0.05"):
         train_epoch(Exploding(), ds, cfg, "NCHW", epoch=1)
+
+
+def test_the_step_is_read_from_the_checkpoint_or_an_older_ones_backend_counter():
+    assert steps_done({"step": np.int64(7), "torch_updates": np.int64(3)}, 2, 3) == 7
+    for old in ("torch_updates", "mx_step", "jax_step"):
+        assert steps_done({old: np.int64(5)}, 2, 3) == 5
+    assert steps_done({"optimizer.0": np.int64(9)}, 2, 3) == 6  # TensorFlow's kept none: the epochs' batches
+
+
+def check_logged_rates(run, cfg: TrainConfig, steps_per_epoch: int) -> None:
+    """Every step's ``step/learning_rate`` (TensorBoard's float32) is the schedule's rate of that step."""
+    settings = optim.from_config(cfg, steps_per_epoch)
+    expected = [(t + 1, f32(settings.lr_at(t))) for t in range(cfg.epochs * steps_per_epoch)]
+    assert read_events(run)["step/learning_rate"] == expected
+    assert len({v for _, v in expected}) > 2 and max(v for _, v in expected) == f32(cfg.lr)  # not a flat line
+
+
+def test_the_logged_rate_is_the_schedules_at_every_step_and_a_resume_continues_it(
+        trainable_backend, sample_dir, tmp_path):
+    """The driver owns the step and the rate: with the fast recipe's optimizer the events hold the rate of
+    every step as ``lr_at(step)`` gives it, and a run resumed after its first epoch continues the schedule
+    where it stopped (the same rates, the same weights as the uninterrupted run: fp64, exact)."""
+    backend = trainable_backend
+    kw = dict(subset=128, test_subset=32, epochs=2, dropout=0.0, precision="fp64", **FAST_OPTIMIZER)  # 2 x 4 steps
+    cfg = mini_config(backend, sample_dir, tmp_path / "a", **kw)
+    train(cfg, log=quiet)
+    check_logged_rates(tmp_path / "a", cfg, 4)
+    train(mini_config(backend, sample_dir, tmp_path / "b", **kw), log=quiet)
+    for name in (WEIGHTS, "checkpoints/epoch-0002.npz"):
+        (tmp_path / "b" / name).unlink()
+    resume(tmp_path / "b", log=quiet)
+    check_logged_rates(tmp_path / "b", cfg, 4)
+    _, wa = load_weights(tmp_path / "a" / WEIGHTS)
+    _, wb = load_weights(tmp_path / "b" / WEIGHTS)
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)

@@ -23,9 +23,9 @@ class _StepTimer:
     def __init__(self, trainer):
         self.trainer, self.steps = trainer, []
 
-    def train_step(self, x, y):
+    def train_step(self, x, y, lr, total=None):
         t0 = time.perf_counter()
-        out = self.trainer.train_step(x, y)
+        out = self.trainer.train_step(x, y, lr, total)
         self.steps.append((time.perf_counter() - t0, len(y)))
         return out
 

@@ -29,10 +29,20 @@ from .targets import TARGET_MEMORY
 def make_path_step(backend, bench_module, model, path: str, precision: str):
     """The object whose ``train_step`` / ``eval_step`` a bench path times: a peer, or the backend's Trainer."""
     if path == "default":
-        return backend.Trainer(model, LR, precision)
+        return AtRate(backend.Trainer(model, LR, precision), LR)
     if precision != "fp32":
         raise ConfigError(f"the {path} path runs in fp32 only, not {precision}")
     return bench_module.PEERS[path](backend, model, LR)
+
+
+class AtRate:
+    """A Trainer stepped as a peer is, ``train_step(x, y)``: at bench's constant rate."""
+
+    def __init__(self, trainer, lr: float):
+        self.trainer, self.lr, self.eval_step = trainer, lr, trainer.eval_step
+
+    def train_step(self, x, y):
+        return self.trainer.train_step(x, y, self.lr)
 
 
 class _Path:

@@ -52,14 +52,11 @@ def workers(a: argparse.Namespace) -> int:
     from nin_multi.distributed import launch
     from nin_multi.record import read_run_config
     from nin_multi.run import default_run_dir
-    from nin_multi.train import check_plain_for_workers
 
     backend = canonical_name(a.backend or DEFAULTS.backend)
     argv = list(a.argv)
-    if not a.resume:  # a new run's settings are known here: refuse before the launcher starts
-        cfg = config_from_args(a, keep_auto=True, backend=backend)
-        check_plain_for_workers(cfg)
-        argv += precision_for_workers(cfg)
+    if not a.resume:  # a new run's settings are known here: --precision auto is measured once, before launch
+        argv += precision_for_workers(config_from_args(a, keep_auto=True, backend=backend))
     if a.resume and not a.backend:  # the run's own framework, read as resume() reads it
         backend = read_run_config(Path(a.resume))["backend"]
     given = a.resume or a.out  # every worker must be given the same run directory
