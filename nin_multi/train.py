@@ -155,9 +155,18 @@ def choose_precision(backend, spec: NiNSpec, cfg: TrainConfig):
     return resolve_precision(backend, spec, cfg, versions(backend.NAME))
 
 
+#: The launchers whose engines run the backend's own Trainer step (its optimizer, schedule and loss).
+WRAPS_TRAINER = ("jax.distributed",)
+
+
 def check_plain_for_workers(cfg: TrainConfig) -> None:
     """The data-parallel engines step the chapter's plain SGD only; said before a launcher starts
-    anything (and again in each worker, for a resumed run whose settings only the run directory holds)."""
+    anything (and again in each worker, for a resumed run whose settings only the run directory holds).
+    JAX's engine runs the backend's own Trainer, so it takes any recipe."""
+    from nin_multi.backends import capabilities
+
+    if capabilities(cfg.backend).data_parallel in WRAPS_TRAINER:
+        return
     if not optim.from_config(cfg, 1).plain:
         raise ConfigError("--workers trains with the chapter's plain SGD only (no --momentum, --weight-decay, "
                           "--label-smoothing or --schedule, as the fast recipe sets): train this recipe in one "
