@@ -16,6 +16,7 @@ made on 127.0.0.1 when the coordinator is there (else on the interface that reac
 from __future__ import annotations
 
 import os
+import signal
 import socket
 
 import numpy as np
@@ -55,6 +56,7 @@ def join(ctx) -> None:
         return xla_bridge.make_cpu_client(collectives=collectives)
 
     xla_bridge.register_backend_factory("cpu", cpu_client, priority=0)
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         jax.distributed.initialize(ctx.address, ctx.world_size, ctx.rank, cluster_detection_method="deactivate",
                                    initialization_timeout=max(1, int(ctx.timeout)),
@@ -63,6 +65,10 @@ def join(ctx) -> None:
         cause = (str(e).strip().splitlines() or ["no message"])[0][:200]
         raise DistributedError(f"worker {ctx.rank} could not join JAX's coordination service at {ctx.address} "
                                f"within {ctx.timeout:g} s: {cause}") from None
+    # JAX's preemption notifier takes SIGTERM for itself (it notes the signal and carries on): the run's own
+    # handler stops it, as it stops every other backend's worker
+    if on_sigterm is not None:
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _own_address(coordinator_host: str) -> str:
