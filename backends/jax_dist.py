@@ -15,15 +15,20 @@ made on 127.0.0.1 when the coordinator is there (else on the interface that reac
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
+import sys
+import threading
+import warnings
 
 import numpy as np
 
 from jax.experimental import enable_x64
 
 from nin_multi.backends.jax import Trainer, jax
+from nin_multi.cluster import TIMEOUT_ENV
 from nin_multi.errors import DistributedError
 from nin_multi.host import check_port, free_ports
 from nin_multi.machine import usable_cores
@@ -44,7 +49,13 @@ def join(ctx) -> None:
 
     if jax.distributed.is_initialized():
         return
-    host, port = ctx.address.rsplit(":", 1)
+    host, _, port = (ctx.address or "").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DistributedError(f"${LAUNCH_ENV['address']} must be process 0's host:port, got {ctx.address!r}: "
+                               f"set it on every process, or start the workers with --workers")
+    if not 0 <= ctx.rank < ctx.world_size:
+        raise DistributedError(f"${LAUNCH_ENV['rank']} {ctx.rank} is not below ${LAUNCH_ENV['world_size']} "
+                               f"{ctx.world_size}: process ids count from 0")
     if ctx.rank == 0:
         check_port(host.strip("[]"), int(port), "JAX's coordination service", LAUNCH_ENV["address"])
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -57,18 +68,50 @@ def join(ctx) -> None:
 
     xla_bridge.register_backend_factory("cpu", cpu_client, priority=0)
     on_sigterm = signal.getsignal(signal.SIGTERM)
+    # JAX's client ends the process with a fatal log line when the others do not all come in time: the
+    # run's own bound comes first, as one line; and no client waits at a shutdown barrier as it is
+    # destroyed (``close`` says when to wait for the others)
+    late = threading.Timer(ctx.timeout, _give_up, (f"worker {ctx.rank} of {ctx.world_size} could not join JAX's "
+                                                    f"coordination service at {ctx.address} within {ctx.timeout:g} s "
+                                                    f"(${TIMEOUT_ENV} sets the bound)",))
+    late.daemon = True
+    make_client = distributed._jax.get_distributed_runtime_client
+    distributed._jax.get_distributed_runtime_client = functools.partial(make_client, shutdown_on_destruction=False)
+    late.start()
     try:
         jax.distributed.initialize(ctx.address, ctx.world_size, ctx.rank, cluster_detection_method="deactivate",
-                                   initialization_timeout=max(1, int(ctx.timeout)),
+                                   initialization_timeout=int(ctx.timeout) + 60,
+                                   # a peer that stopped is the watchdog's to report (one line), not the
+                                   # coordination service's missed heartbeats (a fatal log line)
+                                   heartbeat_timeout_seconds=int(ctx.timeout) + 60,
                                    coordinator_bind_address=ctx.address)
     except Exception as e:  # noqa: BLE001 - JAX raises XlaRuntimeError, RuntimeError, ValueError
         cause = (str(e).strip().splitlines() or ["no message"])[0][:200]
-        raise DistributedError(f"worker {ctx.rank} could not join JAX's coordination service at {ctx.address} "
-                               f"within {ctx.timeout:g} s: {cause}") from None
+        _forget()
+        raise DistributedError(f"worker {ctx.rank} could not join JAX's coordination service at {ctx.address}: "
+                               f"{cause}") from None
+    finally:
+        late.cancel()
+        distributed._jax.get_distributed_runtime_client = make_client
     # JAX's preemption notifier takes SIGTERM for itself (it notes the signal and carries on): the run's own
     # handler stops it, as it stops every other backend's worker
     if on_sigterm is not None:
         signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _give_up(message: str) -> None:
+    sys.stderr.write(f"nin-multi: error: {message}\n")
+    sys.stderr.flush()
+    os._exit(DistributedError.exit_code)
+
+
+def _forget() -> None:
+    """Drop JAX's client and service without their shutdown barrier (peers may be gone), so that JAX's
+    own clean-up at exit finds nothing to shut down."""
+    from jax._src import distributed
+
+    state = distributed.global_state
+    state.preemption_sync_manager = state.client = state.service = None
 
 
 def _own_address(coordinator_host: str) -> str:
@@ -114,6 +157,7 @@ class _GlobalBatchEngine:
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.local = jax.local_device_count()
         self._sum = jax.jit(lambda v: v.sum(0), out_shardings=self.replicated)
+        self.completed = True  # every exchange so far completed (False while one is under way or failed)
 
     def _place(self) -> None:
         """Parameters and optimizer state replicated on every device; again after ``set_weights`` or
@@ -134,6 +178,7 @@ class _GlobalBatchEngine:
         return jax.make_array_from_process_local_data(self.batch, padded, (rows * self.ctx.world_size, *a.shape[1:]))
 
     def train_step(self, x, y, total: int) -> tuple[float, int]:
+        self.completed = False
         self._place()
         per = -(-total // self.ctx.world_size)
         rows = -(-per // self.local) * self.local  # each local device gets the same number of rows
@@ -142,6 +187,7 @@ class _GlobalBatchEngine:
         loss, correct = self.base.step_on(self._global(x, rows, np.dtype(self.base.in_dtype)),
                                           self._global(y, rows, np.int32), self._global(valid, rows, bool), total)
         loss, correct = float(loss), int(correct)
+        self.completed = True
         return (loss, correct) if self.ctx.rank == 0 else (0.0, 0)
 
     def eval_step(self, x, y) -> tuple[float, int]:
@@ -153,10 +199,13 @@ class _GlobalBatchEngine:
     def all_sum(self, values: np.ndarray) -> np.ndarray:
         """Each worker's row of a (workers, n) float64 global array, summed by XLA (an all-reduce)."""
         values = np.asarray(values, np.float64)[None]
+        self.completed = False
         with enable_x64():  # float64 even in an fp32 run, where x64 mode is off
             parts = jax.make_array_from_process_local_data(self.batch, values,
                                                            (self.ctx.world_size, values.shape[1]))
-            return np.asarray(self._sum(parts), np.float64)
+            total = np.asarray(self._sum(parts), np.float64)
+        self.completed = True
+        return total
 
     def extra_state(self) -> dict:
         return self.base.extra_state()
@@ -165,7 +214,14 @@ class _GlobalBatchEngine:
         self.base.load_extra_state(state)
 
     def close(self) -> None:
-        jax.distributed.shutdown()
+        """JAX's shutdown waits for every worker: only after a run whose every exchange completed (after a
+        failure the others may be gone, and the launcher or the watchdog ends them)."""
+        if self.completed:
+            try:
+                jax.distributed.shutdown()
+            except Exception:  # noqa: BLE001 - a peer that failed at the very end: nothing left to do
+                pass
+        _forget()
 
 
 def start_workers(launch, workers: int, command: list, env: dict) -> list:
@@ -176,10 +232,14 @@ def start_workers(launch, workers: int, command: list, env: dict) -> list:
     port = int(given.rsplit(":", 1)[1]) if given.rpartition(":")[2].isdigit() else free_ports(1)[0]
     check_port("127.0.0.1", port, "JAX's coordination service", LAUNCH_ENV["address"])
     cores = _core_shares(workers)
-    for i in range(workers):
-        launch.start(f"worker {i}", command, {**env, LAUNCH_ENV["address"]: f"127.0.0.1:{port}",
-                                              LAUNCH_ENV["world_size"]: str(workers), LAUNCH_ENV["rank"]: str(i)},
-                     _pin(cores[i]))
+    with warnings.catch_warnings():
+        # JAX warns at every fork once it has run here (``--precision auto`` measures in this process); each
+        # child execs at once, after setting its parent-death signal and its cores
+        warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
+        for i in range(workers):
+            launch.start(f"worker {i}", command, {**env, LAUNCH_ENV["address"]: f"127.0.0.1:{port}",
+                                                  LAUNCH_ENV["world_size"]: str(workers), LAUNCH_ENV["rank"]: str(i)},
+                         _pin(cores[i]))
     return [f"worker {i}" for i in range(workers)]
 
 

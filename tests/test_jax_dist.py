@@ -16,6 +16,7 @@ from nin_multi import backends
 from nin_multi.cluster import from_env
 from nin_multi.config import TrainConfig
 from nin_multi.errors import DistributedError
+from nin_multi.host import free_ports
 from nin_multi.train import train
 from nin_multi.weights import load_weights
 
@@ -43,6 +44,33 @@ def test_the_launcher_environment_is_declared_by_the_backend_and_read_without_ja
                                                                                   "127.0.0.1:4000", False)
     with pytest.raises(DistributedError, match=r"^\$JAX_NUM_PROCESSES must be an integer, got 'two'$"):
         from_env({names["address"]: "127.0.0.1:4000", names["world_size"]: "two", names["rank"]: "0"})
+
+
+def by_hand(rank: int, address: str, tmp_path, **env) -> subprocess.CompletedProcess:
+    """One JAX worker of two started by hand (no --workers), with the run's timeout at 5 s."""
+    load("jax")
+    names = launch_env()
+    return subprocess.run([sys.executable, "-m", "nin_multi", "train", "--backend", "jax", "--variant", "mini",
+                           "--resize", "28", "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120,
+                          env={**os.environ, names["address"]: address, names["world_size"]: "2",
+                               names["rank"]: str(rank), "NIN_MULTI_DIST_TIMEOUT": "5", **env})
+
+
+def test_a_worker_whose_partner_never_comes_gives_up_in_one_line(tmp_path):
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    done = by_hand(0, address, tmp_path)
+    assert done.returncode == DistributedError.exit_code, done.stderr[-2000:]
+    assert done.stderr == (f"nin-multi: error: worker 0 of 2 could not join JAX's coordination service at {address} "
+                           f"within 5 s ($NIN_MULTI_DIST_TIMEOUT sets the bound)\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_coordinator_address_without_a_port_is_one_line(tmp_path):
+    done = by_hand(1, "10.0.0.1", tmp_path)
+    assert done.returncode == DistributedError.exit_code
+    assert done.stderr == ("nin-multi: error: $JAX_COORDINATOR_ADDRESS must be process 0's host:port, got '10.0.0.1': "
+                           "set it on every process, or start the workers with --workers\n")
 
 
 # -- real workers ------------------------------------------------------------------------------------
