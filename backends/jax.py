@@ -38,7 +38,7 @@ LAYOUT = "NHWC"
 TRAINS = True
 PRECISIONS = ("fp32", "bf16", "fp64")
 PRECISION_NEEDS = {}  # XLA computes bf16 on every CPU (converting around fp32 kernels without bf16 hardware)
-DATA_PARALLEL = "jax.distributed"  # backends/jax_dist.py: jax.distributed, its coordinator and processes from the environment
+DATA_PARALLEL = "jax.distributed"  # backends/jax_dist.py: its coordinator and processes from the environment
 NATIVE_SUFFIXES = (".msgpack",)  # flax.serialization of the parameters
 
 _seed = 0  # configure()'s seed; a Trainer derives its per-step dropout keys from it
@@ -284,6 +284,11 @@ class Trainer:
     array in the parameters' dtype, so an fp64 update rounds nothing to float32. bf16 computes in
     bfloat16 over float32 parameters, the loss in float32.
 
+    The step is split for ``jax_dist``'s engine: ``_inputs`` puts a batch on this process's device and
+    ``step_on`` runs the jitted step on arrays wherever they are, so the engine feeds it a global batch
+    sharded over every process (the loss then is the summed loss over the global batch size, as one
+    process's mean is).
+
     Dropout keys are ``fold_in(PRNGKey(seed), step)``: a function of the step count alone, so a run
     resumed from a checkpoint (which stores the step) draws the same masks as one never interrupted.
     """
@@ -326,15 +331,15 @@ class Trainer:
             return loss_sum / total.astype(loss_sum.dtype), (loss_sum, hit.sum())
 
         def train_step(params, opt_state, x, y, valid, total, key, lr):
-            (_, (loss_sum, correct)), grads = jax.value_and_grad(metrics, has_aux=True)(params, x, y, valid, total,
-                                                                                         True, key)
+            grad_of = jax.value_and_grad(metrics, has_aux=True)
+            (_, (loss_sum, correct)), grads = grad_of(params, x, y, valid, total, True, key)
             opt_state.hyperparams["learning_rate"] = lr  # the schedule's rate for this step
             updates, opt_state = self.opt.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, loss_sum, correct
 
         self._train = jax.jit(train_step)
-        self._eval = jax.jit(lambda params, x, y, total: metrics(params, x, y, None, total, False,
-                                                                  jax.random.PRNGKey(0))[1])
+        self._eval = jax.jit(lambda params, x, y: metrics(params, x, y, None, jnp.int32(1), False,
+                                                          jax.random.PRNGKey(0))[1])
 
     def _inputs(self, x, y):
         return jnp.asarray(x, self.in_dtype), jnp.asarray(y, jnp.int32)
@@ -364,7 +369,7 @@ class Trainer:
     def eval_on(self, params, xs, ys):
         """The plain cross-entropy's sum and the correct count of a batch, with ``params`` (an engine's
         worker evaluates its share with its own replica)."""
-        return self._eval(params, xs, ys, np.int32(len(ys)))
+        return self._eval(params, xs, ys)
 
     def extra_state(self) -> dict:
         """Beyond the weights: the dropout keys' inputs (seed, steps taken) make a resumed run's masks the

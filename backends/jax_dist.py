@@ -16,6 +16,7 @@ made on 127.0.0.1 when the coordinator is there (else on the interface that reac
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import signal
 import socket
@@ -38,6 +39,8 @@ from nin_multi.machine import usable_cores
 #: the number of processes and this one's id, ``jax.distributed.initialize``'s ``num_processes`` and
 #: ``process_id``.
 LAUNCH_ENV = {"address": "JAX_COORDINATOR_ADDRESS", "world_size": "JAX_NUM_PROCESSES", "rank": "JAX_PROCESS_ID"}
+#: The signals the run stops on (``nin_multi.cli``'s handlers, which JAX's start-up disturbs).
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def join(ctx) -> None:
@@ -67,13 +70,13 @@ def join(ctx) -> None:
         return xla_bridge.make_cpu_client(collectives=collectives)
 
     xla_bridge.register_backend_factory("cpu", cpu_client, priority=0)
-    on_sigterm = signal.getsignal(signal.SIGTERM)
+    handlers = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     # JAX's client ends the process with a fatal log line when the others do not all come in time: the
     # run's own bound comes first, as one line; and no client waits at a shutdown barrier as it is
     # destroyed (``close`` says when to wait for the others)
     late = threading.Timer(ctx.timeout, _give_up, (f"worker {ctx.rank} of {ctx.world_size} could not join JAX's "
-                                                    f"coordination service at {ctx.address} within {ctx.timeout:g} s "
-                                                    f"(${TIMEOUT_ENV} sets the bound)",))
+                                                   f"coordination service at {ctx.address} within {ctx.timeout:g} s "
+                                                   f"(${TIMEOUT_ENV} sets the bound)",))
     late.daemon = True
     make_client = distributed._jax.get_distributed_runtime_client
     distributed._jax.get_distributed_runtime_client = functools.partial(make_client, shutdown_on_destruction=False)
@@ -95,8 +98,25 @@ def join(ctx) -> None:
         distributed._jax.get_distributed_runtime_client = make_client
     # JAX's preemption notifier takes SIGTERM for itself (it notes the signal and carries on): the run's own
     # handler stops it, as it stops every other backend's worker
-    if on_sigterm is not None:
-        signal.signal(signal.SIGTERM, on_sigterm)
+    for sig, handler in handlers.items():
+        if callable(handler):
+            signal.signal(sig, _outside_gc_callbacks(handler))
+
+
+def _outside_gc_callbacks(handler):
+    """Python runs a signal's handler between any two bytecodes, a garbage-collection callback's too (JAX
+    registers one, run at every collection), where the exception the run's handler raises to stop would be
+    printed with a traceback and dropped: there the signal is sent again once the callback has returned."""
+    def on_signal(signum, frame):
+        callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+        f = frame
+        while f is not None:
+            if f.f_code in callbacks:
+                threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+                return
+            f = f.f_back
+        handler(signum, frame)
+    return on_signal
 
 
 def _give_up(message: str) -> None:

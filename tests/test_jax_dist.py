@@ -46,6 +46,36 @@ def test_the_launcher_environment_is_declared_by_the_backend_and_read_without_ja
         from_env({names["address"]: "127.0.0.1:4000", names["world_size"]: "two", names["rank"]: "0"})
 
 
+def test_a_stop_signal_caught_in_a_gc_callback_is_sent_again_after_it():
+    """JAX runs a callback at every garbage collection; the run's stop handler raises, and an exception
+    raised there would be printed and dropped: the signal comes back once the callback has returned."""
+    load("jax")
+    import gc
+    from nin_multi.backends.jax_dist import _outside_gc_callbacks
+
+    frames, seen = [], []
+
+    def callback(phase, info):
+        frames.append(sys._getframe())
+
+    gc.callbacks.append(callback)
+    try:
+        gc.collect()
+        wrapped = _outside_gc_callbacks(lambda signum, frame: seen.append(signum))
+        previous = signal.signal(signal.SIGUSR1, wrapped)
+        try:
+            wrapped(signal.SIGUSR1, frames[0])  # as if it arrived inside the callback
+            assert seen == []
+            deadline = time.monotonic() + 5
+            while not seen and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
+    finally:
+        gc.callbacks.remove(callback)
+    assert seen == [signal.SIGUSR1]
+
+
 def by_hand(rank: int, address: str, tmp_path, **env) -> subprocess.CompletedProcess:
     """One JAX worker of two started by hand (no --workers), with the run's timeout at 5 s."""
     load("jax")
