@@ -234,9 +234,9 @@ class _GlobalBatchEngine:
         self.base.load_extra_state(state)
 
     def close(self) -> None:
-        """JAX's shutdown waits for every worker: only after a run whose every exchange completed (after a
-        failure the others may be gone, and the launcher or the watchdog ends them)."""
-        if self.completed:
+        """JAX's shutdown waits for every worker: only at the end of a run whose every exchange completed,
+        not while an error or a stop signal ends it (the others may be gone, or stopping mid-step)."""
+        if self.completed and sys.exc_info()[0] is None:
             try:
                 jax.distributed.shutdown()
             except Exception:  # noqa: BLE001 - a peer that failed at the very end: nothing left to do

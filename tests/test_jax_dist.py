@@ -236,3 +236,33 @@ def test_a_killed_worker_is_named_nothing_is_left_and_the_run_resumes_exactly(on
     assert p.returncode == 0, err[-3000:]
     assert "resuming after epoch 1" in out
     check_same_training(run, one_process, "2 workers, worker 1 killed after epoch 1 and resumed")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
+def test_a_launcher_stopped_by_sigterm_stops_its_jax_workers_in_one_line(tmp_path):
+    """SIGTERM to ``--workers 2``: the workers stop on the run's own handler (which JAX's start-up would
+    take over), the launcher says so in one line, and no process is left."""
+    load("jax")
+    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR} (set NIN_MULTI_SAMPLE_DIR)")
+    run = tmp_path / "run"
+    p = nin_multi([*args({**RECIPE, "precision": "fp32", "subset": 64, "test_subset": 32, "epochs": 1000,
+                          "data_dir": SAMPLE_DIR}, run), "--workers", "2"])
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (run / "checkpoints" / "epoch-0001.npz").exists():
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
+            time.sleep(0.1)
+        started = descendants(p.pid)
+        assert len(started) == 2
+        os.kill(p.pid, signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        stop(p)
+    assert p.returncode == DistributedError.exit_code and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == (f"nin-multi: error: stopped by SIGTERM; stopped all 2 workers; continue "
+                                            f"with --resume {run} --workers 2")
+    assert "SIGTERM caught" not in err  # the run's handler got it, not JAX's preemption notifier
+    assert [pid for pid in started if os.path.exists(f"/proc/{pid}")
+            and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"] == []
