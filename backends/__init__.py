@@ -70,6 +70,22 @@ def capabilities(name: str) -> Capabilities:
                         tuple(found["NATIVE_SUFFIXES"]), dict(found["PRECISION_NEEDS"]))
 
 
+@lru_cache(maxsize=None)
+def launch_env() -> dict:
+    """``{launcher: {"address", "world_size", "rank": variable}}`` for the engines whose ``<module>_dist``
+    declares the environment its launcher sets (``LAUNCH_ENV``, a literal), so that ``cluster.from_env``
+    knows who a process is without importing a framework."""
+    found = {}
+    for name in data_parallel():
+        path = Path(__file__).parent / f"{_REGISTRY[name][0].rsplit('.', 1)[1]}_dist.py"
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "LAUNCH_ENV"
+                                                    for t in node.targets):
+                found[capabilities(name).data_parallel] = ast.literal_eval(node.value)
+    return found
+
+
 def canonical_name(name: str) -> str:
     key = name.strip().lower()
     key = ALIASES.get(key, key)

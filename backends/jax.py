@@ -39,7 +39,7 @@ LAYOUT = "NHWC"
 TRAINS = True
 PRECISIONS = ("fp32", "bf16", "fp64")
 PRECISION_NEEDS = {}  # XLA computes bf16 on every CPU (converting around fp32 kernels without bf16 hardware)
-DATA_PARALLEL = None
+DATA_PARALLEL = "jax.distributed"  # backends/jax_dist.py: its coordinator and processes from the environment
 NATIVE_SUFFIXES = (".msgpack",)  # flax.serialization of the parameters
 
 
@@ -58,8 +58,23 @@ def configure(threads=None, seed=0):
 
 
 def device() -> str:
+    _join_if_launched()
     d = jax.devices()[0]
     return "cpu" if d.platform == "cpu" else f"{d.platform}:{d.id}"
+
+
+def _join_if_launched() -> None:
+    """A worker that JAX's data-parallel launcher started joins ``jax.distributed`` here, before the first
+    call that starts XLA's backend (listing the devices starts it, and a started backend can no longer
+    join): the driver asks for ``device()`` before it builds anything."""
+    from jax._src import xla_bridge
+    if jax.distributed.is_initialized() or xla_bridge.backends_are_initialized():
+        return
+    from nin_multi.cluster import from_env
+    ctx = from_env()
+    if ctx.launcher == DATA_PARALLEL:
+        from nin_multi.backends.jax_dist import join
+        join(ctx)
 
 
 _CHUNK = 1 << 16
@@ -266,6 +281,11 @@ class Trainer:
     array in the parameters' dtype, so an fp64 update rounds nothing to float32. bf16 computes in
     bfloat16 over float32 parameters, the loss in float32.
 
+    The step is split for ``jax_dist``'s engine: ``_inputs`` puts a batch on this process's device and
+    ``step_on`` runs the jitted step on arrays wherever they are, so the engine feeds it a global batch
+    sharded over every process (the loss then is the summed loss over the global batch size, as one
+    process's mean is).
+
     Dropout keys are ``fold_in(PRNGKey(seed), step)``: a function of the step count alone, so a run
     resumed from a checkpoint (which stores the step) draws the same masks as one never interrupted.
     """
@@ -291,45 +311,65 @@ class Trainer:
         self.opt = optax.inject_hyperparams(sgd)(learning_rate=jnp.asarray(o.lr_at(0), model.dtype))
         self.opt_state = self.opt.init(model.params)
 
-        def loss_of(logits, y):
-            if not o.label_smoothing:
-                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        def per_example(logits, y, train):
+            if not (train and o.label_smoothing):
+                return optax.softmax_cross_entropy_with_integer_labels(logits, y)
             target = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[1], dtype=logits.dtype), o.label_smoothing)
-            return optax.softmax_cross_entropy(logits, target).mean()
+            return optax.softmax_cross_entropy(logits, target)
 
-        def metrics(params, x, y, train, key):
+        def metrics(params, x, y, valid, total, train, key):
+            """(summed loss / total, (summed loss, correct)) over the rows ``valid`` marks (None: all)."""
             logits = module.apply({"params": params}, x, train=train, rngs={"dropout": key})[-1]
             logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-            loss = loss_of(logits, y) if train else optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, (logits.argmax(1) == y).sum()
+            per, hit = per_example(logits, y, train), logits.argmax(1) == y
+            if valid is not None:
+                per, hit = jnp.where(valid, per, jnp.zeros((), per.dtype)), hit & valid
+            loss_sum = per.sum()
+            return loss_sum / total.astype(loss_sum.dtype), (loss_sum, hit.sum())
 
-        def train_step(params, opt_state, x, y, key, lr):
-            (loss, correct), grads = jax.value_and_grad(metrics, has_aux=True)(params, x, y, True, key)
+        def train_step(params, opt_state, x, y, valid, total, key, lr):
+            grad_of = jax.value_and_grad(metrics, has_aux=True)
+            (_, (loss_sum, correct)), grads = grad_of(params, x, y, valid, total, True, key)
             opt_state.hyperparams["learning_rate"] = lr  # the schedule's rate for this step
             updates, opt_state = self.opt.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss, correct
+            return optax.apply_updates(params, updates), opt_state, loss_sum, correct
 
         self._train = jax.jit(train_step)
-        self._eval = jax.jit(lambda params, x, y: metrics(params, x, y, False, jax.random.PRNGKey(0)))
+        self._eval = jax.jit(lambda params, x, y: metrics(params, x, y, None, jnp.int32(1), False,
+                                                          jax.random.PRNGKey(0))[1])
 
     def _inputs(self, x, y):
         return jnp.asarray(x, self.in_dtype), jnp.asarray(y, jnp.int32)
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float, total: int | None = None) -> tuple[float, int]:
-        if total not in (None, len(y)):
-            raise ConfigError("the JAX Trainer steps whole batches only: a share of a larger batch needs a "
-                              "data-parallel engine")
-        xs, ys = self._inputs(x, y)
-        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), self.step)
-        lr = jnp.asarray(lr, self.in_dtype)
-        params, self.opt_state, loss, correct = self._train(self.model.params, self.opt_state, xs, ys, key, lr)
+        """One step at the driver's rate ``lr``; ``total``: the global batch this batch is a share of (the
+        contract's meaning; JAX's own engine feeds ``step_on`` a global array instead)."""
+        loss, correct = self.step_on(*self._inputs(x, y), None, total or len(y), lr)
+        return float(loss), int(correct)
+
+    def step_on(self, xs, ys, valid, total: int, lr: float):
+        """The jitted step on arrays already placed: this process's batch, or a data-parallel engine's global
+        batch (sharded over the processes, ``model.params`` and ``opt_state`` replicated), where XLA adds the
+        gradients' all-reduce. ``valid`` marks the rows that count (None: all); the loss minimised is their
+        summed loss / ``total``; ``lr`` is the driver's rate for this step. The key, rate and total go in as
+        host values, which any placement takes. Returns the summed loss and the correct count as arrays
+        (replicated, for an engine's batch)."""
+        key = np.asarray(jax.random.fold_in(jax.random.PRNGKey(self.seed), self.step))
+        lr = np.asarray(lr, self.in_dtype)
+        params, self.opt_state, loss, correct = self._train(self.model.params, self.opt_state, xs, ys, valid,
+                                                            np.int32(total), key, lr)
         self.model.params = params
         self.step += 1
-        return float(loss) * len(y), int(correct)
+        return loss, correct
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        loss, correct = self._eval(self.model.params, *self._inputs(x, y))
-        return float(loss) * len(y), int(correct)
+        loss, correct = self.eval_on(self.model.params, *self._inputs(x, y))
+        return float(loss), int(correct)
+
+    def eval_on(self, params, xs, ys):
+        """The plain cross-entropy's sum and the correct count of a batch, with ``params`` (an engine's
+        worker evaluates its share with its own replica)."""
+        return self._eval(params, xs, ys)
 
     def extra_state(self) -> dict:
         """Beyond the weights: the dropout keys' inputs (seed, steps taken) make a resumed run's masks the

@@ -2,7 +2,8 @@
 
 Each ecosystem launches its workers its own way and tells them who they are through the environment:
 torchrun sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``, TensorFlow reads
-``TF_CONFIG``, MXNet's parameter server ``DMLC_ROLE``/``DMLC_NUM_WORKER``/``DMLC_PS_ROOT_URI``/....
+``TF_CONFIG``, MXNet's parameter server ``DMLC_ROLE``/``DMLC_NUM_WORKER``/``DMLC_PS_ROOT_URI``/...; a
+backend may declare its launcher's variables itself (``LAUNCH_ENV`` in ``backends/jax_dist.py``).
 ``from_env()`` reads whichever is there into a ``Context``; a process none of them started is rank 0 of a
 world of one. A leaf module: the backends' engines (``backends/*_dist.py``) read the ``Context`` and use
 ``rank_seed`` without importing the driver.
@@ -34,7 +35,7 @@ class Context:
     def __init__(self, launcher: str = "none", rank: int = 0, world_size: int = 1, local_rank: int = 0,
                  role: str = "worker", address: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT,
                  tf_config: Optional[dict] = None):
-        self.launcher = launcher      # "none", "torchrun", "tf_config" or "dmlc"
+        self.launcher = launcher      # "none", "torchrun", "tf_config", "dmlc" or "jax.distributed"
         self.rank = rank              # MXNet's is assigned by its scheduler: set by backends.mxnet_dist.distribute
         self.world_size = world_size
         self.local_rank = local_rank
@@ -120,6 +121,11 @@ def from_env(env=None) -> Context:
             raise DistributedError(f"$DMLC_ROLE must be worker, server or scheduler, got {role!r}")
         return Context("dmlc", -1 if role == "worker" else 0, _int_env("DMLC_NUM_WORKER", env), role=role,
                        address=f"{env['DMLC_PS_ROOT_URI']}:{env['DMLC_PS_ROOT_PORT']}", timeout=timeout)
+    from nin_multi.backends import launch_env  # launchers whose variables their backend declares (JAX's)
+    for launcher, names in launch_env().items():
+        if names["rank"] in env:
+            return Context(launcher, _int_env(names["rank"], env), _int_env(names["world_size"], env),
+                           address=env.get(names["address"]), timeout=timeout)
     return Context(timeout=timeout)
 
 

@@ -14,7 +14,7 @@ from nin_multi.machine import CPU_CLASSES
 from nin_multi.spec import make_spec
 
 BACKENDS_DIR = Path(backends.__file__).parent
-LAUNCHERS = ("torchrun", "tf_config", "dmlc")  # the Context.launcher values cluster.from_env sets
+LAUNCHERS = ("torchrun", "tf_config", "dmlc", "jax.distributed")  # the Context.launcher values cluster.from_env sets
 
 
 def module_file(name: str) -> str:

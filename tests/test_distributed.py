@@ -240,7 +240,8 @@ def _worker_to_kill(launcher_pid: int):
     for pid in descendants(launcher_pid):
         env = _environ(pid)
         if "nin_multi" in open(f"/proc/{pid}/cmdline").read() and (
-                env.get("RANK") == "1" or env.get("DMLC_ROLE") == "worker" or '"index": 1' in env.get("TF_CONFIG", "")):
+                env.get("RANK") == "1" or env.get("DMLC_ROLE") == "worker" or '"index": 1' in env.get("TF_CONFIG", "")
+                or env.get("JAX_PROCESS_ID") == "1"):
             return pid
     return None
 
