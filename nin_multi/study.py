@@ -238,6 +238,7 @@ def format_seed_table(rows: list[dict], variants: list[str], seeds: list[int], c
 
 
 def write_seed_table(rows, variants, seeds, txt: Path, png: Path, argv, cfg_kwargs) -> None:
+    rows = [r for r in rows if r["variant"] in variants and r["seed"] in seeds]  # this command's runs only
     text = header(argv, [cfg_kwargs["backend"]]) + format_seed_table(rows, variants, seeds, cfg_kwargs)
     write_text(txt, "\n".join(text) + "\n")
     plot_seed_table(seed_table_rows(rows, variants), png,
@@ -384,14 +385,14 @@ def parse_cases(text: str) -> list[tuple[int, float, str]]:
 class CollapseSetup:
     resize: int = 67
     batch_size: int = 128
-    subset: int = 2048
+    subset: int = 1024
     epochs: int = 2
-    window: int = 5
+    window: int = 4
     tolerance: float = 0.01
     probe: int = 256
     test_subset: int = 250
-    cross_subset: int = 1024  # the runs made again in every framework in float64: smaller, as float64 is slow
-    cross_epochs: int = 1
+    cross_subset: int = 256  # the runs made again in every framework in float64: smaller, as float64 is slow
+    cross_epochs: int = 2
 
     def steps(self) -> int:
         return self.epochs * -(-self.subset // self.batch_size)
@@ -400,7 +401,9 @@ class CollapseSetup:
         """The setting of the framework cases: the study's, on their own subset and epochs."""
         return dataclasses.replace(self, subset=self.cross_subset, epochs=self.cross_epochs)
 
-    def check(self) -> None:
+    def check(self, cross: bool = True) -> None:
+        """Every setting a positive integer where it counts steps or images, before anything loads;
+        ``cross``: the framework cases' too."""
         for name in ("resize", "batch_size", "subset", "epochs", "window", "probe", "test_subset", "cross_subset",
                      "cross_epochs"):
             v = getattr(self, name)
@@ -411,9 +414,9 @@ class CollapseSetup:
         if self.window > self.steps():
             raise ConfigError(f"--window {self.window} is longer than the run ({self.steps()} steps: --epochs "
                               f"{self.epochs} of {self.subset} images at batch {self.batch_size})")
-        if self.cross_subset > self.subset:
+        if cross and self.cross_subset > self.subset:
             raise ConfigError(f"--cross-subset {self.cross_subset} must be at most --subset {self.subset}")
-        if self.window > self.cross().steps():
+        if cross and self.window > self.cross().steps():
             raise ConfigError(f"--window {self.window} is longer than a framework case ({self.cross().steps()} "
                               f"steps: --cross-epochs {self.cross_epochs} of {self.cross_subset} images at batch "
                               f"{self.batch_size})")
@@ -468,43 +471,81 @@ def probe_images(ds, setup: CollapseSetup) -> np.ndarray:
     return x
 
 
+PARTS = ("all", "study", "frameworks")
+
+
 def collapse_study(setup: CollapseSetup, seeds: list[int], lrs: list[float], inits: list[str], backend: str,
                    cross: list[tuple], cross_backends: list[str], out, argv, data_dir=None, threads=None,
-                   restart: bool = False, log: Callable = print) -> dict:
+                   restart: bool = False, log: Callable = print, part: str = "all") -> dict:
     """The chapter's plain SGD from every (init, lr, seed): stuck or not, dead channels per conv; then the
     ``cross`` cases again in every framework of ``cross_backends`` in float64 without dropout, where their
-    trajectories agree, to show the verdict and the dead channels are the network's and not a framework's."""
+    trajectories agree, to show the verdict and the dead channels are the network's and not a framework's.
+
+    The two parts keep their finished runs in files of their own (OUT.jsonl, OUT-frameworks.jsonl), and
+    each rewrites the table from both, so ``part`` "study" and "frameworks" can run at once in two
+    processes on a machine with cores to spare; the whole command run afterwards finds both done."""
     from contextlib import ExitStack
 
     from .data import load_fashion_mnist
     from .reproduce.runner import start_workers
     from .train import spec_for
+    from .weights import initial_weights
 
-    setup.check()
+    if part not in PARTS:
+        raise ConfigError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
+    setup.check(cross=bool(cross) and part != "study")
     txt, png, jsonl = outputs(out)
+    cross_jsonl = jsonl.with_name(jsonl.stem + "-frameworks.jsonl")
     main_cfg = collapse_config(setup, backend, seeds[0], lrs[0], inits[0], "fp32", None, data_dir, threads)
     spec = spec_for(main_cfg)
+    settings = {**dataclasses.asdict(setup), "backend": backend, "variant": spec.variant}
+    files = {"main": jsonl, "cross": cross_jsonl}
+    mine = {"all": ("main", "cross"), "study": ("main",), "frameworks": ("cross",)}[part]
+    rows = {k: read_rows(f, settings, restart and k in mine) for k, f in files.items()}
     ds = load_fashion_mnist(data_dir)
     if len(ds.train_images) < setup.subset:
         raise ConfigError(f"--subset {setup.subset} is more than the {len(ds.train_images)} training images there")
     ds = ds.subset(setup.subset, setup.test_subset)
     probe = probe_images(ds, setup)
-    settings = {**dataclasses.asdict(setup), "backend": backend, "variant": spec.variant}
-    rows = read_rows(jsonl, settings, restart)
-    done = {(r["kind"], r["backend"], r["init"], r["lr"], r["seed"]) for r in rows}
+    start_dead: dict = {}
+
+    def with_start(found: list[dict]) -> bool:
+        """Each row's dead channels at its start too (the NumPy draw of its init and seed, on the same
+        images), so the table tells the channels training killed from those dead from the first step."""
+        added = False
+        for r in found:
+            if "dead_start" not in r:
+                key = (r["init"], r["seed"])
+                if key not in start_dead:
+                    start_dead[key] = {k: len(v) for k, v in dead_per_conv(
+                        spec, initial_weights(spec, r["init"], r["seed"]), probe).items()}
+                r["dead_start"], added = start_dead[key], True
+        return added
+
+    for k in mine:  # rows written before the start was recorded get it now
+        if with_start(rows[k]):
+            write_rows(files[k], rows[k])
+    done = {(r["kind"], r["backend"], r["init"], r["lr"], r["seed"]) for k in rows for r in rows[k]}
     main = [(i, lr, s) for s in seeds for i in inits for lr in lrs if ("main", backend, i, lr, s) not in done]
     cases = [c for c in cross if any(("cross", b, c[2], c[1], c[0]) not in done for b in cross_backends)]
+    main, cases = (main if part != "frameworks" else []), (cases if part != "study" else [])
     total = len(seeds) * len(inits) * len(lrs)
     state = {"seeds": seeds, "lrs": lrs, "inits": inits, "cross": cross, "cross_backends": cross_backends}
 
-    def keep(new_rows: list[dict]) -> None:
-        rows.extend(new_rows)
-        write_rows(jsonl, rows)
-        write_collapse(rows, state, setup, backend, spec, txt, png, argv)
+    def table() -> None:
+        other = {k: read_rows(f, settings, False) if k not in mine else rows[k] for k, f in files.items()}
+        with_start(other["main"] + other["cross"])
+        write_collapse(other["main"] + other["cross"], state, setup, backend, spec, txt, png, argv)
+
+    def keep(kind: str, new_rows: list[dict]) -> None:
+        with_start(new_rows)
+        rows[kind].extend(new_rows)
+        write_rows(files[kind], rows[kind])
+        table()
 
     if done:
-        log(f"{len(rows)} run(s) already in {jsonl}; {len(main)} of the study and {len(cases)} framework case(s) "
-            f"to go")
+        log(f"{len(done)} run(s) already in {jsonl} and {cross_jsonl.name}; {len(main)} of the study and "
+            f"{len(cases)} framework case(s) to go")
     with ExitStack() as stack:
         if main:
             (host,) = start_workers([backend], stack, log)
@@ -512,10 +553,9 @@ def collapse_study(setup: CollapseSetup, seeds: list[int], lrs: list[float], ini
                 cfg = collapse_config(setup, backend, seed, lr, init, "fp32", None, data_dir, threads)
                 t0 = time.perf_counter()
                 v = train_collapse_case([host], cfg, ds, probe, setup, log)[host.name]
-                keep([{"kind": "main", "backend": host.name, "init": init, "lr": lr, "seed": seed,
-                       "precision": "fp32", "dropout": None, **v, "settings": settings}])
-                n = sum(r["kind"] == "main" for r in rows)
-                log(f"[{n}/{total}] {init}, lr {lr:g}, seed {seed}: loss {v['final_loss']:.4f}"
+                keep("main", [{"kind": "main", "backend": host.name, "init": init, "lr": lr, "seed": seed,
+                               "precision": "fp32", "dropout": None, **v, "settings": settings}])
+                log(f"[{len(rows['main'])}/{total}] {init}, lr {lr:g}, seed {seed}: loss {v['final_loss']:.4f}"
                     f"{' (stuck)' if v['stuck'] else ''}, dead class channels {len(v['dead_classes'])}/"
                     f"{spec.num_classes}, {time.perf_counter() - t0:.0f} s")
     with ExitStack() as stack:
@@ -525,13 +565,14 @@ def collapse_study(setup: CollapseSetup, seeds: list[int], lrs: list[float], ini
                 cfg = collapse_config(setup.cross(), backend, seed, lr, init, "fp64", 0.0, data_dir, threads)
                 t0 = time.perf_counter()
                 per = train_collapse_case(hosts, cfg, ds.subset(setup.cross_subset), probe, setup.cross(), log)
-                keep([{"kind": "cross", "backend": name, "init": init, "lr": lr, "seed": seed,
-                       "precision": "fp64", "dropout": 0.0, **v, "settings": settings} for name, v in per.items()])
+                keep("cross", [{"kind": "cross", "backend": name, "init": init, "lr": lr, "seed": seed,
+                                "precision": "fp64", "dropout": 0.0, **v, "settings": settings}
+                               for name, v in per.items()])
                 log(f"[framework case] {init}, lr {lr:g}, seed {seed}: " + "; ".join(
                     f"{n} loss {v['final_loss']:.6f}, dead classes {v['dead_classes']}" for n, v in per.items())
                     + f" ({time.perf_counter() - t0:.0f} s)")
-    write_collapse(rows, state, setup, backend, spec, txt, png, argv)
-    return {"rows": rows, "txt": txt, "png": png}
+    table()
+    return {"rows": rows["main"] + rows["cross"], "txt": txt, "png": png}
 
 
 def collapse_summary(rows: list[dict], inits, lrs) -> list[dict]:
@@ -545,14 +586,27 @@ def collapse_summary(rows: list[dict], inits, lrs) -> list[dict]:
             out.append({"init": init, "lr": lr, "n": len(runs), "stuck": sum(r["stuck"] for r in runs),
                         "all_dead": sum(len(r["dead_classes"]) == r["classes"] for r in runs),
                         "dead_counts": [len(r["dead_classes"]) for r in runs],
+                        "start_counts": [_start(r, class_key(r)) for r in runs],
                         "final_losses": [r["final_loss"] for r in runs]})
     return out
+
+
+def class_key(row: dict) -> str:
+    return list(row["dead"])[-1]
+
+
+def _start(row: dict, conv: str):
+    return row.get("dead_start", {}).get(conv, "?")
 
 
 def format_collapse(rows: list[dict], state: dict, setup: CollapseSetup, backend: str, spec: NiNSpec) -> list[str]:
     steps = setup.steps()
     cls = class_conv(spec)
     blocks = [b for b in spec.layers if isinstance(b, NiNBlock)]
+    main = sorted((r for r in rows if r["kind"] == "main"),
+                  key=lambda r: (state["inits"].index(r["init"]) if r["init"] in state["inits"] else 99,
+                                 -r["lr"], r["seed"]))
+    total = len(state["seeds"]) * len(state["inits"]) * len(state["lrs"])
     lines = [
         f"the chapter's training (plain SGD: no momentum, weight decay or schedule; cross-entropy; dropout 0.5) of "
         f"the {spec.variant} network at {setup.resize}x{setup.resize}, batch {setup.batch_size}, on {backend} in "
@@ -560,27 +614,27 @@ def format_collapse(rows: list[dict], state: dict, setup: CollapseSetup, backend
         f"drawn in NumPy for every framework alike",
         f"stuck: the mean training loss of the last {setup.window} steps within {setup.tolerance:g} of ln 10 = "
         f"{LN10:.4f}; dead: a channel whose ReLU output is 0 at every position of every one of the first "
-        f"{setup.probe} training images (a float64 NumPy pass over the final weights); a dead class channel "
-        f"({cls}) gives its class a constant score 0 and no gradient, for good",
+        f"{setup.probe} training images (a float64 NumPy pass over the weights); a dead class channel ({cls}) "
+        f"gives its class a constant score 0 and no gradient, for good",
+        f"{len(main)} of {total} runs finished ({len(state['inits'])} inits x {len(state['lrs'])} learning rates x "
+        f"{len(state['seeds'])} seeds {', '.join(map(str, state['seeds']))}, seed by seed)",
         "",
-        f"{'init':<17} {'lr':>5} {'runs':>4} {'stuck':>7} {'all 10 dead':>11}  dead class channels, per seed",
+        f"{'init':<17} {'lr':>5} {'runs':>4} {'stuck':>7} {'all 10 dead':>11}  dead class channels per seed, "
+        f"at the start -> after {steps} steps",
     ]
     for s in collapse_summary(rows, state["inits"], state["lrs"]):
         lines.append(f"{s['init']:<17} {s['lr']:>5g} {s['n']:>4} {s['stuck']:>3}/{s['n']:<3} {s['all_dead']:>7}/"
-                     f"{s['n']:<3}  {' '.join(map(str, s['dead_counts']))}")
-    main = sorted((r for r in rows if r["kind"] == "main"),
-                  key=lambda r: (state["inits"].index(r["init"]) if r["init"] in state["inits"] else 99,
-                                 -r["lr"], r["seed"]))
+                     f"{s['n']:<3}  " + " ".join(f"{a}->{b}" for a, b in zip(s["start_counts"], s["dead_counts"])))
     names = [c.name for b in blocks for c in b.convs]
-    lines += ["", "every run: the final loss (mean of the last steps) and the dead channels of each conv "
-                  "(of its output channels)",
-              f"{'init':<17} {'lr':>5} {'seed':>4} {'loss':>7} {'stuck':>5} {'test acc':>8}  "
-              + " ".join(f"{n:>10}" for n in names)]
     width = {c.name: c.out_channels for b in blocks for c in b.convs}
+    lines += ["", "every run: the final loss (mean of the last steps) and each conv's dead channels, at the start -> "
+                  "at the end (of its output channels)",
+              f"{'init':<17} {'lr':>5} {'seed':>4} {'loss':>7} {'stuck':>5} {'test acc':>8}  "
+              + " ".join(f"{n:>13}" for n in names)]
     for r in main:
+        cells = " ".join(f"{_start(r, n)}->{r['dead'][n]}/{width[n]}".rjust(13) for n in names)
         lines.append(f"{r['init']:<17} {r['lr']:>5g} {r['seed']:>4} {r['final_loss']:>7.4f} "
-                     f"{'yes' if r['stuck'] else 'no':>5} {r['test_acc']:>8.3f}  "
-                     + " ".join(f"{str(r['dead'][n]) + '/' + str(width[n]):>10}" for n in names))
+                     f"{'yes' if r['stuck'] else 'no':>5} {r['test_acc']:>8.3f}  {cells}")
     cross = [r for r in rows if r["kind"] == "cross"]
     if cross:
         cs = setup.cross()
@@ -588,8 +642,8 @@ def format_collapse(rows: list[dict], state: dict, setup: CollapseSetup, backend
                       f"trajectories agree: float64, dropout off (its masks are each framework's own draw), the "
                       f"same start and example order; the first {cs.subset} training images, {cs.epochs} epoch(s) "
                       f"= {cs.steps()} steps, otherwise as above",
-                  f"{'case (init, lr, seed)':<28} {'framework':<11} {'loss':>20} {'stuck':>5}  dead class channels"
-                  f"{'':<8} dead per conv"]
+                  f"{'case (init, lr, seed)':<28} {'framework':<11} {'loss':>20} {'stuck':>5}  "
+                  f"{'dead class channels':<27} dead per conv, {', '.join(names)}"]
         for seed, lr, init in state["cross"]:
             per = [r for r in cross if (r["seed"], r["lr"], r["init"]) == (seed, lr, init)]
             if not per:
@@ -607,6 +661,9 @@ def format_collapse(rows: list[dict], state: dict, setup: CollapseSetup, backend
 
 
 def write_collapse(rows, state, setup, backend, spec, txt: Path, png: Path, argv) -> None:
+    rows = [r for r in rows if (r["seed"] in state["seeds"] and r["init"] in state["inits"] and r["lr"] in state["lrs"]
+                                if r["kind"] == "main" else (r["seed"], r["lr"], r["init"]) in state["cross"]
+                                and r["backend"] in state["cross_backends"])]  # this command's runs only
     keys = [backend] + [b for b in state["cross_backends"] if b != backend] if any(
         r["kind"] == "cross" for r in rows) else [backend]
     write_text(txt, "\n".join(header(argv, keys) + format_collapse(rows, state, setup, backend, spec)) + "\n")
@@ -648,4 +705,3 @@ def plot_collapse(rows: list[dict], state: dict, setup: CollapseSetup, dest, tit
         ax.set_title("fraction of runs", fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(axis="y", alpha=0.3)
-

@@ -14,8 +14,6 @@ from nin_multi.spec import NiNBlock, make_spec
 from nin_multi.study import (LN10, CollapseSetup, class_conv, dead_channels, dead_per_conv, is_stuck, mean_sd,
                              parse_cases, seed_table_rows)
 
-from conftest import load
-
 
 # -- the stuck test and the dead channels, exact -----------------------------------------------------------
 def test_is_stuck_reads_the_mean_of_the_last_steps():
@@ -122,12 +120,13 @@ def test_study_variants_writes_the_table_and_continues(sample_dir, tmp_path, cap
         mine = [r for r in rows if r["variant"] == variant]
         assert f[0] == variant and int(f[1].replace(",", "")) == make_spec(variant).num_params and f[2] == "2"
         accs = [r["test_acc"] for r in mine]
-        assert float(f[3]) == pytest.approx(statistics.mean(accs), abs=5e-4)
-        assert f[4] == "+-" and float(f[5]) == pytest.approx(statistics.stdev(accs), abs=5e-4)
-        assert [float(v) for v in f[6:8]] == pytest.approx(accs, abs=5e-4)
-        assert float(f[8]) == pytest.approx(statistics.mean(r["train_seconds"] for r in mine), abs=0.05)
-        ratio = sum(r["train_seconds"] for r in mine) / sum(r["train_seconds"] for r in rows if r["variant"] == "chapter")
-        assert float(f[9]) == pytest.approx(ratio, abs=0.005) and f[10] == "fp32"
+        assert float(f[3]) == pytest.approx(statistics.mean(accs), abs=5.01e-4)  # printed to 3 places
+        assert f[4] == "+-" and float(f[5]) == pytest.approx(statistics.stdev(accs), abs=5.01e-4)
+        assert f[6:8] == [f"{a:.3f}" for a in accs]
+        assert float(f[8]) == pytest.approx(statistics.mean(r["train_seconds"] for r in mine), abs=0.0501)
+        chapter = [r["train_seconds"] for r in rows if r["variant"] == "chapter"]
+        ratio = sum(r["train_seconds"] for r in mine) / sum(chapter)
+        assert float(f[9]) == pytest.approx(ratio, abs=0.00501) and f[10] == "fp32"
     assert "4 of 4 runs finished" in "\n".join(lines)
 
     before = (tmp_path / "seeds.jsonl").read_text()
@@ -139,7 +138,8 @@ def test_study_variants_writes_the_table_and_continues(sample_dir, tmp_path, cap
 
 def test_study_refuses_rows_of_other_settings(tmp_path, capsys):
     out = tmp_path / "seeds"
-    (tmp_path / "seeds.jsonl").write_text(json.dumps({"variant": "chapter", "seed": 0, "settings": {"epochs": 9}}) + "\n")
+    row = {"variant": "chapter", "seed": 0, "settings": {"epochs": 9}}
+    (tmp_path / "seeds.jsonl").write_text(json.dumps(row) + "\n")
     before = (tmp_path / "seeds.jsonl").read_text()
     assert main(["study", "variants", "--epochs", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -157,13 +157,14 @@ def test_study_collapse_tiny(sample_dir, tmp_path, capsys):
             "--threads", "1", "--data-dir", str(sample_dir), "--out", str(out)]
     assert main(args) == 0
     rows = [json.loads(line) for line in (tmp_path / "collapse.jsonl").read_text().splitlines()]
-    assert [(r["kind"], r["init"], r["lr"], r["seed"]) for r in rows] == [("main", "kaiming", 0.1, 0),
-                                                                        ("main", "kaiming", 0.1, 1)]
+    assert [(r["kind"], r["init"], r["lr"], r["seed"]) for r in rows] == [
+        ("main", "kaiming", 0.1, 0), ("main", "kaiming", 0.1, 1)]
     for r in rows:
         assert len(r["steps"]) == 1 and r["final_loss"] == r["steps"][-1]
         assert r["stuck"] == (abs(r["final_loss"] - LN10) <= 0.01)
         assert set(r["dead"]) == {c.name for c in make_spec("chapter").convs()}
         assert r["dead"]["nin4.conv2"] == len(r["dead_classes"])
+        assert set(r["dead_start"]) == set(r["dead"])  # the same count at the start, from the NumPy draw
     text = (tmp_path / "collapse.txt").read_text().splitlines()
     assert text[0] == "$ python -m nin_multi " + shlex.join(args)
     summary = [line for line in text if line.startswith("kaiming ") and line.split()[2] == "2"]
@@ -171,7 +172,8 @@ def test_study_collapse_tiny(sample_dir, tmp_path, capsys):
     f = summary[0].split()
     assert f[:3] == ["kaiming", "0.1", "2"]
     assert f[3] == f"{sum(r['stuck'] for r in rows)}/2"
-    assert f[-2:] == [str(len(r["dead_classes"])) for r in rows]
+    assert f[-2:] == [f"{r['dead_start']['nin4.conv2']}->{len(r['dead_classes'])}" for r in rows]
+    assert "2 of 2 runs finished" in "\n".join(text)
     assert (tmp_path / "collapse.png").stat().st_size > 10_000
 
 
@@ -189,8 +191,10 @@ def test_study_collapse_tiny(sample_dir, tmp_path, capsys):
     (["collapse", "--cross", "", "--subset", "512", "--epochs", "1", "--window", "40"],
      "--window 40 is longer than the run (4 steps"),
     (["collapse", "--cross", "", "--tolerance", "0"], "--tolerance must be"),
-    (["collapse", "--cross", "", "--subset", "2048", "--probe", "4096"], "--probe 4096 must be at most --subset 2048"),
-    (["collapse", "--cross", "", "--cross-subset", "4096"], "--cross-subset 4096 must be at most"),
+    (["collapse", "--cross", "", "--subset", "2048", "--probe", "4096"],
+     "--probe 4096 must be at most --subset 2048"),
+    (["collapse", "--cross-subset", "4096"], "--cross-subset 4096 must be at most --subset 1024"),
+    (["collapse", "--window", "5"], "--window 5 is longer than a framework case (4 steps"),
     (["collapse", "--cross", "", "--subset", "0"], "--subset must be a positive integer"),
 ])
 def test_study_errors_are_one_line(tmp_path, capsys, monkeypatch, args, message):
@@ -204,4 +208,5 @@ def test_study_errors_are_one_line(tmp_path, capsys, monkeypatch, args, message)
 def test_parse_cases():
     assert parse_cases("0:0.1:kaiming, 3:0.05:xavier") == [(0, 0.1, "kaiming"), (3, 0.05, "xavier")]
     assert parse_cases("") == []
-    assert CollapseSetup().steps() == 32 and CollapseSetup(subset=1000, epochs=3).steps() == 24
+    assert CollapseSetup().steps() == 16 and CollapseSetup().cross().steps() == 4
+    assert CollapseSetup(subset=1000, epochs=3).steps() == 24
