@@ -6,10 +6,11 @@ every row: a study that is stopped keeps what it finished, and the same command 
 runs still missing. Each row records the settings it was made with, so rows of another setting are never
 mixed into a table (the command refuses instead and names ``--restart``).
 
-Why a channel can die for good: NiN's class scores are the global averages of the last block's ReLU
-outputs. A class channel whose ReLU output is 0 at every position of every image has a constant score (0)
-and no gradient, so nothing ever revives it; when all ten are dead the logits are all 0, the softmax is
-uniform and the loss is exactly ln 10 = 2.3026 for every image, with no gradient reaching any layer.
+Why a run can stop for good: NiN's class scores are the global averages of the last block's ReLU outputs.
+A class channel whose ReLU output is 0 at every position of every image has a constant score (0) and its
+weights get no gradient; only a change of the layers below, driven by the other classes, can bring it back.
+When all ten are dead the logits are all 0, the softmax is uniform, the loss is exactly ln 10 = 2.3026 for
+every image and no layer gets any gradient: nothing changes again.
 """
 from __future__ import annotations
 
@@ -614,8 +615,9 @@ def format_collapse(rows: list[dict], state: dict, setup: CollapseSetup, backend
         f"drawn in NumPy for every framework alike",
         f"stuck: the mean training loss of the last {setup.window} steps within {setup.tolerance:g} of ln 10 = "
         f"{LN10:.4f}; dead: a channel whose ReLU output is 0 at every position of every one of the first "
-        f"{setup.probe} training images (a float64 NumPy pass over the weights); a dead class channel ({cls}) "
-        f"gives its class a constant score 0 and no gradient, for good",
+        f"{setup.probe} training images (a float64 NumPy pass over the weights, dropout off); a dead class channel "
+        f"({cls}) gives its class a constant score 0 and its weights no gradient, and with all ten dead no layer "
+        f"gets any: the loss stays ln 10 for good",
         f"{len(main)} of {total} runs finished ({len(state['inits'])} inits x {len(state['lrs'])} learning rates x "
         f"{len(state['seeds'])} seeds {', '.join(map(str, state['seeds']))}, seed by seed)",
         "",

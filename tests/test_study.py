@@ -2,6 +2,7 @@
 channels' death seen in every backend's logits, the tables the command writes on a tiny setting (columns,
 row counts, mean and sd), a rerun that continues, and the one-line errors."""
 import json
+import re
 import shlex
 import statistics
 
@@ -13,6 +14,8 @@ from nin_multi.errors import ConfigError
 from nin_multi.spec import NiNBlock, make_spec
 from nin_multi.study import (LN10, CollapseSetup, class_conv, dead_channels, dead_per_conv, is_stuck, mean_sd,
                              parse_cases, seed_table_rows)
+
+from conftest import ROOT
 
 
 # -- the stuck test and the dead channels, exact -----------------------------------------------------------
@@ -210,3 +213,16 @@ def test_parse_cases():
     assert parse_cases("") == []
     assert CollapseSetup().steps() == 16 and CollapseSetup().cross().steps() == 4
     assert CollapseSetup(subset=1000, epochs=3).steps() == 24
+
+
+def test_exercises_page_shows_the_stored_studies():
+    """The page holds each stored table as the command wrote it, and the stored files name no machine's
+    paths (the command is given relative to the repository)."""
+    page = (ROOT / "docs" / "exercises.md").read_text(encoding="utf-8")
+    for stem in ("exercises-seeds", "collapse"):
+        text = (ROOT / "docs" / "img" / f"{stem}.txt").read_text(encoding="utf-8")
+        assert text.startswith(f"$ python -m nin_multi study {'variants' if stem != 'collapse' else 'collapse'} ")
+        assert text.strip() in page, f"docs/exercises.md does not show docs/img/{stem}.txt as stored"
+        assert f"img/{stem}.png" in page and (ROOT / "docs" / "img" / f"{stem}.png").stat().st_size > 10_000
+        for stored in (text, (ROOT / "docs" / "img" / f"{stem}.jsonl").read_text(encoding="utf-8")):
+            assert not re.search(r"(?<![\w.])/(home|work|tmp|root|Users|private)/", stored)
