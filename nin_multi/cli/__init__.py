@@ -19,7 +19,8 @@ from nin_multi.errors import NinMultiError, Terminated
 
 #: The commands, in the order ``--help`` lists them; each module of this package registers its own.
 #: They import their frameworks lazily, so ``--help`` stays fast.
-COMMANDS = ("train", "summary", "evaluate", "convert", "reproduce", "resources", "compare", "bench", "sweep")
+COMMANDS = ("train", "summary", "evaluate", "convert", "reproduce", "resources", "compare", "study", "bench",
+            "sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:
