@@ -29,8 +29,8 @@ from mkdocs.structure.files import File
 #: Where each framework's training step lives in the package: (file, dotted path of the function).
 PACKAGE_STEPS = {
     "torch": ("backends/torch.py", "Trainer.train_step"),
-    "tensorflow": ("backends/tf.py", "Trainer._train_graph"),
-    "mxnet": ("backends/mxnet.py", "Trainer.step_over"),
+    "tensorflow": ("backends/tf.py", "Trainer._step_graph"),
+    "mxnet": ("backends/mxnet.py", "Trainer.train_step"),
     "jax": ("backends/jax.py", "Trainer.__init__.train_step"),
 }
 CHAPTER = "chapter.md"

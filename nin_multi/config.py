@@ -37,7 +37,7 @@ class TrainConfig:
     backend: str = "torch"
     epochs: int = 10          # the chapter: 10 epochs
     batch_size: int = 128     # the chapter: batch 128
-    lr: float = 0.05          # the chapter on d2l.ai: SGD, learning rate 0.05 (the 1st edition's 0.1 could sit at chance)
+    lr: float = 0.05          # the chapter on d2l.ai: SGD at 0.05 (the 1st edition's 0.1 could sit at chance)
     resize: int = 224         # the chapter: Fashion-MNIST resized to 224x224
     init: str = "xavier"      # the chapter: Xavier-uniform; "kaiming" leaves the 2.30 plateau sooner
     seed: int = 0

@@ -181,7 +181,7 @@ def test_non_finite_loss_stops_with_epoch_and_batch(sample_dir):
             return (float("nan") if self.calls == 3 else 2.3 * len(y)), 0
 
     ds = load_fashion_mnist(sample_dir).subset(200)
-    cfg = TrainConfig(epochs=5, batch_size=32, resize=28, progress=False)
+    cfg = TrainConfig(epochs=5, batch_size=32, resize=28, lr=0.1, progress=False)
     with pytest.raises(TrainingDivergedError, match=r"epoch 2, batch 3.*--lr 0.05"):
         train_epoch(Exploding(), ds, cfg, "NCHW", epoch=1)
 
