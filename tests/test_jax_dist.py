@@ -20,7 +20,7 @@ from nin_multi.host import free_ports
 from nin_multi.train import train
 from nin_multi.weights import load_weights
 
-from conftest import ROOT, SAMPLE_DIR, descendants, load
+from conftest import ROOT, descendants, load
 
 TIMEOUT = 300  # seconds for one multi-process run on the shared 2-core machine
 #: The fast recipe's optimizer on the mini net at 28x28, float64, no dropout: 2 epochs of 3 steps, the
@@ -149,20 +149,18 @@ def check_same_training(run, one, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory):
+def one_process(tmp_path_factory, sample_dir):
     """The recipe trained by one process: what two workers must leave."""
-    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR} (set NIN_MULTI_SAMPLE_DIR)")
     load("jax")
     out = tmp_path_factory.mktemp("jax-one") / "run"
-    train(TrainConfig(backend="jax", out=str(out), progress=False, data_dir=str(SAMPLE_DIR), **RECIPE),
+    train(TrainConfig(backend="jax", out=str(out), progress=False, data_dir=str(sample_dir), **RECIPE),
           log=lambda *_: None)
     return out
 
 
 @pytest.mark.slow
-def test_two_workers_leave_one_process_s_weights_with_the_fast_recipe_s_optimizer(one_process, tmp_path):
-    p = nin_multi([*args({**RECIPE, "data_dir": SAMPLE_DIR}, tmp_path / "two"), "--workers", "2"])
+def test_two_workers_leave_one_process_s_weights_with_the_fast_recipe_s_optimizer(one_process, sample_dir, tmp_path):
+    p = nin_multi([*args({**RECIPE, "data_dir": sample_dir}, tmp_path / "two"), "--workers", "2"])
     try:
         out, err = p.communicate(timeout=TIMEOUT)
     finally:
@@ -200,12 +198,12 @@ def _worker(launcher_pid: int, rank: int):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
-def test_a_killed_worker_is_named_nothing_is_left_and_the_run_resumes_exactly(one_process, tmp_path):
+def test_a_killed_worker_is_named_nothing_is_left_and_the_run_resumes_exactly(one_process, sample_dir, tmp_path):
     """While two workers train, every socket they listen on is on loopback; worker 1 SIGKILLed after the
     first epoch's checkpoint ends the run in one line, with no process left; ``--resume --workers 2``
     then ends with one uninterrupted process's weights."""
     run = tmp_path / "run"
-    p = nin_multi([*args({**RECIPE, "data_dir": SAMPLE_DIR}, run), "--workers", "2"])
+    p = nin_multi([*args({**RECIPE, "data_dir": sample_dir}, run), "--workers", "2"])
     try:
         deadline = time.monotonic() + TIMEOUT
         while not (run / "checkpoints" / "epoch-0001.npz").exists():
@@ -240,15 +238,13 @@ def test_a_killed_worker_is_named_nothing_is_left_and_the_run_resumes_exactly(on
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
-def test_a_launcher_stopped_by_sigterm_stops_its_jax_workers_in_one_line(tmp_path):
+def test_a_launcher_stopped_by_sigterm_stops_its_jax_workers_in_one_line(sample_dir, tmp_path):
     """SIGTERM to ``--workers 2``: the workers stop on the run's own handler (which JAX's start-up would
     take over), the launcher says so in one line, and no process is left."""
     load("jax")
-    if not (SAMPLE_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the Fashion-MNIST sample is not at {SAMPLE_DIR} (set NIN_MULTI_SAMPLE_DIR)")
     run = tmp_path / "run"
     p = nin_multi([*args({**RECIPE, "precision": "fp32", "subset": 64, "test_subset": 32, "epochs": 1000,
-                          "data_dir": SAMPLE_DIR}, run), "--workers", "2"])
+                          "data_dir": sample_dir}, run), "--workers", "2"])
     try:
         deadline = time.monotonic() + TIMEOUT
         while not (run / "checkpoints" / "epoch-0001.npz").exists():
