@@ -26,13 +26,19 @@ import warnings
 
 import numpy as np
 
-from jax.experimental import enable_x64
-
 from nin_multi.backends.jax import Trainer, jax
 from nin_multi.cluster import TIMEOUT_ENV
 from nin_multi.errors import DistributedError
 from nin_multi.host import check_port, free_ports
 from nin_multi.machine import usable_cores
+
+try:  # JAX 0.8 and newer: the config option's own context manager (jax.experimental's is gone)
+    from jax import enable_x64 as _x64_option
+
+    def enable_x64():
+        return _x64_option(True)
+except ImportError:  # JAX 0.7 and older
+    from jax.experimental import enable_x64
 
 #: The environment ``start_workers`` gives each process (read by ``cluster.from_env`` through the
 #: registry): JAX's own ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0's coordination service), and

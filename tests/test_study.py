@@ -15,7 +15,7 @@ from nin_multi.spec import NiNBlock, make_spec
 from nin_multi.study import (LN10, CollapseSetup, class_conv, dead_channels, dead_per_conv, is_stuck, mean_sd,
                              parse_cases, seed_table_rows)
 
-from conftest import ROOT
+from conftest import ROOT, load
 
 
 # -- the stuck test and the dead channels, exact -----------------------------------------------------------
@@ -100,6 +100,7 @@ def test_mean_and_sample_sd():
 
 # -- the command, on a tiny setting ------------------------------------------------------------------------
 def test_study_variants_writes_the_table_and_continues(sample_dir, tmp_path, capsys):
+    load("torch")  # the command's default backend
     out = tmp_path / "seeds"
     args = ["study", "variants", "--variants", "no-1x1,chapter", "--seeds", "0,1", "--epochs", "1",
             "--subset", "32", "--test-subset", "32", "--threads", "1", "--data-dir", str(sample_dir),
@@ -154,6 +155,7 @@ def test_study_refuses_rows_of_other_settings(tmp_path, capsys):
 
 
 def test_study_collapse_tiny(sample_dir, tmp_path, capsys):
+    load("torch")  # the command's default backend
     out = tmp_path / "collapse"
     args = ["study", "collapse", "--seeds", "0,1", "--inits", "kaiming", "--lrs", "0.1", "--subset", "64",
             "--test-subset", "16", "--epochs", "1", "--window", "1", "--probe", "8", "--cross", "",
