@@ -21,6 +21,7 @@ from nin_multi.train import train
 from nin_multi.weights import load_weights
 
 from conftest import ROOT, descendants, load
+from test_workers_safety import nin_multi, stop, wait_for
 
 TIMEOUT = 300  # seconds for one multi-process run on the shared 2-core machine
 #: The fast recipe's optimizer on the mini net at 28x28, float64, no dropout: 2 epochs of 3 steps, the
@@ -110,24 +111,6 @@ def args(cfg: dict, out) -> list:
             *(["--nesterov"] if cfg.get("nesterov") else []), "--out", str(out), "--no-progress"]
 
 
-def nin_multi(argv) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nin_multi", *argv], cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def stop(p: subprocess.Popen) -> None:
-    for pid in [*descendants(p.pid)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    p.communicate()
-
-
 def relative_difference(a: dict, b: dict) -> float:
     num = sum(float(np.sum((np.asarray(a[k], np.float64) - b[k]) ** 2)) for k in b)
     return (num / sum(float(np.sum(np.asarray(b[k], np.float64) ** 2)) for k in b)) ** 0.5
@@ -205,10 +188,7 @@ def test_a_killed_worker_is_named_nothing_is_left_and_the_run_resumes_exactly(on
     run = tmp_path / "run"
     p = nin_multi([*args({**RECIPE, "data_dir": sample_dir}, run), "--workers", "2"])
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not (run / "checkpoints" / "epoch-0001.npz").exists():
-            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
-            time.sleep(0.1)
+        wait_for(run / "checkpoints" / "epoch-0001.npz", p, TIMEOUT)
         started = descendants(p.pid)
         sockets = {pid: _listening(pid) for pid in [p.pid, *started]}
         assert sum(len(s) for s in sockets.values()) >= 2, sockets  # the coordinator and gloo's pairs
@@ -246,10 +226,7 @@ def test_a_launcher_stopped_by_sigterm_stops_its_jax_workers_in_one_line(sample_
     p = nin_multi([*args({**RECIPE, "precision": "fp32", "subset": 64, "test_subset": 32, "epochs": 1000,
                           "data_dir": sample_dir}, run), "--workers", "2"])
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not (run / "checkpoints" / "epoch-0001.npz").exists():
-            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
-            time.sleep(0.1)
+        wait_for(run / "checkpoints" / "epoch-0001.npz", p, TIMEOUT)
         started = descendants(p.pid)
         assert len(started) == 2
         os.kill(p.pid, signal.SIGTERM)

@@ -73,8 +73,9 @@ def interfaces(pid: int) -> list[str]:
     return [line.split(":")[0].strip() for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]]
 
 
-def wait_for(path: Path, p: subprocess.Popen) -> None:
-    deadline = time.monotonic() + TIMEOUT
+def wait_for(path: Path, p: subprocess.Popen, timeout: float = TIMEOUT) -> None:
+    """Until ``path`` exists; the run ending first, or ``timeout`` seconds, fail with its stderr."""
+    deadline = time.monotonic() + timeout
     while not path.exists():
         assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
         time.sleep(0.2)
