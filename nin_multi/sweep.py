@@ -10,14 +10,14 @@ slow only because something else ran.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Callable, Iterable
 
 from . import data as data_mod
+from . import loop
 from .bench import load
 from .config import TrainConfig
 from .errors import ConfigError
-from .train import build, evaluate, spec_for, train_epoch
+from .train import build, spec_for
 
 #: What the sweep varies, one at a time around the base recipe unless a full grid is asked for. The seed
 #: is one of them because on a few thousand images it moves the accuracy as much as any setting does: a
@@ -54,27 +54,25 @@ def settings_around(base: dict, values: dict[str, list], grid: bool = False) -> 
 
 def time_to_accuracy(backend, cfg: TrainConfig, ds: data_mod.FashionMNIST, target: float,
                      log: Callable[[str], None] = print) -> dict:
-    """Train ``cfg`` on ``ds`` (its test split being the validation images), evaluating after every epoch;
-    the wall seconds from the first step to the first epoch whose validation accuracy reaches ``target``."""
+    """Train ``cfg`` on ``ds`` (its test split being the validation images) through the one loop, which
+    evaluates after every epoch; the wall seconds from the first step to the first epoch whose validation
+    accuracy reaches ``target`` (``loop.reached``, as ``train`` reports it)."""
     backend.configure(cfg.threads, cfg.seed)
     make_model, make_trainer = build(backend, spec_for(cfg), cfg, len(ds.train_images))
     trainer = make_trainer(make_model())
+
+    def say(row: dict, step: int) -> None:
+        log(f"  epoch {row['epoch']}: train loss {row['train_loss']:.3f}, validation acc {row['test_acc']:.3f}, "
+            f"{row['wall_seconds']:.1f} s")
+
     before = load.cpu_counters(own=True)
-    curve, reached = [], None
-    for epoch in range(cfg.epochs):
-        stats = train_epoch(trainer, ds, cfg, backend.LAYOUT, epoch)
-        _, acc = evaluate(trainer, ds.test_images, ds.test_labels, cfg, backend.LAYOUT, "validation")
-        wall = time.perf_counter() - before[0]
-        curve.append(round(acc, 4))
-        log(f"  epoch {epoch + 1}: train loss {stats['train_loss']:.3f}, validation acc {acc:.3f}, {wall:.1f} s")
-        if reached is None and acc >= target:
-            reached = (epoch + 1, wall)
+    rows = loop.fit(trainer, ds, cfg, backend.LAYOUT, on_epoch=[say], eval_desc="validation")
     after = load.cpu_counters(own=True)
-    wall, cpu = after[0] - before[0], after[1] - before[1]
-    others = load.others_share(before, after)
-    return {"epoch_reached": reached[0] if reached else None, "seconds_to_target": reached[1] if reached else None,
-            "best_val_acc": max(curve), "final_val_acc": curve[-1], "val_acc": curve, "wall_seconds": wall,
-            "cpu_seconds": cpu, "others_cpu_share": others}
+    curve, hit = [round(r["test_acc"], 4) for r in rows], loop.reached(rows, target)
+    return {"epoch_reached": hit["epoch"] if hit else None, "seconds_to_target": hit["wall_seconds"] if hit else None,
+            "best_val_acc": max(curve), "final_val_acc": curve[-1], "val_acc": curve,
+            "wall_seconds": after[0] - before[0], "cpu_seconds": after[1] - before[1],
+            "others_cpu_share": load.others_share(before, after)}
 
 
 def run_sweep(backend, base: TrainConfig, settings: Iterable[dict], ds: data_mod.FashionMNIST, target: float,

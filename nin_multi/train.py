@@ -1,28 +1,28 @@
-"""The training driver: one epoch loop for every backend, around each backend's own ``train_step``.
+"""The training driver: a run directory around the one epoch loop (``loop.fit``) and each backend's own
+``train_step``.
 
 The framework-specific part (forward, loss, gradients, SGD update: ``torch.autograd``,
 ``tf.GradientTape``, ``mxnet.autograd``, ``jax.value_and_grad``) lives in each backend's ``Trainer``;
-the bookkeeping (data order, progress, metrics, plot, checkpoints, weights) is here once. A single process
-is a world of one (``distributed.World``), so ``train`` reads: open the run, restore, fit, finish.
+the bookkeeping (metrics, checkpoints, events, weights) is here once, as the loop's hooks. A single
+process is a world of one (``distributed.World``), so ``train`` reads: open the run, restore, fit, finish.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from pathlib import Path
 from typing import Optional
 
 from . import data as data_mod
-from . import machine, optim
+from . import loop, machine, optim
 from .config import AUTO, TrainConfig, param_dtype
 from .distributed import World, die_with_launcher, serve
-from .errors import ConfigError, Interrupted, NinMultiError, RunDirError, TrainingDivergedError, WriteError
+from .errors import ConfigError, Interrupted, NinMultiError, RunDirError, WriteError
+from .loop import evaluate, train_epoch  # noqa: F401  (the driver's API: notebooks and tests train with them)
 from .precision import check_runs_here
 from .precision import resolve as resolve_precision
 from .record import Record, read_run_config, restore  # noqa: F401  (restore: part of the driver's API)
 from .recipes import get_recipe
-from .run import CONFIG, WEIGHTS, Run, default_run_dir, final_line, progress
+from .run import CONFIG, WEIGHTS, Run, default_run_dir, final_line
 from .spec import NiNSpec, make_spec
 from .untrusted import check_memory
 from .weights import trained_entry
@@ -63,57 +63,6 @@ def grayscale_note(spec: NiNSpec) -> dict:
 def load_data(cfg: TrainConfig) -> data_mod.FashionMNIST:
     ds = data_mod.load_fashion_mnist(cfg.data_dir)
     return ds.subset(cfg.subset, cfg.test_subset)
-
-
-def evaluate(trainer, images, labels, cfg: TrainConfig, layout: str, desc: str = "eval") -> tuple[float, float]:
-    """Mean loss and accuracy over a split, in eval mode (dropout off)."""
-    loss_sum, correct = 0.0, 0
-    n = len(images)
-    with progress(data_mod.num_batches(n, cfg.batch_size), desc, cfg.progress) as bar:
-        for x, y in data_mod.batches(images, labels, cfg.batch_size, cfg.resize, layout,
-                                     dtype=param_dtype(cfg.precision), channels=cfg.in_channels):
-            l, c = trainer.eval_step(x, y)
-            loss_sum, correct = loss_sum + l, correct + c
-            bar.update()
-    return loss_sum / n, correct / n
-
-
-def train_epoch(trainer, ds, cfg: TrainConfig, layout: str, epoch: int, order=None, step_losses=None,
-                log_step=None, prefetch: int = 2, step: Optional[int] = None) -> dict:
-    """One pass over the training set. The driver owns the step and the rate: update ``step`` (0-based over
-    the whole run; by default every earlier epoch's batches) is taken at ``lr_at(step)`` of the run's
-    optimizer settings, handed to the Trainer, and that rate is what ``log_step(step + 1, mean loss, lr)``
-    (a ``Run``'s, counting from 1) records. ``step_losses``, a list, receives every batch's mean loss (what
-    ``reproduce`` compares step by step between frameworks). ``prefetch=0`` prepares each batch only when
-    the step asks for it (bench measures what prefetching hides)."""
-    n = len(ds.train_images)
-    steps = data_mod.num_batches(n, cfg.batch_size)
-    settings = optim.from_config(cfg, steps)
-    first_step = epoch * steps if step is None else step
-    loss_sum, correct, seen = 0.0, 0, 0
-    t0 = time.perf_counter()
-    batches = data_mod.batches(ds.train_images, ds.train_labels, cfg.batch_size, cfg.resize, layout,
-                               shuffle=True, seed=cfg.seed, epoch=epoch, order=order,
-                               dtype=param_dtype(cfg.precision), channels=cfg.in_channels, prefetch=prefetch)
-    with progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress) as bar:
-        for i, (x, y) in enumerate(batches):
-            lr = settings.lr_at(first_step + i)
-            l, c = trainer.train_step(x, y, lr)
-            if not math.isfinite(l):
-                raise TrainingDivergedError(
-                    f"the training loss became {l} at epoch {epoch + 1}, batch {i + 1}: training diverged. "
-                    f"Try a lower learning rate (--lr {cfg.lr / 2:g}) or --init kaiming; metrics and the "
-                    f"last good checkpoint are kept in the run directory")
-            loss_sum, correct, seen = loss_sum + l, correct + c, seen + len(y)
-            if step_losses is not None:
-                step_losses.append(l / len(y))
-            if log_step is not None:
-                log_step(first_step + i + 1, l / len(y), lr)
-            bar.update()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-    seconds = time.perf_counter() - t0
-    return {"train_loss": loss_sum / seen, "train_acc": correct / seen,
-            "examples_per_sec": seen / seconds, "seconds": seconds}
 
 
 def resume(run_dir, epochs: Optional[int] = None, progress_bar: bool = True, log=print,
@@ -217,18 +166,17 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
 def time_to_accuracy_lines(history: list[dict], recipe=None) -> list[str]:
     """What the user waited for: the wall time to the best test accuracy so far and, for a recipe made
     to reach an accuracy (``fast``), the time to that accuracy."""
-    timed = [r for r in history if "wall_seconds" in r]
-    if not timed:
+    top = loop.best(history)
+    if top is None:
         return []
-    best = max(timed, key=lambda r: r["test_acc"])  # the first epoch that reached the best
-    lines = [f"best test acc {best['test_acc']:.3f} at epoch {best['epoch']}, after {best['wall_seconds']:.1f} s "
+    lines = [f"best test acc {top['test_acc']:.3f} at epoch {top['epoch']}, after {top['wall_seconds']:.1f} s "
              f"of training (train and test passes)"]
     if recipe is not None and recipe.target:
-        hit = next((r for r in timed if r["test_acc"] >= recipe.target), None)
+        hit = loop.reached(history, recipe.target)
         lines.append(f"test acc {recipe.target:g} (the {recipe.name} recipe's target) reached at epoch "
                      f"{hit['epoch']}, after {hit['wall_seconds']:.1f} s" if hit else
                      f"test acc {recipe.target:g} (the {recipe.name} recipe's target) not reached in "
-                     f"{timed[-1]['wall_seconds']:.1f} s")
+                     f"{history[-1]['wall_seconds']:.1f} s")
     return lines
 
 
@@ -267,20 +215,17 @@ def announce(world: World, cfg: TrainConfig, backend, spec: NiNSpec, n_train: in
 
 
 def fit(trainer, ds, cfg: TrainConfig, backend, model, spec: NiNSpec, record: Record, start: int, log) -> None:
-    """Epochs ``start`` to ``cfg.epochs``: train, evaluate, checkpoint, report. Each row's
-    ``wall_seconds`` is the training's wall time so far (every train and test pass from the first step,
-    continued on resume): the time to each accuracy."""
-    t0 = time.perf_counter() - (record.history[-1].get("wall_seconds", 0.0) if record.history else 0.0)
-    step, steps = record.step, data_mod.num_batches(len(ds.train_images), cfg.batch_size)
-    for epoch in range(start, cfg.epochs):
-        row = {"epoch": epoch + 1, **train_epoch(trainer, ds, cfg, backend.LAYOUT, epoch, log_step=record.log_step,
-                                                 step=step)}
-        step += steps
-        row["test_loss"], row["test_acc"] = evaluate(trainer, ds.test_images, ds.test_labels, cfg,
-                                                     backend.LAYOUT, "test")
-        row["backend"] = backend.NAME
-        row["wall_seconds"] = time.perf_counter() - t0
-        record.epoch(row, spec, backend.get_weights(model, spec), trainer.extra_state(), cfg.to_dict(),
-                     trained_entry(cfg.resize, backend.LAYOUT, cfg.precision), step)
-        log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, train acc {row['train_acc']:.3f}, "
+    """Epochs ``start`` to ``cfg.epochs`` through the one loop (``loop.fit``), whose hooks here are the
+    run's: every step's loss and rate to its events, every epoch to a checkpoint, the metrics files and
+    the console. ``wall_seconds`` continues the resumed run's."""
+    elapsed = record.history[-1].get("wall_seconds", 0.0) if record.history else 0.0
+
+    def keep(row: dict, step: int) -> None:
+        record.epoch({**row, "backend": backend.NAME}, spec, backend.get_weights(model, spec),
+                     trainer.extra_state(), cfg.to_dict(), trained_entry(cfg.resize, backend.LAYOUT, cfg.precision),
+                     step)
+        log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, train acc {row['train_acc']:.3f}, "
             f"test acc {row['test_acc']:.3f}, {row['examples_per_sec']:.1f} examples/sec")
+
+    loop.fit(trainer, ds, cfg, backend.LAYOUT, start=start, step=record.step, elapsed=elapsed,
+             on_step=record.log_step, on_epoch=[keep])

@@ -8,6 +8,7 @@ import pytest
 
 import nin_multi.reproduce as reproduce_mod
 from nin_multi import backends
+import nin_multi.loop as loop_mod
 import nin_multi.reproduce.runner as runner_mod
 from nin_multi.cli import main
 from nin_multi.config import TrainConfig
@@ -91,7 +92,7 @@ def test_needs_two_backends(tmp_path):
 def test_backends_agree_from_one_start(sample_dir, tmp_path, capsys, monkeypatch):
     names = installed_backends()
     orders, plots = [], []
-    real_train_epoch, real_plot = runner_mod.train_epoch, runner_mod.plot_curves
+    real_train_epoch, real_plot = loop_mod.train_epoch, runner_mod.plot_curves
 
     def spy_train_epoch(trainer, ds, cfg, layout, epoch, order=None, **kwargs):
         orders.append((cfg.backend, epoch, np.array(order)))
@@ -101,7 +102,7 @@ def test_backends_agree_from_one_start(sample_dir, tmp_path, capsys, monkeypatch
         plots.append((list(histories), dest))
         return real_plot(histories, dest, title)
 
-    monkeypatch.setattr(runner_mod, "train_epoch", spy_train_epoch)
+    monkeypatch.setattr(loop_mod, "train_epoch", spy_train_epoch)  # the one loop's, which reproduce runs
     monkeypatch.setattr(runner_mod, "plot_curves", spy_plot)
     out = tmp_path / "repro"
     code = main(["reproduce", "--backends", ",".join(names), "--data-dir", str(sample_dir), "--variant", "mini",

@@ -7,6 +7,7 @@ import tempfile
 import traceback
 
 from ..config import TrainConfig
+from ..loop import reached
 from ..recipes import get_recipe
 from .protocol import emit, error_text
 
@@ -26,14 +27,14 @@ def measure_time_to_accuracy(name: str, s: dict) -> dict:
             _, history = train(cfg, overwrite=True, log=lambda *_: None)
         out["epochs"] = [{k: r[k] for k in ("epoch", "test_acc", "wall_seconds")} for r in history]
         out["best_acc"] = max(r["test_acc"] for r in history)
-        hit = next((r for r in history if r["test_acc"] >= recipe.target), None)
+        hit = reached(history, recipe.target)
         if hit:
             out["seconds"], out["epoch"] = hit["wall_seconds"], hit["epoch"]
     except Exception as e:  # noqa: BLE001 - this measurement's failure is its result
         traceback.print_exc()
         out["error"] = error_text(e)
-    reached = f"{out['seconds']:.1f} s (epoch {out['epoch']})" if out["seconds"] is not None else "not reached"
-    emit("log", message=f"time to test acc {recipe.target:g} ({recipe.name} recipe): {reached}")
+    when = f"{out['seconds']:.1f} s (epoch {out['epoch']})" if out["seconds"] is not None else "not reached"
+    emit("log", message=f"time to test acc {recipe.target:g} ({recipe.name} recipe): {when}")
     return out
 
 

@@ -1,4 +1,4 @@
-"""End to end: ``nin_multi.train.train_epoch`` over a small synthetic training set (the real pipeline:
+"""End to end: ``nin_multi.loop.train_epoch`` over a small synthetic training set (the real pipeline:
 uint8 28x28 images resized into batches in a background thread, the progress bookkeeping, a short last
 batch) with a fresh Trainer. The first epoch pays the first step's tracing or compilation; later ones
 are what each further epoch of ``nin-multi train`` costs; their throughput against the steady step
@@ -50,7 +50,7 @@ def measure_epochs(backend, bench_module, spec, s: dict, precision: str, epochs:
     the pixels), ``epochs`` times, then once more without the pipeline's background thread: if steps
     inside an epoch are slower than steps run alone (the NumPy resize threads and the framework's
     threads sharing the cores), it shows there."""
-    from ..train import train_epoch
+    from ..loop import train_epoch
 
     n, batch = s["epoch_images"], s["batch_size"]
     out = {"backend": backend.NAME, "precision": precision, "images": n, "batch_size": batch,

@@ -1,5 +1,6 @@
 """Training for reproduce: every backend from one start (NumPy-drawn weights, one example order per
-epoch) through the driver's own ``train_epoch`` and ``evaluate``, and the loop over several starts.
+epoch) through the one epoch loop (``loop.fit``) and the driver's ``evaluate``, and the loop over several
+starts.
 
 The command runs each backend in a worker process of its own (``worker.py``), on the interpreter bound to
 it (``nin_multi.interpreters``), so nothing one framework sets for its process reaches another; this
@@ -21,7 +22,8 @@ from ..fileio import write_json
 from ..interpreters import Worker
 from ..run import CONFIG, PLOT, WEIGHTS, Run, default_run_dir, plot_curves, prepare_dir, release_dir
 from ..spec import NiNSpec
-from ..train import evaluate, load_data, spec_for, train_epoch
+from ..loop import evaluate, fit
+from ..train import load_data, spec_for
 from ..weights import initial_weights, load_weights, save_weights, trained_entry
 from .comparison import drift_rows, step_drift, step_table, weight_differences, write_rows_csv, write_steps_csv
 from .plots import plot_drift, plot_seeds
@@ -169,15 +171,14 @@ def _train_backend(m, model, trainer, spec: NiNSpec, cfg: TrainConfig, ds, run: 
     loss0, acc0 = evaluate(trainer, ds.test_images, ds.test_labels, bcfg, m.LAYOUT, f"{m.NAME} start")
     log(f"[{m.NAME}] ({m.device()}) before training: test loss {loss0:.6f}, test acc {acc0:.3f}")
     step_losses: list[float] = []
-    for epoch in range(cfg.epochs):
-        row = {"epoch": epoch + 1, **train_epoch(trainer, ds, bcfg, m.LAYOUT, epoch,
-                                                 order=epoch_order(len(ds.train_images), cfg.seed, epoch),
-                                                 step_losses=step_losses, log_step=run.log_step)}
-        row["test_loss"], row["test_acc"] = evaluate(trainer, ds.test_images, ds.test_labels, bcfg, m.LAYOUT,
-                                                     f"{m.NAME} test")
+
+    def keep(row: dict, step: int) -> None:
         run.log_epoch(row)
-        log(f"[{m.NAME}] epoch {epoch + 1}: train loss {row['train_loss']:.6f}, train acc {row['train_acc']:.3f}, "
+        log(f"[{m.NAME}] epoch {row['epoch']}: train loss {row['train_loss']:.6f}, train acc {row['train_acc']:.3f}, "
             f"test acc {row['test_acc']:.3f}, {row['examples_per_sec']:.1f} examples/sec")
+
+    fit(trainer, ds, bcfg, m.LAYOUT, order_of=lambda epoch: epoch_order(len(ds.train_images), cfg.seed, epoch),
+        step_losses=step_losses, on_step=run.log_step, on_epoch=[keep], eval_desc=f"{m.NAME} test")
     final = m.get_weights(model, spec)
     save_weights(run.path / WEIGHTS, spec, final, meta={"backend": m.NAME, "epochs": cfg.epochs,
                                                         "config": bcfg.to_dict()},
