@@ -11,12 +11,15 @@ float32 only: onnxruntime's CPU Conv kernel has no float64 or bfloat16 implement
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from nin_multi.errors import ConfigError
+from nin_multi.machine import usable_cores
 from nin_multi.spec import (AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec, image_hw)
 from nin_multi.weights import initial_weights
@@ -32,14 +35,15 @@ OPSET = 17      # every operator used here is unchanged since opset 13 or earlie
 IR_VERSION = 8  # the IR version of opset 17
 INPUT = "input"
 
-_threads = None
-
 
 def configure(threads=None, seed=0):
-    """Threads for the sessions made afterwards (None: onnxruntime's default, every core); nothing here
-    is random, except the NumPy initialisation ``build_model`` seeds itself."""
-    global _threads
-    _threads = threads
+    """Nothing to set for the process: onnxruntime keeps its thread count per session, so a ``Model``
+    carries it (``Model(spec, weights, threads=N)``; by default the cores this process may use), and
+    nothing here is random except the NumPy initialisation ``build_model`` seeds itself. A thread count
+    given here would have nowhere to go, so it is refused rather than dropped."""
+    if threads is not None:
+        raise ConfigError(f"the onnx backend takes its thread count per model, not per process: build the model "
+                          f"with onnx.Model(spec, weights, threads={threads}) instead of configure({threads})")
 
 
 def device() -> str:
@@ -108,11 +112,14 @@ def make_graph(spec: NiNSpec, weights: dict, every_layer: bool = False) -> onnx.
 
 
 class Model:
-    """The spec, its canonical weights and the onnxruntime session, remade when the weights change."""
+    """The spec, its canonical weights and the onnxruntime session, remade when the weights change.
+    ``threads``: the session's intra-op threads (None: the cores this process may use, which onnxruntime's
+    own default, every physical core of the machine, ignores under an affinity mask or a container's quota)."""
 
-    def __init__(self, spec: NiNSpec, weights: dict):
+    def __init__(self, spec: NiNSpec, weights: dict, threads: Optional[int] = None):
         self.spec = spec
         self.weights = weights
+        self.threads = threads or usable_cores()
         self._session = None
 
     @property
@@ -121,16 +128,15 @@ class Model:
 
     def session(self, every_layer: bool = False) -> ort.InferenceSession:
         if every_layer:
-            return _session(make_graph(self.spec, self.weights, every_layer=True))
+            return _session(make_graph(self.spec, self.weights, every_layer=True), self.threads)
         if self._session is None:
-            self._session = _session(self.proto)
+            self._session = _session(self.proto, self.threads)
         return self._session
 
 
-def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
+def _session(proto: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     opts = ort.SessionOptions()
-    if _threads:
-        opts.intra_op_num_threads = _threads
+    opts.intra_op_num_threads = threads
     opts.log_severity_level = 3  # errors only
     return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 

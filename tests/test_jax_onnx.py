@@ -11,7 +11,7 @@ import pytest
 
 from nin_multi.cli import main
 from nin_multi.errors import ConfigError
-from nin_multi.spec import chapter_spec
+from nin_multi.spec import chapter_spec, make_spec
 from nin_multi.train import train
 from nin_multi.weights import load_weights
 
@@ -148,3 +148,20 @@ def test_onnx_summary_of_a_float64_recipe_is_refused_in_one_line(capsys):
     assert main(["summary", "--backend", "onnx", "--recipe", "standalone-ninnet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "float32 only" in err, err
+
+
+def test_onnx_threads_travel_with_the_model_not_the_process():
+    """onnxruntime keeps its thread count per session: a model carries it, and ``configure`` refuses one
+    it would have nowhere to keep."""
+    from nin_multi.machine import usable_cores
+
+    onnx_backend = load("onnx")
+    spec = make_spec("mini", 1, 10)
+    one = onnx_backend.Model(spec, onnx_backend.get_weights(onnx_backend.build_model(spec, "kaiming", 0), spec),
+                             threads=1)
+    default = onnx_backend.build_model(spec, "kaiming", 0)
+    assert one.session().get_session_options().intra_op_num_threads == 1
+    assert default.session().get_session_options().intra_op_num_threads == usable_cores()
+    onnx_backend.configure(None, 0)
+    with pytest.raises(ConfigError, match=r"per model, not per process: .*threads=3"):
+        onnx_backend.configure(3, 0)
