@@ -181,10 +181,11 @@ def _worker(launcher_pid: int, rank: int):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
-def test_a_killed_worker_is_named_nothing_is_left_and_the_run_resumes_exactly(one_process, sample_dir, tmp_path):
+def test_a_killed_worker_is_named_and_nothing_is_left(sample_dir, tmp_path):
     """While two workers train, every socket they listen on is on loopback; worker 1 SIGKILLed after the
-    first epoch's checkpoint ends the run in one line, with no process left; ``--resume --workers 2``
-    then ends with one uninterrupted process's weights."""
+    first epoch's checkpoint ends the run in one line, with no process left. (That the run then resumes
+    exactly on two workers is test_distributed's, for every engine.)"""
+    load("jax")
     run = tmp_path / "run"
     p = nin_multi([*args({**RECIPE, "data_dir": sample_dir}, run), "--workers", "2"])
     try:
@@ -206,14 +207,6 @@ def test_a_killed_worker_is_named_nothing_is_left_and_the_run_resumes_exactly(on
         f"ended); the last completed epoch's checkpoint is in {run}: continue with --resume {run} --workers 2")
     assert [pid for pid in started if os.path.exists(f"/proc/{pid}")
             and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"] == []
-    p = nin_multi(["train", "--resume", str(run), "--workers", "2", "--no-progress"])
-    try:
-        out, err = p.communicate(timeout=TIMEOUT)
-    finally:
-        stop(p)
-    assert p.returncode == 0, err[-3000:]
-    assert "resuming after epoch 1" in out
-    check_same_training(run, one_process, "2 workers, worker 1 killed after epoch 1 and resumed")
 
 
 @pytest.mark.slow
