@@ -211,3 +211,20 @@ def test_nothing_stays_in_the_temporary_folder(monkeypatch, tmp_path):
     scaling.run_scaling({"workers": 2, "backends": ["torch"], "precision": "fp32", "subset": 64, "cores": 2,
                          "data_dir": "d"}, log=lambda msg: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake_train.py", "fake_train.seen"]
+
+
+def test_speed_page_quotes_the_stored_table():
+    """docs/speed.md shows what docs/make_pictures.py stored from the command, line for line, and the stored
+    file names no absolute path."""
+    import re
+    from conftest import ROOT
+
+    record = (ROOT / "docs" / "img" / "workers-speedup.txt").read_text(encoding="utf-8")
+    lines = record.splitlines()
+    assert lines[0] == ("$ python -m nin_multi bench --workers 2 --data-dir ../shared/data/fashion-mnist-sample "
+                        "--json runs/workers-speedup/bench.json")
+    page = (ROOT / "docs" / "speed.md").read_text(encoding="utf-8")
+    shown = re.search(r"## Several workers on one machine\n.*?```text\n(.*?)\n```", page, re.DOTALL)
+    assert shown, "docs/speed.md quotes no table under 'Several workers on one machine'"
+    assert [ln for ln in shown[1].splitlines() if ln] == [ln for ln in lines[1:] if ln and not ln.startswith("#")]
+    assert not re.search(r"(^|[\s'\"(=])(/|~/)\w", record, re.MULTILINE)

@@ -98,7 +98,8 @@ def _run(name: str, s: dict, workers: int, log) -> dict:
         row["others_cpu_share"] = load.others_share(before, load.cpu_counters())
         row["wall_seconds"] = wall
         if rc != 0:
-            row["error"] = f"train --workers {workers} {describe_exit(rc) if rc is not None else 'timed out'}: {err}"[:300]
+            how = describe_exit(rc) if rc is not None else "timed out"
+            row["error"] = f"train --workers {workers} {how}: {err}"[:300]
         else:
             try:
                 history = {r["epoch"]: r for r in read_metrics(out)}
