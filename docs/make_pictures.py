@@ -44,6 +44,8 @@ REPRODUCE = ["reproduce", "--no-dropout", *_MINI, "--epochs", "2", "--subset", "
 #: Five seeds with dropout: do the frameworks' results differ by more than seed-to-seed noise?
 SEEDS = ["reproduce", "--seeds", "0,1,2,3,4", *_MINI, "--epochs", "1", "--subset", "1024", "--test-subset", "250",
          "--backends", "torch,tensorflow,mxnet"]
+#: The data-parallel speed-up at 2 workers per framework, a table only (docs/speed.md quotes it).
+WORKERS = ["bench", "--workers", "2", "--data-dir", DATA, "--json", "runs/workers-speedup/bench.json"]
 
 
 def _reproduce(command: list[str], name: str) -> list[str]:
@@ -59,6 +61,7 @@ PICTURES = {
     "drift-fp64": (_reproduce(REPRODUCE + ["--precision", "fp64"], "drift-fp64"),
                    {"runs/drift-fp64/drift.png": "drift-fp64.png"}),
     "seeds": (_reproduce(SEEDS, "seeds"), {"runs/seeds/seeds.png": "seeds.png"}),
+    "workers-speedup": (WORKERS, {}),
 }
 #: A picture made from another's run: that run is made first where the run directories do not hold it.
 NEEDS = {"trained": ("first-run", "runs/first-run/weights.safetensors")}
@@ -89,7 +92,8 @@ def make(name: str, data_dir: str, work: Path, done: set) -> None:
     (IMG / f"{name}.txt").write_text(f"$ {shown}\n{printed}\n# {seconds:.0f} s wall-clock, {cpu:.0f} CPU-seconds, "
                                      f"{os.cpu_count()} CPUs\n", encoding="utf-8")
     done.add(name)
-    print(f"{name}: {seconds:.0f} s, {cpu:.0f} CPU-s -> " + ", ".join(f"docs/img/{p}" for p in pictures.values()))
+    made = [f"docs/img/{p}" for p in pictures.values()] + [f"docs/img/{name}.txt"]
+    print(f"{name}: {seconds:.0f} s, {cpu:.0f} CPU-s -> " + ", ".join(made))
 
 
 def _children_cpu() -> float:

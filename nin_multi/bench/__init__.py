@@ -21,6 +21,7 @@ and their checks are ``nin_multi.cli.bench``'s.
     figures.py   speed-ups, per-round spreads, GFLOP/s and their fraction of the GEMM rate
     targets.py   the targets and their verdicts
     report.py    the table
+    scaling.py   ``--workers N`` alone: ``train --workers 1`` and ``--workers N`` run as commands, the speed-up
 """
 from .report import format_report
 from .runner import run_bench

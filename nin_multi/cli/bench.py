@@ -18,6 +18,10 @@ BENCH_DEFAULTS = {**{k: getattr(DEFAULTS, k) for k in ("resize", "precision", "v
                   "batch_size": 64}
 
 
+#: ``--workers``' epoch: ~10-20 s of the fast recipe in one process on a 2-core AVX2 CPU, 100 global batches.
+SCALING_SUBSET = 3200
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="training and inference throughput of each backend vs the chapter's code",
                        description="Images per second of each backend's training and inference step, its "
@@ -56,6 +60,16 @@ def register(sub) -> None:
                         "to its test accuracy (minutes per backend; the data from --data-dir)")
     p.add_argument("--data-dir", default=None, help="the Fashion-MNIST files for --time-to-accuracy (default: "
                                                     "$NIN_MULTI_DATA_DIR, else the download cache)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="instead of everything above, the data-parallel speed-up: per backend with an engine, "
+                        "`train --workers 1` and `--workers N` (N >= 2) on the real data (--data-dir), the fast "
+                        "recipe for 2 epochs of --subset images, one --precision (default fp32), the cores shared "
+                        "out among the workers; prints the second epoch's examples/sec and their ratio. Of the "
+                        "other options only --backends, --precision, --threads (cores to share; default every "
+                        "usable one), --data-dir, --subset and --json apply (minutes per backend)")
+    p.add_argument("--subset", type=int, default=SCALING_SUBSET,
+                   help=f"training images per epoch of the --workers runs (default: {SCALING_SUBSET}, about 10 s "
+                        f"an epoch in one process on 2 cores)")
     p.add_argument("--max-step-seconds", type=float, default=300.0,
                    help="a path whose warm-up step takes longer is reported as too slow (default: 300)")
     p.add_argument("--json", default="bench.json",
@@ -90,6 +104,8 @@ def settings(a) -> dict:
     """The run's settings from the parsed options, every one checked (``ConfigError`` says which)."""
     from nin_multi import backends
 
+    if a.workers is not None:
+        return scaling_settings(a)
     apply_recipe(a, fallback=BENCH_DEFAULTS)
     for name, zero_ok in (("resize", False), ("batch-size", False), ("steps", False), ("warmup", True),
                           ("chunks", True), ("gemm-size", True), ("gemm-repeats", False)):
@@ -114,6 +130,45 @@ def settings(a) -> dict:
             "data_dir": a.data_dir}
 
 
+def scaling_settings(a) -> dict:
+    """``--workers N``: one precision (the figures compare it), backends with an engine, data that is there
+    and holds ``--subset`` images, all checked before the first run starts."""
+    from nin_multi import backends
+    from nin_multi.data import load_fashion_mnist
+    from nin_multi.machine import usable_cores
+
+    if a.workers < 2:
+        raise ConfigError(f"--workers must be 2 or more (the one-process run is always measured beside it), "
+                          f"got {a.workers}")
+    if a.recipe is not None:
+        raise ConfigError("--workers always trains the fast recipe's settings; leave out --recipe")
+    precision = (a.precision or "fp32").strip().lower()
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--workers compares one precision: give --precision one of {', '.join(PRECISIONS)}, "
+                          f"got {a.precision!r}")
+    _positive("subset", a.subset)
+    if a.threads is not None:
+        _positive("threads", a.threads)
+    engines = backends.data_parallel()
+    if a.backends:
+        names = backends.select(a.backends, trains=True)
+        without = [n for n in names if n not in engines]
+        if without:
+            raise ConfigError(f"{', '.join(without)} has no data-parallel engine: --workers measures "
+                              f"{backends.or_list(engines)}")
+    else:
+        names = [n for n in backends.select(None, trains=True, bound=True) if n in engines]
+    if not names:
+        raise BackendUnavailableError(f"no backend with a data-parallel engine is installed: install "
+                                      f"{backends.or_list(engines)}")
+    data = load_fashion_mnist(a.data_dir, download=False)
+    if a.subset > len(data.train_labels):
+        raise ConfigError(f"--subset {a.subset} is more than the {len(data.train_labels)} training images in "
+                          f"{data.source}")
+    return {"workers": a.workers, "backends": names, "precision": precision, "subset": a.subset,
+            "cores": a.threads or usable_cores(), "data_dir": str(Path(data.source).resolve())}
+
+
 def run(a: argparse.Namespace) -> int:
     from nin_multi.bench import format_report, run_bench
 
@@ -121,8 +176,14 @@ def run(a: argparse.Namespace) -> int:
     out = Path(a.json)
     if out.is_dir():
         out = out / "bench.json"
-    report = run_bench(s)
-    print(format_report(report))
+    if a.workers is not None:
+        from nin_multi.bench.scaling import format_scaling, run_scaling
+
+        report = run_scaling(s)
+        print(format_scaling(report))
+    else:
+        report = run_bench(s)
+        print(format_report(report))
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
