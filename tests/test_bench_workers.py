@@ -20,7 +20,7 @@ CANNED_ENV = {"cpus": 2, "usable_cpus": 2, "cpu": {"model": "AMD EPYC", "isa": {
 
 def _row(backend, workers, threads, rate, wall, others=0.02, error=None):
     return {"backend": backend, "workers": workers, "threads_per_worker": threads, "examples_per_sec": rate,
-            "speedup": None, "wall_seconds": wall, "epoch_seconds": None, "test_acc": None,
+            "speedup": None, "wall_seconds": wall, "epoch_seconds": None, "train_loss": 1.5, "test_acc": 0.75,
             "others_cpu_share": others, "error": error}
 
 
@@ -112,12 +112,13 @@ def test_table_and_json_from_a_canned_result(monkeypatch, tmp_path, capsys):
     assert lines[0] == ("data-parallel speed-up at 2 workers (train --workers K, the fast recipe, fp32, 2 epochs of "
                         "3200 images at 67x67, global batch 32; the rate is epoch 2's)")
     assert lines[1].startswith("CPU: AMD EPYC, 2 CPUs; CPU class AVX2")
-    assert lines[3].split() == ["backend", "workers", "threads/worker", "examples/s", "speed-up", "wall", "s",
-                                "others'", "CPU"]
+    assert lines[3].split() == ["backend", "workers", "threads/worker", "examples/s", "speed-up", "train", "loss",
+                                "test", "acc", "wall", "s", "others'", "CPU"]
     assert set(lines[4]) == {"-"}
-    assert [ln.split() for ln in lines[5:8]] == [["torch", "1", "2", "300.0", "1.00x", "40.0", "2%"],
-                                                 ["torch", "2", "1", "270.0", "0.90x", "52.0", "31%"],
-                                                 ["tensorflow", "1", "2", "250.0", "-", "60.0", "2%"]]
+    assert [ln.split() for ln in lines[5:8]] == [
+        ["torch", "1", "2", "300.0", "1.00x", "1.5000", "0.750", "40.0", "2%"],
+        ["torch", "2", "1", "270.0", "0.90x", "1.5000", "0.750", "52.0", "31%"],
+        ["tensorflow", "1", "2", "250.0", "-", "1.5000", "0.750", "60.0", "2%"]]
     assert lines[8].split()[:3] == ["tensorflow", "2", "1"]
     assert lines[8].endswith("error: train --workers 2 exited with status 4: worker 1 failed")
     assert lines[9].startswith("threads/worker: the 2 cores shared out") and len(lines) == 10
@@ -138,9 +139,9 @@ from pathlib import Path
 argv = sys.argv[1:]
 out = Path(argv[argv.index("--out") + 1])
 out.mkdir(parents=True)
-rows = [{"epoch": 1, "test_acc": 0.3, "examples_per_sec": 100.0, "seconds": 9.0},
+rows = [{"epoch": 1, "test_acc": 0.3, "examples_per_sec": 100.0, "seconds": 9.0, "train_loss": 2.0},
         {"epoch": 2, "test_acc": 0.5, "examples_per_sec": 150.0 * int(argv[argv.index("--workers") + 1]),
-         "seconds": 5.0}]
+         "seconds": 5.0, "train_loss": 1.25}]
 (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in rows))
 Path(sys.argv[0]).with_suffix(".seen").open("a").write(json.dumps(argv) + "\\n")
 """
@@ -162,8 +163,8 @@ def test_a_run_becomes_its_second_epochs_rate(monkeypatch, tmp_path):
     report = scaling.run_scaling(s, log=logged.append)
     one, two = report["scaling"]
     assert (one["examples_per_sec"], two["examples_per_sec"], two["speedup"]) == (150.0, 300.0, 2.0)
-    assert (one["epoch_seconds"], one["test_acc"], one["threads_per_worker"], two["threads_per_worker"]) == \
-        (5.0, 0.5, 2, 1)
+    assert (one["epoch_seconds"], one["train_loss"], one["test_acc"], one["threads_per_worker"],
+            two["threads_per_worker"]) == (5.0, 1.25, 0.5, 2, 1)
     assert one["wall_seconds"] > 0 and one["error"] is None
     seen = [json.loads(ln) for ln in path.with_suffix(".seen").read_text().splitlines()]
     assert [a[a.index("--workers") + 1] for a in seen] == ["1", "2"]

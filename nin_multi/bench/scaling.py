@@ -36,12 +36,14 @@ TIMEOUT_S = 1800.0  # one run; a hung engine becomes its row's error
 HEADER = ("data-parallel speed-up at {workers} workers (train --workers K, the {recipe} recipe, {precision}, "
           "{epochs} epochs of {subset} images at {resize}x{resize}, global batch {batch_size}; the rate is "
           "epoch {epochs}'s)")
-COLUMNS = "{:<11} {:>7} {:>14} {:>12} {:>9} {:>8} {:>11}".format(
-    "backend", "workers", "threads/worker", "examples/s", "speed-up", "wall s", "others' CPU")
-ROW = "{backend:<11} {workers:>7} {threads:>14} {rate:>12} {speedup:>9} {wall:>8} {others:>11}"
+COLUMNS = "{:<11} {:>7} {:>14} {:>12} {:>9} {:>11} {:>9} {:>8} {:>11}".format(
+    "backend", "workers", "threads/worker", "examples/s", "speed-up", "train loss", "test acc", "wall s", "others' CPU")
+ROW = ("{backend:<11} {workers:>7} {threads:>14} {rate:>12} {speedup:>9} {loss:>11} {acc:>9} {wall:>8} "
+       "{others:>11}")
 LEGEND = ("threads/worker: the {cores} cores shared out (--threads and OMP_NUM_THREADS = cores // workers); "
           "speed-up: the N-worker rate over the one-process rate; wall s: the whole command, start-up "
-          "included; others' CPU: the machine's CPU time other processes used meanwhile (above a few "
+          "included; train loss, test acc: epoch {epochs}'s, where N workers should match one process within float32 "
+          "noise; others' CPU: the machine's CPU time other processes used meanwhile (above a few "
           "percent the figures are disturbed)")
 
 
@@ -80,7 +82,7 @@ def _run(name: str, s: dict, workers: int, log) -> dict:
 
     threads = threads_per_worker(s["cores"], workers)
     row = {"backend": name, "workers": workers, "threads_per_worker": threads, "examples_per_sec": None,
-           "speedup": None, "wall_seconds": None, "epoch_seconds": None, "test_acc": None,
+           "speedup": None, "wall_seconds": None, "epoch_seconds": None, "train_loss": None, "test_acc": None,
            "others_cpu_share": None, "error": None}
     what = f"{name}, {workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
     try:
@@ -110,7 +112,7 @@ def _run(name: str, s: dict, workers: int, log) -> dict:
                 row["error"] = f"the run wrote no epoch {EPOCHS} to its metrics.jsonl"
             elif timed is not None:
                 row.update(examples_per_sec=timed["examples_per_sec"], epoch_seconds=timed["seconds"],
-                           test_acc=timed["test_acc"])
+                           train_loss=timed.get("train_loss"), test_acc=timed["test_acc"])
     done = (f"{row['examples_per_sec']:.1f} examples/sec in epoch {EPOCHS}, {row['wall_seconds']:.1f} s"
             if not row["error"] else f"error: {row['error']}")
     log(f"bench: {what}: {done}")
@@ -143,6 +145,7 @@ def row_line(r: dict) -> str:
     if r["error"]:
         return "{backend:<11} {workers:>7} {threads:>14} ".format(**left) + f"error: {r['error']}"
     return ROW.format(**left, rate=_num(r["examples_per_sec"], "{:.1f}"), speedup=_num(r["speedup"], "{:.2f}x"),
+                      loss=_num(r.get("train_loss"), "{:.4f}"), acc=_num(r.get("test_acc"), "{:.3f}"),
                       wall=_num(r["wall_seconds"], "{:.1f}"), others=_num(r["others_cpu_share"], "{:.0%}"))
 
 
@@ -155,5 +158,5 @@ def format_scaling(report: dict) -> str:
                            **{k: s[k] for k in ("workers", "precision", "subset")})]
     lines += machine_lines(report)[:1] + ["", COLUMNS, "-" * len(COLUMNS)]  # the CPU; no GEMM is measured here
     lines += [row_line(r) for r in report["scaling"]]
-    lines.append(LEGEND.format(cores=s["cores"]))
+    lines.append(LEGEND.format(cores=s["cores"], epochs=EPOCHS))
     return "\n".join(lines)
