@@ -67,12 +67,11 @@ def test_environment_of_each_launcher():
 
 
 def test_global_batches_that_workers_cannot_share_are_refused():
-    ctx = Context("torchrun", 0, 3)
     with pytest.raises(ConfigError, match="--batch-size 32 is the global batch and 3 workers cannot share it"):
-        check_config(ctx, TrainConfig(batch_size=32), 640, 96)
+        check_config(3, TrainConfig(batch_size=32), 640, 96)
     with pytest.raises(ConfigError, match="training set's last batch has 1 example"):
-        check_config(ctx, TrainConfig(batch_size=33), 100, 99)
-    check_config(ctx, TrainConfig(batch_size=33), 103, 99)  # the last batch of 4: shares of 2, 1 and 1
+        check_config(3, TrainConfig(batch_size=33), 100, 99)
+    check_config(3, TrainConfig(batch_size=33), 103, 99)  # the last batch of 4: shares of 2, 1 and 1
 
 
 def test_mxnet_fp64_workers_refuse_a_server_that_rounds_float64(sample_dir, tmp_path, procs):
