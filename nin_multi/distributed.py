@@ -111,7 +111,8 @@ class World:
         """What the run's numbers mean beside one process's: its engine's dropout masks, where it has dropout."""
         if not self.ctx.active or not any(getattr(layer, "rate", 0) for layer in spec.layers):
             return []
-        return [f"note: {SAME_MASKS_NOTE if getattr(engine_launcher(self.ctx), 'SAME_DROPOUT_MASKS', False) else DROPOUT_NOTE}"]
+        same = getattr(engine_launcher(self.ctx), "SAME_DROPOUT_MASKS", False)
+        return [f"note: {SAME_MASKS_NOTE if same else DROPOUT_NOTE}"]
 
     def close(self) -> None:
         if self.trainer is not None:

@@ -4,8 +4,9 @@ Launchers (torchrun, TF_CONFIG, MXNet's ``DMLC_*``) and this project (``NIN_MULT
 the environment, where a typo surfaces late and far from its cause: ``MASTER_PORT=abc`` as a traceback in
 a worker, ``NIN_MULTI_DIST_TIMEOUT=inf`` as an ``OverflowError`` in a watchdog thread. ``check`` reads every
 one that is set against ``variables()`` (each data-parallel backend's launcher's, declared in its
-``backends/<module>_launch.py``, and the project's own ``VARIABLES``) and refuses the first bad value in one line naming the variable, its
-value and what it should be. Unset variables are not checked; unknown ones are left alone.
+``backends/<module>_launch.py``, and the project's own ``VARIABLES``) and refuses the first bad value in
+one line naming the variable, its value and what it should be. Unset variables are not checked; unknown
+ones are left alone.
 """
 from __future__ import annotations
 
