@@ -209,15 +209,15 @@ def test_strip_workers_keeps_everything_else():
     assert strip_workers(["train", "--workers", "2", "--lr", "0.1", "--workers=3"]) == ["train", "--lr", "0.1"]
 
 
-def test_a_port_in_use_gets_a_clear_message(tmp_path):
+def test_a_port_in_use_gets_a_clear_message(sample_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
         env = {**os.environ, "MASTER_PORT": str(port)}
         done = subprocess.run([sys.executable, "-m", "nin_multi", "train", "--backend", "torch", "--workers", "2",
-                               "--out", str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=60)
+                               "--data-dir", str(sample_dir), "--out", str(tmp_path / "run")], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
     assert done.returncode == DistributedError.exit_code
     assert done.stderr.strip() == (f"nin-multi: error: port {port} on 127.0.0.1 (torchrun's rendezvous) is in use "
                                    f"by another program: choose a free port with MASTER_PORT, or stop the program "
