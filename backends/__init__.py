@@ -9,7 +9,8 @@ classes a precision needs), which ``capabilities`` reads without importing the
 framework, so the commands can choose backends before any framework loads.
 
 A backend's companion modules (``<module>_dist``: its data-parallel engine and launcher; ``<module>_bench``:
-its bench peers and GEMM probe) are found by ``companion`` and imported only when asked for.
+its bench peers and GEMM probe) are found by ``companion`` and imported only when asked for; a
+data-parallel backend's ``<module>_launch`` (its launcher's environment, no framework) by ``launcher``.
 """
 from __future__ import annotations
 
@@ -68,22 +69,6 @@ def capabilities(name: str) -> Capabilities:
              for t in node.targets if isinstance(t, ast.Name) and t.id in CAPABILITY_FIELDS}
     return Capabilities(found["TRAINS"], tuple(found["PRECISIONS"]), found["DATA_PARALLEL"],
                         tuple(found["NATIVE_SUFFIXES"]), dict(found["PRECISION_NEEDS"]))
-
-
-@lru_cache(maxsize=None)
-def launch_env() -> dict:
-    """``{launcher: {"address", "world_size", "rank": variable}}`` for the engines whose ``<module>_dist``
-    declares the environment its launcher sets (``LAUNCH_ENV``, a literal), so that ``cluster.from_env``
-    knows who a process is without importing a framework."""
-    found = {}
-    for name in data_parallel():
-        path = Path(__file__).parent / f"{_REGISTRY[name][0].rsplit('.', 1)[1]}_dist.py"
-        tree = ast.parse(path.read_text())
-        for node in tree.body:
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "LAUNCH_ENV"
-                                                    for t in node.targets):
-                found[capabilities(name).data_parallel] = ast.literal_eval(node.value)
-    return found
 
 
 def canonical_name(name: str) -> str:
@@ -196,6 +181,21 @@ def load_backends(names) -> list[ModuleType]:
     """Several backends in one process, imported in the order known to be safe."""
     keys = {canonical_name(n) for n in names}
     return [get_backend(k) for k in ORDER if k in keys]
+
+
+def launcher(name: str) -> ModuleType:
+    """A data-parallel backend's launch module, ``<module>_launch``: its launcher's environment (``VARIABLES``,
+    ``LAUNCH_VARS``, ``context``), imported without its framework (so the environment is read and checked
+    before any framework loads)."""
+    return importlib.import_module(f"{_REGISTRY[canonical_name(name)][0]}_launch")
+
+
+def launchers() -> list[ModuleType]:
+    """The launch modules of every registered data-parallel backend, in ``ORDER`` (one registered under a
+    module path that has none, as a test's stand-in for a missing framework does, has no launcher to
+    ask; ``tests/test_architecture.py`` checks that every real one has it)."""
+    stems = {k: f"{_REGISTRY[k][0]}_launch" for k in data_parallel()}
+    return [launcher(k) for k, stem in stems.items() if importlib.util.find_spec(stem) is not None]
 
 
 def companion(name: str, part: str) -> ModuleType:

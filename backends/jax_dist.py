@@ -9,7 +9,7 @@ Optax optimizer (momentum, Nesterov, weight decay, the schedule's rate, label sm
 are drawn over the global batch with the step's key, as one process draws them.
 
 ``start_workers`` is ``train --workers N``'s launcher: N processes on 127.0.0.1, told the coordinator's
-address, the process count and their own id (``LAUNCH_ENV``). The coordinator (process 0) listens on
+address, the process count and their own id (``jax_launch.LAUNCH_ENV``). The coordinator (process 0) listens on
 the address it is given, not on every interface as JAX's default would have it, and gloo's pairs are
 made on 127.0.0.1 when the coordinator is there (else on the interface that reaches the coordinator).
 """
@@ -27,6 +27,7 @@ import warnings
 import numpy as np
 
 from nin_multi.backends.jax import Trainer, jax
+from nin_multi.backends.jax_launch import LAUNCH_ENV
 from nin_multi.cluster import TIMEOUT_ENV
 from nin_multi.errors import DistributedError
 from nin_multi.host import check_port, free_ports
@@ -40,11 +41,6 @@ try:  # JAX 0.8 and newer: the config option's own context manager (jax.experime
 except ImportError:  # JAX 0.7 and older
     from jax.experimental import enable_x64
 
-#: The environment ``start_workers`` gives each process (read by ``cluster.from_env`` through the
-#: registry): JAX's own ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0's coordination service), and
-#: the number of processes and this one's id, ``jax.distributed.initialize``'s ``num_processes`` and
-#: ``process_id``.
-LAUNCH_ENV = {"address": "JAX_COORDINATOR_ADDRESS", "world_size": "JAX_NUM_PROCESSES", "rank": "JAX_PROCESS_ID"}
 #: The signals the run stops on (``nin_multi.cli``'s handlers, which JAX's start-up disturbs).
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 

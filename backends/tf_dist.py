@@ -30,7 +30,7 @@ def distribute(ctx, cfg, make_model, make_trainer):
     mirrors over them), with the run's timeout on every collective. The model and the Trainer (its
     optimizer's variables) are created inside ``strategy.scope()``, so they are mirrored, and the engine
     runs the Trainer's own step graphs."""
-    refuse_unbound(*EXPOSURE)  # its server will listen on every interface, whatever TF_CONFIG says
+    refuse_unbound(*EXPOSURE, ctx.allow_network)  # its server will listen on every interface, whatever TF_CONFIG says
     host, port = ctx.address.rsplit(":", 1)
     check_port(host, int(port), "this TensorFlow worker", "TF_CONFIG")
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=ctx.timeout)
@@ -139,7 +139,7 @@ def start_workers(launch, workers: int, command: list, env: dict) -> list:
     if private:
         env[PRIVATE_ENV] = "1"
     else:
-        refuse_unbound(*EXPOSURE)
+        refuse_unbound(*EXPOSURE, launch.allow_network)
     first = None
     for i in range(workers):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})

@@ -37,22 +37,25 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import isolation
-from .cluster import LAUNCH_VARS, TIMEOUT_ENV, Context, from_env
+from .cluster import TIMEOUT_ENV, Context, from_env
 from .errors import ConfigError, DistributedError, NinMultiError
-from .host import check_port
 from .interpreters import describe_exit
 
 #: Set for every process ``--workers`` starts (and inherited by torchrun's workers): it dies with its parent.
 LAUNCHED_ENV = "NIN_MULTI_LAUNCHED"
 DROPOUT_NOTE = ("dropout masks differ per worker (each draws its own for its share of the batch), so with "
                 "dropout a distributed run matches one process in distribution, not bit for bit")
+#: For an engine whose launch module declares ``SAME_DROPOUT_MASKS`` (one step on the global batch, one key).
+SAME_MASKS_NOTE = ("dropout masks are drawn over the global batch with the step's one key, so they are one "
+                   "process's on every batch that splits evenly over the workers' devices; on one that does not "
+                   "(an epoch's last, shorter batch, say) each share is padded and the masks fall on other rows")
 
 
 class World:
     """This process's place in the run; every method is a no-op in a world of one (a single process)."""
 
-    def __init__(self, ctx: Optional[Context] = None):
-        self.ctx = ctx if ctx is not None else from_env()
+    def __init__(self, ctx: Optional[Context] = None, allow_network: bool = False):
+        self.ctx = ctx if ctx is not None else from_env(allow_network=allow_network)
         self.trainer = None
 
     @property
@@ -80,7 +83,7 @@ class World:
         if not capabilities(backend.NAME).data_parallel:
             raise ConfigError(f"the {backend.NAME} backend has no data-parallel engine yet: train it in one process "
                               f"(several workers: {', '.join(data_parallel())})")
-        check_config(self.ctx, cfg, n_train, n_test)
+        check_config(self.size, cfg, n_train, n_test)  # ``--workers`` checked it before launch; by hand, here
         backend.configure(cfg.threads, cfg.seed)
         model, engine = companion(backend.NAME, "dist").distribute(self.ctx, cfg, make_model, make_trainer)
         self.trainer = ShardedTrainer(engine, self.ctx)
@@ -105,17 +108,29 @@ class World:
                 f"{batch_size // self.size} per worker")
 
     def notes(self, spec) -> list[str]:
-        return [f"note: {DROPOUT_NOTE}"] if self.ctx.active and any(
-            getattr(layer, "rate", 0) for layer in spec.layers) else []
+        """What the run's numbers mean beside one process's: its engine's dropout masks, where it has dropout."""
+        if not self.ctx.active or not any(getattr(layer, "rate", 0) for layer in spec.layers):
+            return []
+        same = getattr(engine_launcher(self.ctx), "SAME_DROPOUT_MASKS", False)
+        return [f"note: {SAME_MASKS_NOTE if same else DROPOUT_NOTE}"]
 
     def close(self) -> None:
         if self.trainer is not None:
             self.trainer.close()
 
 
-def check_config(ctx: Context, cfg, n_train: int, n_test: int) -> None:
-    """Refuse, before any engine starts, what N workers cannot compute as one process would."""
-    n = ctx.world_size
+def engine_launcher(ctx: Context):
+    """The launch module of the backend whose launcher started this process (``ctx.launcher``)."""
+    from nin_multi.backends import capabilities, data_parallel, launcher
+
+    return launcher(next(k for k in data_parallel() if capabilities(k).data_parallel == ctx.launcher))
+
+
+def check_config(n: int, cfg, n_train: int, n_test: int) -> None:
+    """Refuse, before any process or engine starts, what ``n`` workers cannot compute as one process would.
+    ``--workers`` runs it once in the launcher; a worker started by hand (torchrun, ``TF_CONFIG``) in
+    ``World.prepare``, where it is the only place (there it cannot fail for a launcher's workers, which
+    have the settings and data the launcher checked)."""
     if cfg.batch_size % n:
         raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and {n} workers cannot share it "
                           f"equally: choose a multiple of {n} (e.g. {cfg.batch_size - cfg.batch_size % n or n})")
@@ -249,7 +264,8 @@ class Launch:
 
     GRACE = 5.0
 
-    def __init__(self):
+    def __init__(self, allow_network: bool = False):
+        self.allow_network = allow_network  # --allow-network: an engine may listen on every interface
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self._at_stop: list[Callable] = []
 
@@ -320,9 +336,9 @@ def strip_workers(argv: list[str]) -> list[str]:
     return out
 
 
-def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
-    """``train --workers N``: the framework's own N-worker setup on 127.0.0.1, for one run directory."""
-    from nin_multi.backends import canonical_name, capabilities, companion
+def refuse_workers(backend: str, workers: int) -> str:
+    """``--workers N``'s refusals that need nothing but the command line: the backend's canonical name."""
+    from nin_multi.backends import canonical_name, capabilities
 
     if from_env().active:
         raise ConfigError("--workers starts its own workers; it cannot be used inside a torchrun, TF_CONFIG or "
@@ -332,9 +348,21 @@ def launch(backend: str, workers: int, argv: list[str], run_dir: str) -> None:
     backend = canonical_name(backend)
     if not capabilities(backend).data_parallel:
         raise ConfigError(f"--workers is not available for the {backend} backend")
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    return backend
+
+
+def launch(backend: str, workers: int, argv: list[str], run_dir: str, allow_network: bool = False) -> None:
+    """``train --workers N``: the framework's own N-worker setup on 127.0.0.1, for one run directory. The
+    caller has refused what the N workers cannot train (``check_config``) before: nothing is started
+    that would fail. ``allow_network``: the user's ``--allow-network``, for an engine that cannot be bound
+    to loopback (the workers have it on their command line)."""
+    from nin_multi.backends import companion, launchers
+
+    backend = refuse_workers(backend, workers)
+    strip = {name for module in launchers() for name in module.LAUNCH_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in strip}
     env.setdefault("PYTHONUNBUFFERED", "1")
-    run, failure = Launch(), None
+    run, failure = Launch(allow_network), None
     try:
         names = companion(backend, "dist").start_workers(run, workers, [sys.executable, "-m", "nin_multi",
                                                                         *strip_workers(argv)], env)
@@ -363,15 +391,12 @@ def die_with_launcher() -> None:
 
 
 def serve(ctx: Context, backend: str) -> None:
-    """A parameter server's scheduler or server (MXNet's ``DMLC_ROLE``): importing the framework runs it
+    """A parameter server's scheduler or server (MXNet's ``DMLC_ROLE``): its engine's launch module runs it
     until the workers finish."""
-    from nin_multi.backends import ORDER, canonical_name, capabilities, get_backend
+    from nin_multi.backends import canonical_name, capabilities, data_parallel
 
-    owner = next(k for k in ORDER if capabilities(k).data_parallel == ctx.launcher)
+    owner = next(k for k in data_parallel() if capabilities(k).data_parallel == ctx.launcher)
     if canonical_name(backend) != owner:
         raise DistributedError(f"DMLC_ROLE={ctx.role} is a role of MXNet's parameter server; it needs "
                                f"--backend {owner}, not {backend}")
-    if ctx.role == "scheduler":
-        host, port = ctx.address.rsplit(":", 1)
-        check_port(host, int(port), "the MXNet scheduler", "DMLC_PS_ROOT_PORT")
-    get_backend(owner)
+    engine_launcher(ctx).serve(ctx)

@@ -34,6 +34,8 @@ _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 
 
 def network_allowed(env=None) -> bool:
+    """Whether ``env`` (the process's environment by default) allows the network: the documented
+    alternative to ``--allow-network``, read where a run's ``Context`` is made (``cluster.from_env``)."""
     env = os.environ if env is None else env
     return env.get(ALLOW_ENV, "") not in ("", "0")
 
@@ -47,10 +49,11 @@ def exposed_addresses() -> list[str]:
     return sorted({a for a in found if not ipaddress.ip_address(a).is_loopback})
 
 
-def refuse_unbound(engine: str, what: str, env=None) -> None:
+def refuse_unbound(engine: str, what: str, allowed: bool, env=None) -> None:
     """Refuse to start an engine that listens on every interface, on a machine reachable from a network,
-    unless the user allowed it (``--allow-network``)."""
-    if network_allowed(env) or (env or os.environ).get(PRIVATE_ENV) == "1":
+    unless the user allowed it (``allowed``: ``--allow-network``, or its variable, as the run's ``Context``
+    or the launcher has it) or it runs in the launcher's private network (``env``'s ``PRIVATE_ENV``)."""
+    if allowed or (os.environ if env is None else env).get(PRIVATE_ENV) == "1":
         return
     exposed = exposed_addresses()
     if exposed:

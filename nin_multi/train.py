@@ -66,9 +66,9 @@ def load_data(cfg: TrainConfig) -> data_mod.FashionMNIST:
 
 
 def resume(run_dir, epochs: Optional[int] = None, progress_bar: bool = True, log=print,
-           backend: Optional[str] = None):
+           backend: Optional[str] = None, allow_network: bool = False):
     """Continue a run from its newest intact checkpoint, with its own saved config (``epochs`` may
-    extend it; ``backend`` continues it in another framework)."""
+    extend it; ``backend`` continues it in another framework; ``allow_network`` as ``train``'s)."""
     run_dir = Path(run_dir)
     saved = read_run_config(run_dir)
     overrides = {"epochs": epochs or saved["epochs"], "progress": progress_bar, "out": str(run_dir)}
@@ -78,7 +78,7 @@ def resume(run_dir, epochs: Optional[int] = None, progress_bar: bool = True, log
         cfg = TrainConfig.from_dict({**saved, **overrides})
     except (TypeError, ConfigError) as e:
         raise RunDirError(f"{run_dir / CONFIG} is damaged ({e})") from None
-    return train(cfg, resume=True, log=log)
+    return train(cfg, resume=True, log=log, allow_network=allow_network)
 
 
 def build(backend, spec, cfg: TrainConfig, n_train: int):
@@ -110,15 +110,16 @@ def choose_precision(backend, spec: NiNSpec, cfg: TrainConfig):
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
-          log=print) -> tuple[Path, list[dict]]:
-    """Train ``cfg`` (left as it is) in a new run directory, or continue the one at ``cfg.out``."""
+          log=print, allow_network: bool = False) -> tuple[Path, list[dict]]:
+    """Train ``cfg`` (left as it is) in a new run directory, or continue the one at ``cfg.out``.
+    ``allow_network``: ``--allow-network``, for a data-parallel engine that listens on every interface."""
     from nin_multi.backends import can_train, get_backend, or_list, trainable
 
     if not can_train(cfg.backend):  # before anything is imported or written
         raise ConfigError(f"{cfg.backend} is inference-only (it computes no gradients): train with "
                           f"{or_list(trainable())}, then evaluate or convert its {WEIGHTS} with --backend "
                           f"{cfg.backend}")
-    world = World()
+    world = World(allow_network=allow_network)
     if world.ctx.active:
         die_with_launcher()
     if world.serves:  # a parameter server's scheduler or server: it serves the workers until they finish

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nin_multi import host, optim
+from nin_multi import backends, host, optim
 from nin_multi.backends import capabilities
 from nin_multi.config import TrainConfig
 from nin_multi.cluster import Context, from_env
@@ -67,12 +67,123 @@ def test_environment_of_each_launcher():
 
 
 def test_global_batches_that_workers_cannot_share_are_refused():
-    ctx = Context("torchrun", 0, 3)
     with pytest.raises(ConfigError, match="--batch-size 32 is the global batch and 3 workers cannot share it"):
-        check_config(ctx, TrainConfig(batch_size=32), 640, 96)
+        check_config(3, TrainConfig(batch_size=32), 640, 96)
     with pytest.raises(ConfigError, match="training set's last batch has 1 example"):
-        check_config(ctx, TrainConfig(batch_size=33), 100, 99)
-    check_config(ctx, TrainConfig(batch_size=33), 103, 99)  # the last batch of 4: shares of 2, 1 and 1
+        check_config(3, TrainConfig(batch_size=33), 100, 99)
+    check_config(3, TrainConfig(batch_size=33), 103, 99)  # the last batch of 4: shares of 2, 1 and 1
+
+
+@pytest.mark.parametrize("name", backends.data_parallel())
+def test_each_engine_s_launch_module_reads_its_own_launcher_without_its_framework(name):
+    """``cluster.from_env`` asks each launch module; the one that answers names its backend's launcher,
+    the others answer None, and none of them loads a framework."""
+    env = {"torch": {"RANK": "1", "WORLD_SIZE": "2"},
+           "tensorflow": {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                                                   "task": {"type": "worker", "index": 1}})},
+           "mxnet": {"DMLC_ROLE": "worker", "DMLC_NUM_WORKER": "2", "DMLC_NUM_SERVER": "1",
+                     "DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": "9000"},
+           "jax": {"JAX_PROCESS_ID": "1", "JAX_NUM_PROCESSES": "2", "JAX_COORDINATOR_ADDRESS": "127.0.0.1:9"}}[name]
+    code = ("import json, sys\nfrom nin_multi import backends\nfrom nin_multi.cluster import from_env\n"
+            f"env = json.loads({json.dumps(json.dumps(env))})\nctx = from_env(env)\n"
+            "answers = {k: backends.launcher(k).context(env, 1.0) is not None for k in backends.data_parallel()}\n"
+            "loaded = sorted(m for m in ('torch', 'tensorflow', 'mxnet', 'jax', 'flax') if m in sys.modules)\n"
+            "print(json.dumps([ctx.launcher, ctx.world_size, answers, loaded]))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    launcher, size, answers, loaded = json.loads(done.stdout)
+    assert (launcher, size, loaded) == (capabilities(name).data_parallel, 2, [])
+    assert answers == {k: k == name for k in backends.data_parallel()}
+    assert set(backends.launcher(name).LAUNCH_VARS) & set(env)  # --workers strips what it sets itself
+
+
+def test_allow_network_reaches_the_context_and_leaves_the_environment_alone(monkeypatch, tmp_path):
+    """``--allow-network`` travels as a parameter (``train`` -> ``World`` -> ``Context``), never through
+    ``os.environ``; ``$NIN_MULTI_ALLOW_NETWORK=1`` is its documented alternative."""
+    from nin_multi import isolation
+    from nin_multi import train as train_mod
+    from nin_multi.cli import main
+    from nin_multi.distributed import World
+
+    seen = []
+
+    class Spy(World):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.ctx.allow_network)
+            raise ConfigError("stopped by the test")
+
+    monkeypatch.setattr(train_mod, "World", Spy)
+    monkeypatch.delenv(isolation.ALLOW_ENV, raising=False)
+    before = dict(os.environ)
+    for flag in (["--allow-network"], []):
+        assert main(["train", "--backend", "torch", *flag, "--out", str(tmp_path / "run")]) == ConfigError.exit_code
+        assert dict(os.environ) == before
+    assert seen == [True, False]
+    assert from_env({isolation.ALLOW_ENV: "1"}).allow_network and not from_env({}).allow_network
+    assert from_env({}, allow_network=True).allow_network
+
+
+def workers_cli(monkeypatch, capsys, sample_dir, tmp_path, *args):
+    """``train --workers`` with every way of starting a process replaced by a failure: (exit status,
+    stderr, what the launcher handed a backend's ``start_workers``)."""
+    from nin_multi import backends as registry
+    from nin_multi.cli import main
+    from nin_multi.distributed import Launch
+
+    handed = []
+
+    class FakeDist:
+        @staticmethod
+        def start_workers(launch, workers, command, env):
+            handed.append((launch.allow_network, workers))
+            return []
+
+    monkeypatch.setattr(registry, "companion", lambda name, part: FakeDist)
+    monkeypatch.setattr(Launch, "start", lambda *a, **k: pytest.fail("a process was started"))
+    rc = main(["train", "--variant", "mini", "--resize", "28", "--precision", "fp32", "--data-dir", str(sample_dir),
+               "--out", str(tmp_path / "run"), *args])
+    return rc, capsys.readouterr().err, handed
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "3", "--batch-size", "32"],
+     "--batch-size 32 is the global batch and 3 workers cannot share it equally: choose a multiple of 3 (e.g. 30)"),
+    (["--workers", "2", "--batch-size", "32", "--subset", "65"],
+     "the training set's last batch has 1 example(s), fewer than the 2 workers: change --batch-size or --subset"),
+    (["--workers", "4", "--batch-size", "64", "--test-subset", "66"],
+     "the test set's last batch has 2 example(s), fewer than the 4 workers: change --batch-size or --test-subset"),
+    (["--workers", "2", "--backend", "onnx"], "--workers is not available for the onnx backend"),
+])
+def test_workers_refuse_what_they_cannot_share_before_any_process_starts(monkeypatch, capsys, sample_dir,
+                                                                         tmp_path, args, message):
+    rc, err, handed = workers_cli(monkeypatch, capsys, sample_dir, tmp_path, *args)
+    assert (rc, err, handed) == (ConfigError.exit_code, f"nin-multi: error: {message}\n", [])
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_launcher_hands_its_engine_the_network_permission(monkeypatch, capsys, sample_dir, tmp_path):
+    from nin_multi import isolation
+
+    monkeypatch.delenv(isolation.ALLOW_ENV, raising=False)
+    for flag, allowed in (([], False), (["--allow-network"], True)):
+        rc, err, handed = workers_cli(monkeypatch, capsys, sample_dir, tmp_path, "--workers", "2", *flag)
+        assert (rc, handed) == (0, [(allowed, 2)]), err
+    monkeypatch.setenv(isolation.ALLOW_ENV, "1")
+    assert workers_cli(monkeypatch, capsys, sample_dir, tmp_path, "--workers", "2")[2] == [(True, 2)]
+
+
+@pytest.mark.parametrize("name", backends.data_parallel())
+def test_the_dropout_note_is_true_of_each_engine(name):
+    """JAX's engine draws the masks over the global batch with one key (one process's masks where the batch
+    splits evenly); the others draw each worker's own."""
+    from nin_multi.distributed import DROPOUT_NOTE, SAME_MASKS_NOTE, World
+    from nin_multi.spec import make_spec
+
+    world = World(Context(capabilities(name).data_parallel, 0, 2))
+    assert world.notes(make_spec("chapter")) == [f"note: {SAME_MASKS_NOTE if name == 'jax' else DROPOUT_NOTE}"]
+    assert world.notes(make_spec("chapter", dropout=0.0)) == []
+    assert World(Context()).notes(make_spec("chapter")) == []
 
 
 def test_mxnet_fp64_workers_refuse_a_server_that_rounds_float64(sample_dir, tmp_path, procs):
@@ -98,15 +209,15 @@ def test_strip_workers_keeps_everything_else():
     assert strip_workers(["train", "--workers", "2", "--lr", "0.1", "--workers=3"]) == ["train", "--lr", "0.1"]
 
 
-def test_a_port_in_use_gets_a_clear_message(tmp_path):
+def test_a_port_in_use_gets_a_clear_message(sample_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
         env = {**os.environ, "MASTER_PORT": str(port)}
         done = subprocess.run([sys.executable, "-m", "nin_multi", "train", "--backend", "torch", "--workers", "2",
-                               "--out", str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=60)
+                               "--data-dir", str(sample_dir), "--out", str(tmp_path / "run")], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
     assert done.returncode == DistributedError.exit_code
     assert done.stderr.strip() == (f"nin-multi: error: port {port} on 127.0.0.1 (torchrun's rendezvous) is in use "
                                    f"by another program: choose a free port with MASTER_PORT, or stop the program "

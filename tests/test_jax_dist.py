@@ -33,7 +33,7 @@ RECIPE = dict(variant="mini", resize=28, init="kaiming", lr=0.05, batch_size=32,
 
 
 def launch_env() -> dict:
-    return backends.launch_env()[backends.capabilities("jax").data_parallel]
+    return backends.launcher("jax").LAUNCH_ENV
 
 
 def test_the_launcher_environment_is_declared_by_the_backend_and_read_without_jax():

@@ -183,14 +183,14 @@ def test_tensorflow_binds_every_interface_whatever_its_cluster_says():
 def test_an_unbindable_engine_is_refused_on_a_networked_machine_unless_allowed(monkeypatch):
     monkeypatch.setattr(isolation, "exposed_addresses", lambda: ["192.0.2.2", "fd00::2"])
     with pytest.raises(DistributedError) as e:
-        isolation.refuse_unbound("TensorFlow's gRPC worker", "runs any graph it is sent", env={})
+        isolation.refuse_unbound("TensorFlow's gRPC worker", "runs any graph it is sent", False, env={})
     assert str(e.value) == ("TensorFlow's gRPC worker listens on every interface of this machine (192.0.2.2, "
                             "fd00::2) and runs any graph it is sent, without authentication: pass --allow-network "
                             "(or set NIN_MULTI_ALLOW_NETWORK=1) only if every machine on those networks is trusted")
-    isolation.refuse_unbound("x", "y", env={isolation.ALLOW_ENV: "1"})
-    isolation.refuse_unbound("x", "y", env={isolation.PRIVATE_ENV: "1"})
+    isolation.refuse_unbound("x", "y", True, env={})
+    isolation.refuse_unbound("x", "y", False, env={isolation.PRIVATE_ENV: "1"})
     monkeypatch.setattr(isolation, "exposed_addresses", lambda: [])
-    isolation.refuse_unbound("x", "y", env={})
+    isolation.refuse_unbound("x", "y", False, env={})
 
 
 def test_a_private_network_reaches_itself_and_nothing_else():

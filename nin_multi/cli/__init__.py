@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from nin_multi import __version__, environment, isolation
+from nin_multi import __version__, environment
 from nin_multi.errors import NinMultiError, Terminated
 
 #: The commands, in the order ``--help`` lists them; each module of this package registers its own.
@@ -109,8 +108,6 @@ def main(argv=None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # ``train --workers`` starts it again per worker
     try:
         environment.check()  # every variable a run reads, before anything starts
-        if getattr(args, "allow_network", False):  # for this process and every worker it starts
-            os.environ[isolation.ALLOW_ENV] = "1"
         with sigterm_as_interrupt():
             bound = bound_backend(args)
             if bound:

@@ -40,29 +40,58 @@ def run(a: argparse.Namespace) -> int:
     if a.workers != 1:
         return workers(a)
     if a.resume:
-        resume(a.resume, epochs=a.epochs, progress_bar=a.progress, backend=a.backend)
+        resume(a.resume, epochs=a.epochs, progress_bar=a.progress, backend=a.backend,
+               allow_network=a.allow_network)
         return 0
-    train(config_from_args(a, keep_auto=True, backend=a.backend or DEFAULTS.backend), overwrite=a.overwrite)
+    train(config_from_args(a, keep_auto=True, backend=a.backend or DEFAULTS.backend), overwrite=a.overwrite,
+          allow_network=a.allow_network)
     return 0
 
 
 def workers(a: argparse.Namespace) -> int:
-    """``--workers N``: the framework's own launcher starts N copies of this command without it."""
-    from nin_multi.backends import canonical_name
-    from nin_multi.distributed import launch
+    """``--workers N``: the framework's own launcher starts N copies of this command without it, once
+    what N workers cannot train is refused here, before any process starts."""
+    from nin_multi.distributed import check_config, launch, refuse_workers
+    from nin_multi.isolation import network_allowed
     from nin_multi.record import read_run_config
     from nin_multi.run import default_run_dir
 
-    backend = canonical_name(a.backend or DEFAULTS.backend)
+    backend = refuse_workers(a.backend or DEFAULTS.backend, a.workers)
     argv = list(a.argv)
-    if not a.resume:  # a new run's settings are known here: --precision auto is measured once, before launch
-        argv += precision_for_workers(config_from_args(a, keep_auto=True, backend=backend))
     if a.resume and not a.backend:  # the run's own framework, read as resume() reads it
-        backend = read_run_config(Path(a.resume))["backend"]
+        backend = refuse_workers(read_run_config(Path(a.resume))["backend"], a.workers)
+    cfg = resumed_config(a.resume) if a.resume else config_from_args(a, keep_auto=True, backend=backend)
+    if cfg is not None:
+        check_config(a.workers, cfg, *data_sizes(cfg))
+    if not a.resume:  # a new run's settings are known here: --precision auto is measured once, before launch
+        argv += precision_for_workers(cfg)
     given = a.resume or a.out  # every worker must be given the same run directory
     out = given or str(default_run_dir(backend))
-    launch(backend, a.workers, argv if given else [*argv, "--out", out], out)
+    launch(backend, a.workers, argv if given else [*argv, "--out", out], out,
+           allow_network=a.allow_network or network_allowed())
     return 0
+
+
+def resumed_config(run_dir: str):
+    """The settings a resumed run's workers will read, or None where the run directory cannot give them
+    (each worker then says what is wrong with it)."""
+    from nin_multi.config import TrainConfig
+    from nin_multi.errors import NinMultiError
+    from nin_multi.record import read_run_config
+
+    try:
+        return TrainConfig.from_dict(read_run_config(Path(run_dir)))
+    except (NinMultiError, OSError, TypeError, KeyError):
+        return None
+
+
+def data_sizes(cfg) -> tuple[int, int]:
+    """The training and test set sizes the workers will load (``--subset``/``--test-subset`` applied):
+    loaded here once, as each worker loads them (which also downloads the data once, not per worker)."""
+    from nin_multi.train import load_data
+
+    ds = load_data(cfg)
+    return len(ds.train_images), len(ds.test_images)
 
 
 def precision_for_workers(cfg) -> list[str]:
