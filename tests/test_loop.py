@@ -70,7 +70,8 @@ def test_fit_resumes_at_the_checkpoints_step_and_wall_time():
 def test_fit_hands_the_given_order_to_every_epoch(monkeypatch):
     seen = []
     real = loop.train_epoch
-    monkeypatch.setattr(loop, "train_epoch", lambda *a, order=None, **k: seen.append(order) or real(*a, order=order, **k))
+    monkeypatch.setattr(loop, "train_epoch",
+                        lambda *a, order=None, **k: seen.append(order) or real(*a, order=order, **k))
     loop.fit(Scripted([0, 0, 0]), tiny(), CFG, "NCHW", order_of=lambda e: epoch_order(70, 5, e))
     assert len(seen) == 3
     for e, o in enumerate(seen):
@@ -89,7 +90,8 @@ def test_time_to_accuracy_is_the_first_epoch_at_the_target():
     assert time_to_accuracy_lines(rows, Fast()) == [
         "best test acc 0.850 at epoch 3, after 30.0 s of training (train and test passes)",
         "test acc 0.8 (the fast recipe's target) reached at epoch 2, after 20.0 s"]
-    assert time_to_accuracy_lines(rows[:1], Fast())[1] == "test acc 0.8 (the fast recipe's target) not reached in 10.0 s"
+    assert time_to_accuracy_lines(rows[:1], Fast())[1] == \
+        "test acc 0.8 (the fast recipe's target) not reached in 10.0 s"
 
 
 def test_sweep_times_its_target_through_the_loop(monkeypatch):
