@@ -21,7 +21,7 @@ import numpy as np
 from nin_multi.backends.common import kernel_from_canonical, kernel_to_canonical
 from nin_multi.config import SHARED_DRAW_INITS, check_model_dtype
 from nin_multi.errors import ConfigError
-from nin_multi.machine import usable_cores
+from nin_multi.machine import default_threads
 from nin_multi.optim import SGDSettings, resolve
 from nin_multi.spec import (AvgPool, ChannelDropout, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec, image_hw)
@@ -77,7 +77,7 @@ _POLICIES = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16", "f
 def configure(threads=None, seed=0):
     """TensorFlow fixes its thread pools when its runtime starts (at the first op); later calls that
     ask for a different count can only say so."""
-    n = threads or usable_cores()
+    n = threads or default_threads()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(n)
         tf.config.threading.set_inter_op_parallelism_threads(n)

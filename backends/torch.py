@@ -15,7 +15,7 @@ from torch import nn
 
 from nin_multi.backends.common import kernel_from_canonical, kernel_to_canonical
 from nin_multi.config import SHARED_DRAW_INITS, check_model_dtype
-from nin_multi.machine import usable_cores
+from nin_multi.machine import default_threads
 from nin_multi.optim import SGDSettings, resolve
 from nin_multi.spec import (AvgPool, ChannelDropout, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec, image_hw)
@@ -60,7 +60,7 @@ def configure(threads=None, seed=0):
     # synchronise their threads by spinning, so two threads sharing one core made a bf16 step ~18x
     # slower (fp32 barely changes); the same happens when other processes keep the cores busy, where
     # --threads 1 is the remedy.
-    torch.set_num_threads(threads or usable_cores())
+    torch.set_num_threads(threads or default_threads())
     torch.manual_seed(seed)
 
 

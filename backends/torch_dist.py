@@ -37,7 +37,6 @@ from nin_multi.cluster import rank_seed
 from nin_multi.errors import DistributedError
 from nin_multi.host import check_port, free_ports
 from nin_multi.isolation import listening_socket, loopback_interface
-from nin_multi.machine import usable_cores
 
 REPORT_ENV = "NIN_MULTI_TORCHRUN_REPORT"
 
@@ -121,12 +120,11 @@ class _DDPEngine:
 
 
 def start_workers(launch, workers: int, command: list, env: dict) -> list:
-    """torchrun on 127.0.0.1 (``$MASTER_PORT`` or a free port), its workers sharing out the cores."""
+    """torchrun on 127.0.0.1 (``$MASTER_PORT`` or a free port)."""
     port = int(env.get("MASTER_PORT", 0)) or free_ports(1)[0]
     check_port("127.0.0.1", port, "torchrun's rendezvous", "MASTER_PORT")
     report = Path(tempfile.mkdtemp(prefix="nin-multi-torchrun-")) / "failure.json"
-    # torchrun would set 1 with a banner; the cores shared out is what it means
-    env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // workers)))
+    # OMP_NUM_THREADS is set (the cores shared out, by distributed.launch): torchrun would set 1, with a banner
     env["GLOO_SOCKET_IFNAME"] = loopback_interface()  # gloo's pairs on loopback, not the host name's address
     launch.start("torchrun", [command[0], "-m", __spec__.name, "--nnodes", "1", "--nproc-per-node", str(workers),
                               "--master-addr", "127.0.0.1", "--master-port", str(port), "--max-restarts", "0",

@@ -36,7 +36,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import isolation
+from . import isolation, machine
 from .cluster import TIMEOUT_ENV, Context, from_env
 from .errors import ConfigError, DistributedError, NinMultiError
 from .interpreters import describe_exit
@@ -362,6 +362,9 @@ def launch(backend: str, workers: int, argv: list[str], run_dir: str, allow_netw
     strip = {name for module in launchers() for name in module.LAUNCH_VARS}
     env = {k: v for k, v in os.environ.items() if k not in strip}
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # The workers share this machine's cores: each computes with its share unless the user said otherwise
+    # (--threads, or OMP_NUM_THREADS), instead of every worker taking every core.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, machine.usable_cores() // workers)))
     run, failure = Launch(allow_network), None
     try:
         names = companion(backend, "dist").start_workers(run, workers, [sys.executable, "-m", "nin_multi",

@@ -70,6 +70,7 @@ def _interface(v: str) -> Optional[str]:
 #: (``VARIABLES`` of ``backends/<module>_launch.py``); ``variables()`` has them all.
 VARIABLES: dict[str, tuple[Callable[[str], Optional[str]], type]] = {
     "NIN_MULTI_DIST_TIMEOUT": (_seconds, DistributedError),
+    "OMP_NUM_THREADS": (_count, ConfigError),  # the threads of a run that asks for none (machine.default_threads)
     "NIN_MULTI_DATA_DIR": (_path, ConfigError),
     "NIN_MULTI_CACHE_DIR": (_path, ConfigError),
     "NIN_MULTI_MIRROR": (_url, ConfigError),

@@ -148,6 +148,14 @@ def usable_cores() -> int:
         return psutil.cpu_count() or os.cpu_count() or 1
 
 
+def default_threads(env=None) -> int:
+    """The threads a framework computes with when none is asked for: ``$OMP_NUM_THREADS`` where set (the
+    OpenMP convention by which a launcher shares one machine's cores among its workers: torchrun's,
+    ``train --workers``'s), else the usable cores."""
+    raw = (os.environ if env is None else env).get("OMP_NUM_THREADS", "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else usable_cores()
+
+
 def isa_text(isa: dict) -> str:
     """``AMX no, AVX-512 BF16 yes, ...`` for the table's header."""
     return ", ".join(f"{k} {'unknown' if v is None else 'yes' if v else 'no'}" for k, v in isa.items())

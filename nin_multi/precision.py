@@ -231,9 +231,9 @@ def cache_key(name: str, versions: dict, device: str, spec, cfg: TrainConfig) ->
     device), the framework's version, the network and the step's shape."""
     info = machine.cpu_info()
     text = json.dumps({"cpu": info["model"], "class": machine.cpu_class(info["isa"]), "cap": machine.isa_cap(),
-                       "cores": machine.usable_cores(), "threads": cfg.threads, "device": device, "backend": name,
-                       "versions": versions, "network": spec.to_dict(), "resize": cfg.resize,
-                       "batch": cfg.batch_size}, sort_keys=True)
+                       "cores": machine.usable_cores(), "threads": cfg.threads or machine.default_threads(),
+                       "device": device, "backend": name, "versions": versions, "network": spec.to_dict(),
+                       "resize": cfg.resize, "batch": cfg.batch_size}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -450,3 +450,46 @@ def test_two_workers_train_in_bf16_as_one_process_does(parallel, sample_dir, tmp
     diff = relative_difference(read_weights(tmp_path / "two" / WEIGHTS), read_weights(tmp_path / "one" / WEIGHTS))
     print(f"{backend.NAME}: 2 workers in bf16, 5 steps: relative weight difference from one process {diff:.2e}")
     assert diff < 1e-4
+
+
+def test_the_workers_share_the_cores_unless_told_otherwise(monkeypatch, capsys, sample_dir, tmp_path):
+    """``--workers N`` gives every framework's workers ``OMP_NUM_THREADS`` = cores // N (a user's own value
+    is kept), and a framework asked for no thread count computes with it: two workers that each took every
+    core would fight over them."""
+    from nin_multi import backends as registry
+    from nin_multi import machine
+    from nin_multi.cli import main
+    from nin_multi.distributed import Launch
+
+    seen = []
+
+    class FakeDist:
+        @staticmethod
+        def start_workers(launch, workers, command, env):
+            seen.append(env.get("OMP_NUM_THREADS"))
+            return []
+
+    monkeypatch.setattr(registry, "companion", lambda name, part: FakeDist)
+    monkeypatch.setattr(Launch, "start", lambda *a, **k: pytest.fail("a process was started"))
+    monkeypatch.setattr(machine, "usable_cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for workers in ("2", "3", "16"):
+        assert main(["train", "--variant", "mini", "--resize", "28", "--precision", "fp32", "--batch-size", "48",
+                     "--data-dir", str(sample_dir), "--out", str(tmp_path / "run"), "--workers", workers]) == 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert main(["train", "--variant", "mini", "--resize", "28", "--precision", "fp32", "--data-dir",
+                 str(sample_dir), "--out", str(tmp_path / "run"), "--workers", "2"]) == 0
+    assert seen == ["4", "2", "1", "5"]
+    assert machine.default_threads({"OMP_NUM_THREADS": "3"}) == 3 and machine.default_threads({}) == 8
+
+
+@pytest.mark.parametrize("name", ["torch", "tensorflow"])
+def test_a_framework_asked_for_no_thread_count_takes_omp_num_threads(name):
+    load_companion(name, "dist")  # skips, or fails under CI, without the framework
+    code = (f"from nin_multi.backends import get_backend; b = get_backend({name!r}); b.configure(None, 0); "
+            + ("import torch; print(torch.get_num_threads())" if name == "torch" else
+               "import tensorflow as tf; print(tf.config.threading.get_intra_op_parallelism_threads())"))
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "1"
