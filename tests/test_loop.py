@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+import nin_multi.reproduce.runner  # noqa: F401  (loaded before the spies: the commands must find the loop at call time)
 from nin_multi import loop, optim, sweep
 from nin_multi.config import TrainConfig
 from nin_multi.data import FashionMNIST, epoch_order

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import loop, optim
 from ..config import TrainConfig, param_dtype
-from .. import optim
 from ..data import epoch_order, num_batches
 from ..errors import ConfigError
 from ..fileio import write_json
 from ..interpreters import Worker
 from ..run import CONFIG, PLOT, WEIGHTS, Run, default_run_dir, plot_curves, prepare_dir, release_dir
 from ..spec import NiNSpec
-from ..loop import evaluate, fit
 from ..train import load_data, spec_for
 from ..weights import initial_weights, load_weights, save_weights, trained_entry
 from .comparison import drift_rows, step_drift, step_table, weight_differences, write_rows_csv, write_steps_csv
@@ -168,7 +167,7 @@ def _train_backend(m, model, trainer, spec: NiNSpec, cfg: TrainConfig, ds, run: 
     recording every step's loss; the backend's metrics and final weights go to its own ``run``."""
     bcfg = dataclasses.replace(cfg, backend=m.NAME, out=str(run.path))
     run.write_config(bcfg.to_dict())
-    loss0, acc0 = evaluate(trainer, ds.test_images, ds.test_labels, bcfg, m.LAYOUT, f"{m.NAME} start")
+    loss0, acc0 = loop.evaluate(trainer, ds.test_images, ds.test_labels, bcfg, m.LAYOUT, f"{m.NAME} start")
     log(f"[{m.NAME}] ({m.device()}) before training: test loss {loss0:.6f}, test acc {acc0:.3f}")
     step_losses: list[float] = []
 
@@ -177,8 +176,8 @@ def _train_backend(m, model, trainer, spec: NiNSpec, cfg: TrainConfig, ds, run: 
         log(f"[{m.NAME}] epoch {row['epoch']}: train loss {row['train_loss']:.6f}, train acc {row['train_acc']:.3f}, "
             f"test acc {row['test_acc']:.3f}, {row['examples_per_sec']:.1f} examples/sec")
 
-    fit(trainer, ds, bcfg, m.LAYOUT, order_of=lambda epoch: epoch_order(len(ds.train_images), cfg.seed, epoch),
-        step_losses=step_losses, on_step=run.log_step, on_epoch=[keep], eval_desc=f"{m.NAME} test")
+    loop.fit(trainer, ds, bcfg, m.LAYOUT, order_of=lambda epoch: epoch_order(len(ds.train_images), cfg.seed, epoch),
+             step_losses=step_losses, on_step=run.log_step, on_epoch=[keep], eval_desc=f"{m.NAME} test")
     final = m.get_weights(model, spec)
     save_weights(run.path / WEIGHTS, spec, final, meta={"backend": m.NAME, "epochs": cfg.epochs,
                                                         "config": bcfg.to_dict()},
