@@ -148,8 +148,11 @@ Path(sys.argv[0]).with_suffix(".seen").open("a").write(json.dumps(argv) + "\\n")
 
 
 def fake_train(monkeypatch, tmp_path, script):
+    """``train`` replaced by ``script``, which needs no framework: the runs go ahead where torch is not
+    installed (CI's second environment)."""
     path = tmp_path / "fake_train.py"
     path.write_text(script)
+    monkeypatch.setattr(backends, "check_interpreter", lambda name: sys.executable)
     real = scaling.command
     monkeypatch.setattr(scaling, "command", lambda python, s, name, k, threads, out: [
         sys.executable, str(path), *real(python, s, name, k, threads, out)[3:]])
