@@ -19,7 +19,7 @@ from nin_multi.backends.common import carried_seed, carry_seed, kernel_from_cano
 from nin_multi.config import INITS, SHARED_DRAW_INITS, check_model_dtype
 from nin_multi.errors import ConfigError
 from nin_multi import machine
-from nin_multi.machine import usable_cores
+from nin_multi.machine import default_threads, usable_cores
 from nin_multi.optim import SGDSettings, resolve
 from nin_multi.spec import (AvgPool, ChannelDropout, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool, NiNBlock,
                             NiNSpec, image_hw)
@@ -48,7 +48,7 @@ if _omp_env is None:
     del os.environ["OMP_NUM_THREADS"]
 if _torch is not None:
     _torch.set_num_threads(_torch_threads)
-_POOL_THREADS = int(_omp_env) if (_omp_env or "").isdigit() else usable_cores()
+_POOL_THREADS = default_threads()  # what MXNet read at import: the environment is as it was again
 
 NAME = "mxnet"
 LAYOUT = "NCHW"

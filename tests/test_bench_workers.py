@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from nin_multi import backends
+from nin_multi import backends, machine
 from nin_multi.bench import scaling
 from nin_multi.errors import ConfigError, DataError
 
@@ -28,7 +28,7 @@ def canned(monkeypatch, rows):
     """``run_scaling`` with every run replaced by the next of ``rows``."""
     it = iter(rows)
     monkeypatch.setattr(scaling, "_run", lambda name, s, k, log: next(it))
-    monkeypatch.setattr(scaling.machine, "cpu_info", lambda: CANNED_ENV["cpu"])
+    monkeypatch.setattr(machine, "cpu_info", lambda: CANNED_ENV["cpu"])
     s = {"workers": 2, "backends": ["torch", "tensorflow"], "precision": "fp32", "subset": 3200, "cores": 2,
          "data_dir": "data"}
     return scaling.run_scaling(s, log=lambda msg: None)

@@ -28,12 +28,17 @@ FLOPS_FORMULA = "train: 3 x 2 x forward multiply-adds x batch; infer: 2 x forwar
 _KINDS = {"result": "results", "memory": "memory", "gemm": "gemm", "epoch": "epochs", "accuracy": "accuracy"}
 
 
+def machine_environment() -> dict:
+    """The machine and Python every bench report is tied to (``bench`` and ``bench --workers`` alike)."""
+    return {"python": platform.python_version(), "machine": platform.machine(), "cpus": psutil.cpu_count(),
+            "usable_cpus": machine.usable_cores(), "numpy": np.__version__, "cpu": machine.cpu_info(),
+            "cpu_class": machine.cpu_class(), "isa_cap": machine.isa_cap()}
+
+
 def run_bench(s: dict, log=None) -> dict:
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     found = {key: [] for key in _KINDS.values()}
-    environment = {"python": platform.python_version(), "machine": platform.machine(), "cpus": psutil.cpu_count(),
-                   "usable_cpus": machine.usable_cores(), "numpy": np.__version__, "cpu": machine.cpu_info(),
-                   "cpu_class": machine.cpu_class(), "isa_cap": machine.isa_cap()}
+    environment = machine_environment()
     plans = {}
     for name in s["backends"]:
         before = load.cpu_counters()

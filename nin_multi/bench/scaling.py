@@ -10,7 +10,6 @@ comparison is one process with every core against N workers that share them."""
 from __future__ import annotations
 
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -19,13 +18,11 @@ import time
 from collections import deque
 from pathlib import Path
 
-import psutil
-
-from .. import machine
 from ..errors import NinMultiError
 from ..interpreters import describe_exit, worker_env
 from ..recipes import get_recipe
 from ..run import read_metrics
+from .runner import machine_environment
 from . import load
 
 RECIPE = "fast"
@@ -59,9 +56,7 @@ def run_scaling(s: dict, log=None) -> dict:
     """Every backend at one process, then at ``s["workers"]``, one run at a time (two at once would share
     the cores). A run that fails is its row's error."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    environment = {"python": platform.python_version(), "machine": platform.machine(), "cpus": psutil.cpu_count(),
-                   "usable_cpus": machine.usable_cores(), "cpu": machine.cpu_info(),
-                   "cpu_class": machine.cpu_class(), "isa_cap": machine.isa_cap()}
+    environment = machine_environment()
     rows = []
     for name in s["backends"]:
         pair = [_run(name, s, k, log) for k in (1, s["workers"])]
